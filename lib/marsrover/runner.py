@@ -1,0 +1,135 @@
+"""Execute the numbered notebooks with papermill and render the study as HTML (``run_all.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+
+from . import config, reporting
+from .provenance import git_commit
+from .profiles import PROFILES, get_profile
+
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+
+
+def discover_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
+    """The study's notebooks (``notebooks/NN_*.ipynb``) in numeric order."""
+    return sorted(Path(notebooks_dir or config.NOTEBOOKS_DIR).glob(NOTEBOOK_GLOB))
+
+
+def select_notebooks(notebooks: list[Path], *, only: list[str] | None = None,
+                     start: str | None = None) -> list[Path]:
+    """Filter by number or name prefix: ``only=["05"]`` or ``start="03"`` (that one and later)."""
+    def matches(path: Path, key: str) -> bool:
+        return path.name.startswith(key) or path.stem == key or path.name[:2] == key.zfill(2)
+
+    if only:
+        chosen = [nb for nb in notebooks if any(matches(nb, key) for key in only)]
+        unknown = [key for key in only if not any(matches(nb, key) for nb in notebooks)]
+        if unknown:
+            raise SystemExit(f"--only: no notebook matches {unknown}; have {[nb.name for nb in notebooks]}")
+        return chosen
+    if start:
+        positions = [i for i, nb in enumerate(notebooks) if matches(nb, start)]
+        if not positions:
+            raise SystemExit(f"--from: no notebook matches {start!r}; have {[nb.name for nb in notebooks]}")
+        return notebooks[positions[0]:]
+    return notebooks
+
+
+def notebook_parameters(notebook: Path, values: dict) -> dict:
+    """The subset of ``values`` that the notebook's ``parameters`` cell declares."""
+    declared = papermill.inspect_notebook(str(notebook))
+    return {name: values[name] for name in declared if name in values}
+
+
+def render_html(executed: Path) -> Path:
+    """The executed notebook as one self-contained HTML file beside it."""
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    html_path = executed.with_suffix(".html")
+    html_path.write_text(body, encoding="utf-8")
+    return html_path
+
+
+@dataclass
+class NotebookRun:
+    name: str
+    status: str = "not run"
+    seconds: float = 0.0
+    error: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] | None = None,
+              start: str | None = None, data_dir: Path | None = None,
+              notebooks_dir: Path | None = None) -> list[NotebookRun]:
+    """Execute the selected notebooks in order; stop at the first failure (later ones need it)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it: TensorFlow's C++ chatter off
+    output_dir = Path(output_dir or config.REPORTS_DIR / profile).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    values = {**get_profile(profile), "output_dir": str(output_dir),
+              "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
+    notebooks = select_notebooks(discover_notebooks(notebooks_dir), only=only, start=start)
+    runs = [NotebookRun(nb.name) for nb in notebooks]
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = time.perf_counter()
+    print(f"Running {len(notebooks)} notebook(s) with profile {profile!r} into {output_dir}")
+    for notebook, run in zip(notebooks, runs):
+        executed = output_dir / notebook.name
+        print(f"--> {notebook.name}", flush=True)
+        clock = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(executed), parameters=notebook_parameters(notebook, values),
+                cwd=str(notebook.parent), progress_bar=False, log_output=False,
+            )
+            run.status = "ok"
+        except papermill.PapermillExecutionError as error:
+            run.status = "failed"
+            run.error = (f"{notebook.name}: cell {error.cell_index} (execution count {error.exec_count}) "
+                         f"raised {error.ename}: {error.evalue}")
+        except Exception as error:  # kernel died, notebook unreadable, ...
+            run.status = "failed"
+            run.error = f"{notebook.name}: {type(error).__name__}: {error}"
+        run.seconds = round(time.perf_counter() - clock, 2)
+        if executed.exists():  # papermill keeps the partial notebook when a cell fails
+            run.outputs = {"notebook": executed.name, "html": render_html(executed).name}
+        print(f"    {run.status} in {run.seconds:.1f} s", flush=True)
+        if run.status == "failed":
+            print(f"FAILED {run.error}\n    partial notebook kept at {executed}", file=sys.stderr)
+            break
+    log = {
+        "profile": profile, "started": started_at, "total_seconds": round(time.perf_counter() - started, 2),
+        "notebooks": [run.__dict__ for run in runs], "commit": git_commit(),
+    }
+    log = reporting.write_run_log(output_dir, log)
+    index = reporting.write_index(output_dir, log)
+    print(f"Report: {index}")
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run_all.py", description=__doc__)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full",
+                        help="parameter set: smoke (CI, minutes), full (the CPU study), gpu (Colab)")
+    parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (e.g. 05 06)")
+    parser.add_argument("--from", dest="start", metavar="NN", help="run this notebook and all after it")
+    parser.add_argument("--output-dir", type=Path, help="where executed notebooks and HTML go "
+                        "(default: reports/<profile>)")
+    parser.add_argument("--data-dir", type=Path, help="the data folder (default: data/ or $MARSROVER_DATA_DIR)")
+    args = parser.parse_args(argv)
+    if args.only and args.start:
+        parser.error("use --only or --from, not both")
+    runs = run_study(args.profile, output_dir=args.output_dir, only=args.only, start=args.start,
+                     data_dir=args.data_dir)
+    return 1 if any(run.status == "failed" for run in runs) else 0

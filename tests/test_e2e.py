@@ -1,0 +1,73 @@
+"""End to end: `run_all.py --profile smoke` executes every notebook on the real data (from the mirror)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from marsrover import config
+from marsrover.runner import discover_notebooks
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory):
+    paths = config.data_paths()
+    if not (config.mirror_dir() or paths.archive.exists()):
+        message = f"needs ${config.MIRROR_ENV} (a folder with msl-images.zip) or {paths.archive}; tests never download"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path_factory.mktemp("smoke-report")
+    completed = subprocess.run([sys.executable, str(config.PROJECT_ROOT / "run_all.py"), "--profile", "smoke",
+                                "--output-dir", str(out)], capture_output=True, text=True, timeout=1800)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return out
+
+
+def test_every_notebook_is_executed_without_errors_and_rendered(smoke_report):
+    for notebook in discover_notebooks():
+        executed = nbformat.read(smoke_report / notebook.name, as_version=4)
+        code_cells = [cell for cell in executed.cells if cell.cell_type == "code"]
+        assert all(cell.execution_count for cell in code_cells), f"{notebook.name} has unexecuted cells"
+        assert not any(out.output_type == "error" for cell in code_cells for out in cell.outputs)
+        html = (smoke_report / notebook.with_suffix(".html").name).read_text()
+        assert len(html) > 50_000 and notebook.stem.split("_", 1)[1].replace("_", " ")[:5] in html.lower()
+
+
+def test_the_html_shows_the_confusion_matrix_and_example_predictions(smoke_report):
+    html = (smoke_report / "06_error_analysis.html").read_text()
+    assert html.count("data:image/png;base64") >= 3
+    assert "Confusion matrices" in html and "Example predictions" in html
+    index = (smoke_report / "index.html").read_text()
+    assert 'src="figures/confusion_matrix.png"' in index and 'src="figures/example_predictions.png"' in index
+    for figure in ("confusion_matrix", "example_predictions", "sample_images", "contact_sheet",
+                   "augmentation_strong", "training_history"):
+        assert (smoke_report / "figures" / f"{figure}.png").stat().st_size > 5_000, figure
+
+
+def test_metrics_cover_every_model_on_val_and_test(smoke_report):
+    metrics = json.loads((smoke_report / "metrics.json").read_text())
+    assert metrics["profile"] == "smoke" and metrics["headline"] in metrics["models"]
+    assert set(metrics["models"]) == {"seed_notebook", "seed_blog", "improved"}
+    for name, splits in metrics["models"].items():
+        for split in ("val", "test"):
+            scores = splits[split]
+            assert scores["n"] >= 30, (name, split)
+            assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["balanced_accuracy"] <= 1.0
+            assert sum(map(sum, scores["confusion_matrix"])) == scores["n"]
+    assert metrics["baselines"]["majority class"]["test"]["answer"] == "Rover"
+    assert set(metrics["notebook_seconds"]) == {nb.name for nb in discover_notebooks()}
+    assert metrics["versions"]["tensorflow"]
+
+
+def test_each_model_is_saved_with_its_run_record(smoke_report):
+    for name in ("seed_notebook", "seed_blog", "improved"):
+        assert (smoke_report / "models" / f"{name}.keras").stat().st_size > 10_000
+        run = json.loads((smoke_report / "runs" / f"{name}.json").read_text())
+        assert run["config"]["epochs"] == 1 and run["config"]["image_size"] == 64
+        assert run["environment"]["commit"] and len(run["history"]["loss"]) == 1

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from keras import layers
+
+from marsrover import models
+from marsrover.training import make_dataset, train
+
+
+@pytest.mark.parametrize("name", sorted(models.MODEL_SPECS))
+def test_every_model_maps_images_to_two_class_probabilities(name):
+    model = models.build_model(name, 32)
+    batch = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype("float32")
+    probabilities = np.asarray(model(batch, training=False))
+    assert probabilities.shape == (3, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_models_default_to_their_published_input_size():
+    assert models.build_model("seed_blog").input_shape == (None, 224, 224, 3)
+    assert models.build_model("seed_notebook").input_shape == (None, 256, 256, 3)
+
+
+def test_seed_blog_has_four_conv_pool_dropout_blocks_and_two_dense_layers():
+    model = models.build_model("seed_blog", 64)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    body = kinds[kinds.index("Rescaling") + 1:]
+    assert body[:12] == ["Conv2D", "MaxPooling2D", "Dropout"] * 4
+    assert body.count("Dense") == 2 and body[-1] == "Dense"
+    assert [layer.name for layer in model.layers[1].layers] == [
+        "random_rotation", "random_zoom", "random_flip"] or len(model.layers[1].layers) == 3
+
+
+def test_augmentation_is_active_only_while_training():
+    model = models.build_model("improved", 32)
+    augmenter = model.get_layer("augmentation")
+    batch = np.full((2, 32, 32, 3), 100.0, dtype="float32")
+    batch[:, :, :16] = 200.0
+    np.testing.assert_array_equal(np.asarray(augmenter(batch, training=False)), batch)
+    assert not np.array_equal(np.asarray(augmenter(batch, training=True)), batch)
+
+
+def test_unknown_model_names_list_the_known_ones():
+    with pytest.raises(KeyError, match="seed_blog"):
+        models.get_spec("resnet9000")
+
+
+def test_parameter_counts_add_up():
+    counts = models.count_parameters(models.build_model("improved", 32))
+    assert counts["total"] == counts["trainable"] + counts["non_trainable"] > 0
+    assert counts["non_trainable"] > 0  # batch-norm moving statistics
+
+
+def _tiny_arrays(seed=0, n=16, size=32):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 80, (n, size, size, 3)).astype("uint8")
+    images[labels == 1] += 120  # Surface images brighter: something to learn
+    return images, labels
+
+
+def test_the_input_pipeline_batches_float_images_with_int_labels():
+    images, labels = _tiny_arrays()
+    batches = list(make_dataset(images, labels, batch_size=5, shuffle=True, seed=1))
+    assert [len(y) for _, y in batches] == [5, 5, 5, 1]
+    assert batches[0][0].dtype.name == "float32" and batches[0][1].dtype.name == "int32"
+
+
+def test_one_training_step_runs_and_records_history_and_config():
+    result = train("seed_notebook", _tiny_arrays(0), _tiny_arrays(1, n=8), image_size=32, epochs=1,
+                   batch_size=8, seed=3, verbose=0)
+    assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(result.history["loss"]) == 1 and np.isfinite(result.history["loss"][0])
+    assert result.config["seeds"]["seed"] == 3 and result.config["seeds"]["op_determinism"] is True
+    assert result.config["train_images"] == 16 and result.seconds > 0
+
+
+def test_training_is_deterministic_on_cpu_given_a_seed():
+    def weights(seed):
+        result = train("improved", _tiny_arrays(0), _tiny_arrays(1, n=8), image_size=32, epochs=2,
+                       batch_size=8, seed=seed, verbose=0)
+        return [w.copy() for w in result.model.get_weights()]
+
+    first, second, other = weights(7), weights(7), weights(8)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(first, other))

@@ -1,0 +1,66 @@
+"""The notebooks as files: numbered, thin, parameterised by the profiles, ready for Colab."""
+
+import json
+
+import nbformat
+import papermill
+import pytest
+
+from marsrover import config
+from marsrover.profiles import PROFILES
+from marsrover.runner import discover_notebooks
+
+NOTEBOOKS = discover_notebooks()
+STAGES = ["acquisition", "labeling", "augmentation", "model", "training", "error_analysis"]
+
+
+def test_the_study_has_the_six_numbered_stages_in_order():
+    names = [nb.stem for nb in NOTEBOOKS]
+    assert names[:6] == [f"{n:02d}_{stage}" for n, stage in enumerate(STAGES, start=1)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_opens_with_badge_then_colab_setup_then_parameters(path):
+    notebook = nbformat.read(path, as_version=4)
+    cells = notebook.cells
+    assert cells[0].cell_type == "markdown"
+    assert f"colab.research.google.com/github/{config.GITHUB_REPO}/blob/main/notebooks/{path.name}" in cells[0].source
+    setup = next(cell for cell in cells if cell.cell_type == "code")
+    assert '"google.colab" in sys.modules' in setup.source and "Not on Colab" in setup.source
+    tagged = [cell for cell in cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1 and cells.index(tagged[0]) > cells.index(setup)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebooks_carry_no_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs: clear them"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameter_defaults_are_the_smoke_profile(path):
+    declared = papermill.inspect_notebook(str(path))
+    smoke = {"profile": "smoke", **PROFILES["smoke"]}
+    for name, info in declared.items():
+        if name in smoke:
+            assert json.loads(json.dumps(eval(info["default"]))) == smoke[name], f"{path.name}: {name}"
+        else:
+            assert name in {"data_dir", "output_dir", "augmentations", "examples", "images_per_class",
+                            "example_images"}, f"{path.name} declares {name}, which no profile sets"
+
+
+def test_every_profile_key_reaches_some_notebook():
+    declared = set().union(*(papermill.inspect_notebook(str(nb)) for nb in NOTEBOOKS))
+    for profile in PROFILES.values():
+        assert set(profile) <= declared
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_stay_thin(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert "def " not in cell.source, f"{path.name}: functions belong in the marsrover package"
+            assert "/work/" not in cell.source and "../data" not in cell.source, f"{path.name}: hard-coded path"
