@@ -46,28 +46,46 @@ def test_the_html_shows_the_confusion_matrix_and_example_predictions(smoke_repor
     index = (smoke_report / "index.html").read_text()
     assert 'src="figures/confusion_matrix.png"' in index and 'src="figures/example_predictions.png"' in index
     for figure in ("confusion_matrix", "example_predictions", "sample_images", "contact_sheet",
-                   "augmentation_strong", "training_history"):
+                   "augmentation_strong", "training_history", "roc_pr_curves", "reliability", "coverage",
+                   "breakdown_msl_class", "confident_errors", "gradcam", "new_images_uncertain"):
         assert (smoke_report / "figures" / f"{figure}.png").stat().st_size > 5_000, figure
 
 
-def test_metrics_cover_every_model_on_val_and_test(smoke_report):
+RUNS = {"seed_notebook", "seed_blog", "improved", "transfer", "improved_refit", "seed_notebook_random_split"}
+
+
+def test_metrics_cover_every_run_on_val_and_test(smoke_report):
     metrics = json.loads((smoke_report / "metrics.json").read_text())
     assert metrics["profile"] == "smoke" and metrics["headline"] in metrics["models"]
-    assert set(metrics["models"]) == {"seed_notebook", "seed_blog", "improved"}
+    assert set(metrics["models"]) == RUNS
+    assert metrics["headline"] == metrics["best_on_val"] + "_refit" or metrics["best_on_val"] != "improved"
     for name, splits in metrics["models"].items():
         for split in ("val", "test"):
             scores = splits[split]
-            assert scores["n"] >= 30, (name, split)
-            assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["balanced_accuracy"] <= 1.0
+            assert scores["n"] >= (10 if name.endswith("random_split") and split == "val" else 30), (name, split)
+            for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "brier"):
+                assert 0.0 <= scores[key] <= 1.0, (name, split, key)
+            low, high = scores["ci95"]["balanced_accuracy"]
+            assert low <= scores["balanced_accuracy"] <= high
             assert sum(map(sum, scores["confusion_matrix"])) == scores["n"]
     assert metrics["baselines"]["majority class"]["test"]["answer"] == "Rover"
     assert set(metrics["notebook_seconds"]) == {nb.name for nb in discover_notebooks()}
     assert metrics["versions"]["tensorflow"]
 
 
-def test_each_model_is_saved_with_its_run_record(smoke_report):
-    for name in ("seed_notebook", "seed_blog", "improved"):
+def test_each_run_is_saved_with_its_record(smoke_report):
+    for name in RUNS:
         assert (smoke_report / "models" / f"{name}.keras").stat().st_size > 10_000
         run = json.loads((smoke_report / "runs" / f"{name}.json").read_text())
         assert run["config"]["epochs"] == 1 and run["config"]["image_size"] == 64
         assert run["environment"]["commit"] and len(run["history"]["loss"]) == 1
+    assert json.loads((smoke_report / "runs" / "improved_refit.json").read_text())["config"]["val_images"] == 0
+
+
+def test_new_images_are_classified_from_a_sample_laid_out_like_fetch_raw(smoke_report):
+    import pandas as pd
+
+    table = pd.read_csv(smoke_report / "new_images_predictions.csv")
+    assert len(table) == 24 and table["label"].isin(["Rover", "Surface"]).all()
+    assert set(table["instrument"]) <= {"MAHLI", "Mastcam left", "Mastcam right"}
+    assert not (smoke_report / "new_images_sample").exists()  # archive images never go into reports/

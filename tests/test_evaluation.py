@@ -1,8 +1,24 @@
+import json
+
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from marsrover.evaluation import binary_metrics, majority_baseline, predict_surface_probability
+from marsrover import plots
+from marsrover.evaluation import (
+    at_confidence,
+    binary_metrics,
+    bootstrap_ci,
+    breakdown,
+    coverage_curve,
+    curves,
+    majority_baseline,
+    most_confident_errors,
+    predict_surface_probability,
+    sol_ranges,
+)
 
 Y_TRUE = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
 P_SURFACE = np.array([0.1, 0.2, 0.6, 0.3, 0.05, 0.4, 0.9, 0.7, 0.45, 0.8])
@@ -42,3 +58,173 @@ def test_prediction_is_one_batched_call():
     p = predict_surface_probability(CountingModel(), images)
     assert CountingModel.calls == 1 and p.shape == (300,)
     assert p[:100].min() == 1.0 and p[100:].max() == 0.0
+
+
+# --- per-class scores, PR-AUC, Brier, bootstrap intervals ---------------------------------------
+
+
+def test_per_class_precision_recall_f1_pr_auc_and_brier_agree_with_scikit_learn():
+    scores = binary_metrics(Y_TRUE, P_SURFACE)
+    y_pred = (P_SURFACE >= 0.5).astype(int)
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(Y_TRUE, y_pred, labels=[0, 1])
+    for position, name in enumerate(["Rover", "Surface"]):
+        assert scores["precision"][name] == pytest.approx(precision[position])
+        assert scores["recall"][name] == pytest.approx(recall[position])
+        assert scores["f1"][name] == pytest.approx(f1[position])
+    assert scores["recall"] == {"Rover": pytest.approx(5 / 6), "Surface": pytest.approx(3 / 4)}
+    assert scores["pr_auc"] == pytest.approx(skm.average_precision_score(Y_TRUE, P_SURFACE))
+    assert scores["brier"] == pytest.approx(np.mean((P_SURFACE - Y_TRUE) ** 2))
+    assert "ci95" not in scores  # only when asked for
+
+
+def test_metrics_are_plain_json_serialisable_values():
+    scores = binary_metrics(Y_TRUE, P_SURFACE, n_boot=50)
+    assert json.loads(json.dumps(scores)) == scores
+    low, high = scores["ci95"]["accuracy"]
+    assert isinstance(low, float) and low <= scores["accuracy"] <= high
+    assert set(scores["ci95"]) == {"accuracy", "balanced_accuracy"}
+
+
+def test_one_class_splits_have_no_pr_auc_but_a_brier_score():
+    scores = binary_metrics(np.ones(3), np.array([0.9, 0.2, 0.6]))
+    assert scores["pr_auc"] is None and scores["roc_auc"] is None
+    assert scores["brier"] == pytest.approx(np.mean([0.01, 0.64, 0.16]))
+    json.dumps(scores)
+
+
+def _noisy_predictions(n, seed=0, accuracy=0.8):
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 2, n)
+    y_pred = np.where(rng.random(n) < accuracy, y_true, 1 - y_true)
+    return y_true, y_pred
+
+
+def test_bootstrap_is_deterministic_given_the_seed_and_brackets_the_estimate():
+    y_true, y_pred = _noisy_predictions(200)
+    first = bootstrap_ci(y_true, y_pred, skm.accuracy_score, n_boot=300, seed=7)
+    assert bootstrap_ci(y_true, y_pred, skm.accuracy_score, n_boot=300, seed=7) == first
+    assert bootstrap_ci(y_true, y_pred, skm.accuracy_score, n_boot=300, seed=8) != first
+    low, high = first
+    assert low < skm.accuracy_score(y_true, y_pred) < high
+
+
+def test_bootstrap_intervals_narrow_with_more_data():
+    small = bootstrap_ci(*_noisy_predictions(50), skm.accuracy_score, n_boot=300)
+    large = bootstrap_ci(*_noisy_predictions(2000), skm.accuracy_score, n_boot=300)
+    assert large[1] - large[0] < (small[1] - small[0]) / 2
+
+
+def test_bootstrap_skips_resamples_where_the_metric_is_undefined():
+    y_true, p = np.array([0, 1]), np.array([0.2, 0.7])
+    # Half the resamples of two images hold one class, where ROC-AUC raises ValueError.
+    low, high = bootstrap_ci(y_true, p, skm.roc_auc_score, n_boot=40, seed=0)
+    assert low == high == 1.0
+    assert np.isnan(bootstrap_ci(np.zeros(3), p[:1].repeat(3), skm.roc_auc_score, n_boot=10)).all()
+
+
+# --- curves, coverage -----------------------------------------------------------------------------
+
+
+def test_curves_are_scikit_learn_roc_and_pr_curves():
+    result = curves(Y_TRUE, P_SURFACE)
+    fpr, tpr, _ = skm.roc_curve(Y_TRUE, P_SURFACE)
+    precision, recall, _ = skm.precision_recall_curve(Y_TRUE, P_SURFACE)
+    np.testing.assert_allclose(result["fpr"], fpr)
+    np.testing.assert_allclose(result["tpr"], tpr)
+    np.testing.assert_allclose(result["precision"], precision)
+    np.testing.assert_allclose(result["recall"], recall)
+    assert result["roc_auc"] == pytest.approx(skm.auc(fpr, tpr))
+
+
+# Confident answers right, hesitant ones (confidence 0.55-0.6) half wrong.
+COV_TRUE = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+COV_P = np.array([0.02, 0.05, 0.97, 0.92, 0.45, 0.4, 0.6, 0.55])
+
+
+def test_threshold_one_half_keeps_every_image():
+    table = coverage_curve(COV_TRUE, COV_P)
+    first = table.iloc[0]
+    assert first["threshold"] == 0.5 and first["coverage"] == 1.0 and first["n_kept"] == 8
+    assert first["accuracy"] == pytest.approx(skm.accuracy_score(COV_TRUE, COV_P >= 0.5))
+    assert len(table) == 51 and table["threshold"].iloc[-1] == 1.0
+
+
+def test_higher_thresholds_keep_fewer_images_and_are_more_accurate():
+    table = coverage_curve(COV_TRUE, COV_P, thresholds=[0.5, 0.7, 0.96, 0.99])
+    assert table["coverage"].tolist() == [1.0, 0.5, 0.25, 0.0]
+    assert table["accuracy"].iloc[0] == 0.75 and table["accuracy"].iloc[1] == 1.0
+    assert table["balanced_accuracy"].iloc[1] == 1.0
+    assert np.isnan(table["accuracy"].iloc[3])  # nothing kept
+    assert table["coverage"].is_monotonic_decreasing
+
+
+def test_at_confidence_reports_coverage_and_accuracy_at_the_threshold():
+    result = at_confidence(COV_TRUE, COV_P, 0.9)
+    assert result == {"threshold": 0.9, "n_kept": 4, "coverage": 0.5, "accuracy": 1.0, "balanced_accuracy": 1.0}
+    assert at_confidence(COV_TRUE, COV_P, 0.999)["accuracy"] is None
+    # A confidence equal to a linspace threshold counts as kept despite floating-point noise.
+    assert coverage_curve([1], [0.9])["coverage"].iloc[40] == 1.0
+
+
+# --- breakdown, sol ranges, confident errors ------------------------------------------------------
+
+
+@pytest.fixture
+def predictions():
+    return pd.DataFrame({
+        "id": list("abcdefg"),
+        "instrument": ["MAHLI", "MAHLI", "MAHLI", "Mastcam left", "Mastcam left", "Mastcam right", "MAHLI"],
+        "sol": [5, 99, 100, 250, 1234, 342, 101],
+        "label": [0, 0, 1, 1, 1, 0, 0],
+        "p_surface": [0.1, 0.8, 0.7, 0.3, 0.9, 0.95, 0.4],
+    }).assign(predicted=lambda f: (f["p_surface"] >= 0.5).astype(int))
+
+
+def test_breakdown_counts_images_labels_and_errors_per_group(predictions):
+    table = breakdown(predictions, "instrument")
+    assert list(table.index) == ["MAHLI", "Mastcam left", "Mastcam right"] and table.index.name == "instrument"
+    mahli = table.loc["MAHLI"]
+    assert (mahli["n"], mahli["n_rover"], mahli["n_surface"], mahli["errors"]) == (4, 3, 1, 1)
+    assert mahli["accuracy"] == pytest.approx(0.75)
+    assert mahli["predicted_surface_share"] == pytest.approx(0.5)
+    assert (mahli["false_surface"], mahli["false_rover"]) == (1, 0)
+    assert table.loc["Mastcam left", "errors"] == 1 and table.loc["Mastcam left", "false_rover"] == 1
+    assert table.loc["Mastcam right", "accuracy"] == 0.0
+    assert table["n"].sum() == len(predictions) and table["errors"].sum() == 3
+
+
+def test_sol_ranges_label_blocks_of_sols(predictions):
+    ranges = sol_ranges(predictions["sol"])
+    assert ranges.tolist() == ["0000-0099", "0000-0099", "0100-0199", "0200-0299", "1200-1299",
+                               "0300-0399", "0100-0199"]
+    assert sol_ranges(pd.Series([342]), width=50).tolist() == ["0300-0349"]
+    table = breakdown(predictions.assign(sol_range=ranges), "sol_range")
+    assert table.loc["0100-0199", "n"] == 2 and list(table.index) == sorted(table.index)
+
+
+def test_most_confident_errors_come_first(predictions):
+    errors = most_confident_errors(predictions, 2)
+    assert errors["id"].tolist() == ["f", "b"]  # Rover at 95% and 80% Surface
+    np.testing.assert_allclose(errors["confidence"], [0.95, 0.8])
+    assert len(most_confident_errors(predictions, 10)) == 3
+    assert most_confident_errors(predictions.drop(columns="predicted"), 1)["id"].tolist() == ["f"]
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def test_roc_pr_and_coverage_figures_have_two_panels():
+    fig = plots.roc_pr_curves({"a": curves(Y_TRUE, P_SURFACE), "b": curves(COV_TRUE, COV_P)})
+    assert isinstance(fig, plt.Figure) and len(fig.axes) == 2
+    plt.close(fig)
+    fig = plots.coverage_plot({"a": coverage_curve(Y_TRUE, P_SURFACE), "b": coverage_curve(COV_TRUE, COV_P)})
+    assert isinstance(fig, plt.Figure) and len(fig.axes) == 2
+    plt.close(fig)
+
+
+def test_breakdown_bars_is_one_panel_sorted_by_accuracy(predictions):
+    fig = plots.breakdown_bars(breakdown(predictions, "instrument"), title="by instrument")
+    assert isinstance(fig, plt.Figure) and len(fig.axes) == 1
+    shown = [label.get_text() for label in fig.axes[0].get_yticklabels()]
+    assert shown == ["MAHLI", "Mastcam left", "Mastcam right"]  # accuracy 0.75, 0.5, 0
+    plt.close(fig)

@@ -8,7 +8,7 @@ from marsrover.training import make_dataset, train
 
 @pytest.mark.parametrize("name", sorted(models.MODEL_SPECS))
 def test_every_model_maps_images_to_two_class_probabilities(name):
-    model = models.build_model(name, 32)
+    model = models.build_model(name, 32, weights=None)  # weights=None: nothing is downloaded
     batch = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype("float32")
     probabilities = np.asarray(model(batch, training=False))
     assert probabilities.shape == (3, 2)
@@ -37,6 +37,26 @@ def test_augmentation_is_active_only_while_training():
     batch[:, :, :16] = 200.0
     np.testing.assert_array_equal(np.asarray(augmenter(batch, training=False)), batch)
     assert not np.array_equal(np.asarray(augmenter(batch, training=True)), batch)
+
+
+def test_transfer_without_reachable_imagenet_weights_fails_clearly(monkeypatch):
+    real = models.keras.applications.EfficientNetB0
+
+    def offline(*args, weights=None, **kwargs):
+        if weights is not None:
+            raise OSError("URL fetch failure: no internet")
+        return real(*args, weights=None, **kwargs)
+
+    monkeypatch.setattr(models.keras.applications, "EfficientNetB0", offline)
+    with pytest.raises(models.PretrainedWeightsUnavailable, match="Colab"):
+        models.build_model("transfer", 64)
+    table = models.model_table(["transfer"], 64, summaries=False)
+    assert "unavailable" in table.loc["transfer", "note"]
+
+
+def test_transfer_from_random_weights_trains_its_backbone():
+    model = models.build_model("transfer", 32, weights=None)
+    assert models.count_parameters(model)["trainable"] > 1_000_000
 
 
 def test_unknown_model_names_list_the_known_ones():

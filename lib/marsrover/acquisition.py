@@ -40,6 +40,7 @@ from marsrover import config
 __all__ = [
     "AcquisitionError",
     "DownloadError",
+    "HTTPClientError",
     "ChecksumError",
     "UnsafeArchiveError",
     "RemoteFile",
@@ -85,6 +86,15 @@ class AcquisitionError(RuntimeError):
 
 class DownloadError(AcquisitionError):
     """An HTTP transfer failed (bad status, or retries exhausted)."""
+
+
+class HTTPClientError(DownloadError):
+    """The server answered 4xx (other than 429): not retried. ``status`` and ``url`` say which."""
+
+    def __init__(self, message: str, *, status: int, url: str):
+        super().__init__(message)
+        self.status = status
+        self.url = url
 
 
 class ChecksumError(AcquisitionError):
@@ -276,7 +286,9 @@ def _fetch_once(
         if status >= 500 or status == 429:  # 429: Zenodo's rate limiter, worth waiting for
             raise _Retryable(f"HTTP {status} from {url}")
         if status >= 400:
-            raise DownloadError(f"HTTP {status} ({resp.reason}) for {url}; not retrying a client error")
+            raise HTTPClientError(
+                f"HTTP {status} ({resp.reason}) for {url}; not retrying a client error", status=status, url=url
+            )
         if status == 206:
             first, total = _content_range(resp.headers.get("Content-Range"))
             if first != have:

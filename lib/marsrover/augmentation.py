@@ -21,7 +21,7 @@ AUGMENTATIONS = {
 def augmentation_layers(name: str, seed: int) -> list[keras.layers.Layer]:
     """The layers of recipe ``name``; each layer gets its own seed derived from ``seed``."""
     if name == "none":
-        return []
+        return [layers.Identity()]  # keeps the block (and model structure) the same without augmentation
     if name == "flip":
         return [layers.RandomFlip("horizontal", seed=seed)]
     if name == "seed_blog":

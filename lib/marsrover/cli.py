@@ -1,9 +1,22 @@
-"""The ``marsrover`` command line (also ``python -m marsrover``)."""
+"""The ``marsrover`` command line (also ``python -m marsrover``).
+
+Exit status: 0 when everything worked; 2 when some images could not be read (predict, sort) or
+downloaded (fetch-raw), after the others were handled; 1 when nothing could be done (no model,
+no such path, the feed refused).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 1, 2
+
+
+def _fail(message: str) -> int:
+    print(f"marsrover: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -21,8 +34,104 @@ def _study(args: argparse.Namespace) -> int:
     return run_all(forwarded)
 
 
+def _model_and_files(args: argparse.Namespace, exclude=()):
+    """(model, its path, files) or raise with a message for the user."""
+    import os
+
+    from . import inference
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, unless asked for
+
+    files = inference.discover_images(args.paths, exclude=exclude)
+    model_path = Path(args.model) if args.model else inference.find_default_model()
+    model = inference.load_model(model_path)
+    height, width = inference.model_image_size(model)
+    print(f"Model {model_path} ({width}x{height} input); {len(files)} image(s) found")
+    return model, model_path, files
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from . import inference
+
+    try:
+        model, model_path, files = _model_and_files(args)
+    except (FileNotFoundError, ValueError) as error:
+        return _fail(str(error))
+    table = inference.classify_files(model, files, batch_size=args.batch_size, threshold=args.threshold,
+                                     workers=args.workers, max_pixels=args.max_pixels,
+                                     model_name=str(model_path), progress=not args.no_progress)
+    inference.write_csv(table, args.out)
+    counts = inference.summarize(table)
+    print(f"{counts['images']} image(s): {counts['Rover']} Rover, {counts['Surface']} Surface, "
+          f"{counts['failed']} failed (threshold {args.threshold} on P(Surface)); wrote {args.out}")
+    for row in table[table["error"] != ""].itertuples():
+        print(f"  failed: {row.path}: {row.error}")
+    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+
+
+def _sort(args: argparse.Namespace) -> int:
+    from . import sorting
+
+    if not 0.0 <= args.low <= args.high <= 1.0:
+        return _fail(f"need 0 <= --low <= --high <= 1, got --low {args.low} --high {args.high}")
+    try:
+        model, _, files = _model_and_files(args, exclude=[args.into])
+    except (FileNotFoundError, ValueError) as error:
+        return _fail(str(error))
+    summary = sorting.sort_files(model, files, args.into, move=args.move, low=args.low, high=args.high,
+                                 batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
+                                 progress=not args.no_progress)
+    print("\n".join(summary.lines()))
+    print(f"Log: {Path(args.into) / sorting.LOG_NAME}")
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def _fetch_raw(args: argparse.Namespace) -> int:
+    from . import rawfeeds
+    from .acquisition import DownloadError
+
+    try:
+        result = rawfeeds.fetch_raw(args.mission, sols=args.sols, limit=args.limit, size=args.size,
+                                    out_dir=args.out, per_page=args.per_page, base_url=args.feed_url,
+                                    retries=args.retries, timeout=args.timeout, progress=not args.no_progress)
+    except (DownloadError, ValueError) as error:
+        return _fail(str(error))
+    print("\n".join(result.lines()))
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
+    from .inference import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS
+
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files (.jpg, .jpeg, .png), folders (searched recursively) or glob patterns")
+    parser.add_argument("--model", type=Path,
+                        help="saved .keras model (default: the newest *.keras under models/ or reports/*/models/)")
+    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per model call (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--workers", type=_positive_int, help="decoding threads (default: 2 x CPUs, at most 8)")
+    parser.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels than this, undecoded (default 50e6)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="marsrover", description=__doc__)
+    parser = argparse.ArgumentParser(prog="marsrover", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="get, verify and extract the MSL archive and build the index")
@@ -34,6 +143,49 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default="full", choices=["smoke", "full", "gpu"])
     run.add_argument("--output-dir", type=Path)
     run.set_defaults(handler=_study)
+
+    predict = commands.add_parser(
+        "predict", help="classify images as Rover or Surface and write a CSV",
+        description="Classify images as Rover or Surface; one CSV row per image "
+                    "(path,label,p_surface,model,error). Exit status 2 if any image could not be read.")
+    _add_classifier_options(predict)
+    predict.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                         help="CSV to write (default predictions.csv)")
+    predict.add_argument("--threshold", type=_probability, default=0.5,
+                         help="label Surface when P(Surface) >= this (default 0.5)")
+    predict.set_defaults(handler=_predict)
+
+    sort = commands.add_parser(
+        "sort", help="copy (or move) images into DIR/Rover, DIR/Surface and DIR/Uncertain",
+        description="Copy (or move) images into DIR/Rover (P(Surface) < low), DIR/Surface (> high) and "
+                    "DIR/Uncertain (in between). Never overwrites; rerunning finishes an interrupted run "
+                    "(progress in DIR/sort_log.csv). Exit status 2 if any image could not be read.")
+    _add_classifier_options(sort)
+    sort.add_argument("--into", type=Path, required=True, metavar="DIR", help="folder to sort into")
+    sort.add_argument("--move", action="store_true", help="move the images instead of copying them")
+    sort.add_argument("--low", type=_probability, default=0.2, help="Rover below this P(Surface) (default 0.2)")
+    sort.add_argument("--high", type=_probability, default=0.8, help="Surface above this P(Surface) (default 0.8)")
+    sort.set_defaults(handler=_sort)
+
+    from . import rawfeeds
+
+    fetch = commands.add_parser(
+        "fetch-raw", help="download raw images and metadata from NASA's raw-image feeds",
+        description="Download raw images (newest sol first) and metadata.csv from NASA's public raw-image "
+                    "feeds into data/raw/<mission>/. Rerunning skips what is already there.")
+    fetch.add_argument("--mission", required=True, choices=rawfeeds.MISSIONS)
+    fetch.add_argument("--sols", metavar="A-B", help="sol range: A-B, A, A- or -B")
+    fetch.add_argument("--limit", type=int, help="stop after this many images")
+    fetch.add_argument("--size", choices=rawfeeds.SIZES, default="medium",
+                       help="Mars 2020 rendition (default medium; the MSL feed has one size)")
+    fetch.add_argument("--out", type=Path, metavar="DIR", help="folder (default data/raw/<mission>)")
+    fetch.add_argument("--per-page", type=_positive_int, default=rawfeeds.DEFAULT_PER_PAGE,
+                       help=f"feed page size (default {rawfeeds.DEFAULT_PER_PAGE})")
+    fetch.add_argument("--feed-url", help="feed base URL (default: the mission's mars.nasa.gov feed)")
+    fetch.add_argument("--retries", type=int, default=5, help="retries per request (default 5)")
+    fetch.add_argument("--timeout", type=float, default=30, help="seconds per request (default 30)")
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fetch.set_defaults(handler=_fetch_raw)
     return parser
 
 

@@ -1,8 +1,17 @@
-"""Scoring: batched prediction and the metrics every model is reported with (scikit-learn)."""
+"""Scoring: batched prediction, the metrics every model is reported with, and error analysis.
+
+All metrics come from scikit-learn. ``p_surface`` is always P(Surface) (label 1); an image is
+predicted Surface when ``p_surface >= threshold`` (0.5 unless told). Functions that return dicts
+return plain Python numbers and lists, so the result can go straight into ``metrics.json``.
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import numpy as np
+import pandas as pd
 from sklearn import metrics
 
 from .config import CLASS_NAMES
@@ -14,21 +23,62 @@ def predict_surface_probability(model, images: np.ndarray, *, batch_size: int = 
     return np.asarray(probabilities, dtype="float64")[:, 1]
 
 
-def binary_metrics(y_true: np.ndarray, p_surface: np.ndarray, *, threshold: float = 0.5) -> dict[str, object]:
-    """Accuracy, balanced accuracy, macro F1, ROC-AUC, confusion matrix and n for one split."""
+def _optional_float(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _balanced_accuracy_or_nan(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Balanced accuracy, NaN unless both classes are present (it is undefined otherwise)."""
+    if len(np.unique(y_true)) < 2:
+        return float("nan")
+    return float(metrics.balanced_accuracy_score(y_true, y_pred))
+
+
+def binary_metrics(y_true: np.ndarray, p_surface: np.ndarray, *, threshold: float = 0.5,
+                   n_boot: int = 0, seed: int = 0) -> dict[str, object]:
+    """The scores of one split.
+
+    Accuracy, balanced accuracy, macro F1, ROC-AUC, confusion matrix (rows true, columns
+    predicted, Rover first), n and the share of Surface images; per class (keyed by class name)
+    ``precision``, ``recall`` and ``f1``; ``pr_auc`` (average precision of Surface) and ``brier``.
+    ``roc_auc`` and ``pr_auc`` are None when the split holds one class only. With ``n_boot > 0``,
+    ``ci95`` holds percentile-bootstrap 95% intervals of accuracy and balanced accuracy
+    (:func:`bootstrap_ci`, resampling images).
+    """
     y_true = np.asarray(y_true).astype(int)
-    y_pred = (np.asarray(p_surface) >= threshold).astype(int)
+    p_surface = np.asarray(p_surface, dtype="float64")
+    y_pred = (p_surface >= threshold).astype(int)
     both_classes = len(np.unique(y_true)) == 2
-    return {
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=[0, 1], zero_division=0)
+    with warnings.catch_warnings():
+        # One class only: balanced accuracy is the recall of that class; scikit-learn warns.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        balanced_accuracy = float(metrics.balanced_accuracy_score(y_true, y_pred))
+    scores = {
         "n": int(len(y_true)),
         "accuracy": float(metrics.accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(metrics.balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": balanced_accuracy,
         "macro_f1": float(metrics.f1_score(y_true, y_pred, average="macro", labels=[0, 1], zero_division=0)),
         "roc_auc": float(metrics.roc_auc_score(y_true, p_surface)) if both_classes else None,
         "surface_share": float(y_true.mean()) if len(y_true) else None,
         "confusion_matrix": metrics.confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
-        "threshold": threshold,
+        "threshold": float(threshold),
+        "precision": {name: float(value) for name, value in zip(CLASS_NAMES, precision)},
+        "recall": {name: float(value) for name, value in zip(CLASS_NAMES, recall)},
+        "f1": {name: float(value) for name, value in zip(CLASS_NAMES, f1)},
+        "pr_auc": float(metrics.average_precision_score(y_true, p_surface)) if both_classes else None,
+        "brier": float(metrics.brier_score_loss(y_true, p_surface, labels=[0, 1])) if len(y_true) else None,
     }
+    if n_boot > 0:
+        scores["ci95"] = {}
+        for key, metric in (("accuracy", metrics.accuracy_score),
+                            ("balanced_accuracy", _balanced_accuracy_or_nan)):
+            low, high = bootstrap_ci(y_true, y_pred, metric, n_boot=n_boot, seed=seed)
+            scores["ci95"][key] = [_optional_float(low), _optional_float(high)]
+        scores["n_boot"] = int(n_boot)
+    return scores
 
 
 def majority_baseline(y_eval: np.ndarray) -> dict[str, object]:
@@ -37,3 +87,163 @@ def majority_baseline(y_eval: np.ndarray) -> dict[str, object]:
     scores = binary_metrics(y_eval, np.full(len(y_eval), float(majority)))
     scores["answer"] = CLASS_NAMES[majority]
     return scores
+
+
+def bootstrap_ci(y_true: np.ndarray, y_pred_or_p: np.ndarray, metric: Callable[[np.ndarray, np.ndarray], float],
+                 *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile-bootstrap ``1 - alpha`` interval of ``metric(y_true, y_pred_or_p)``.
+
+    Images are resampled with replacement ``n_boot`` times (``numpy.random.default_rng(seed)``,
+    so the interval is the same for the same seed). Resamples where the metric is undefined
+    (it raises ``ValueError``, returns None or a non-finite value) are skipped; (nan, nan) when
+    none is left.
+    """
+    y_true = np.asarray(y_true)
+    values_in = np.asarray(y_pred_or_p)
+    if len(y_true) != len(values_in):
+        raise ValueError(f"y_true has {len(y_true)} entries, y_pred_or_p {len(values_in)}")
+    if len(y_true) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    estimates = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # single-class resamples make scikit-learn warn
+        for _ in range(n_boot):
+            chosen = rng.integers(0, len(y_true), len(y_true))
+            try:
+                value = metric(y_true[chosen], values_in[chosen])
+            except ValueError:
+                continue
+            if value is not None and np.isfinite(value):
+                estimates.append(float(value))
+    if not estimates:
+        return float("nan"), float("nan")
+    low, high = np.percentile(estimates, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def curves(y_true: np.ndarray, p_surface: np.ndarray) -> dict[str, object]:
+    """ROC (``fpr``, ``tpr``, ``roc_thresholds``) and precision-recall (``precision``, ``recall``,
+    ``pr_thresholds``) curves of Surface as numpy arrays, with ``roc_auc`` and ``pr_auc``
+    (None when only one class is present)."""
+    y_true = np.asarray(y_true).astype(int)
+    p_surface = np.asarray(p_surface, dtype="float64")
+    both_classes = len(np.unique(y_true)) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one class only: scikit-learn warns and returns nan
+        fpr, tpr, roc_thresholds = metrics.roc_curve(y_true, p_surface, pos_label=1)
+        precision, recall, pr_thresholds = metrics.precision_recall_curve(y_true, p_surface, pos_label=1)
+    return {
+        "fpr": fpr, "tpr": tpr, "roc_thresholds": roc_thresholds,
+        "precision": precision, "recall": recall, "pr_thresholds": pr_thresholds,
+        "roc_auc": float(metrics.roc_auc_score(y_true, p_surface)) if both_classes else None,
+        "pr_auc": float(metrics.average_precision_score(y_true, p_surface)) if both_classes else None,
+        "surface_share": float(y_true.mean()) if len(y_true) else None,
+    }
+
+
+def _predicted(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.Series:
+    if "predicted" in predictions:
+        return predictions["predicted"].astype(int)
+    return (predictions["p_surface"] >= threshold).astype(int)
+
+
+def breakdown(predictions: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Scores per group of column ``by`` (e.g. ``msl_name``, ``instrument``, ``sol_range``).
+
+    ``predictions`` needs ``label``, ``predicted`` (or ``p_surface``) and ``by``. One row per group
+    (index named ``by``, groups in sorted order): ``n``, ``n_rover``, ``n_surface``, ``accuracy``,
+    ``predicted_surface_share``, ``errors``, ``false_surface`` (Rover predicted Surface),
+    ``false_rover`` (Surface predicted Rover) and ``mean_p_surface`` (when ``p_surface`` is given).
+    """
+    frame = pd.DataFrame({
+        "group": predictions[by].to_numpy(),
+        "label": predictions["label"].astype(int).to_numpy(),
+        "predicted": _predicted(predictions).to_numpy(),
+    })
+    frame["correct"] = frame["label"] == frame["predicted"]
+    frame["false_surface"] = (frame["label"] == 0) & (frame["predicted"] == 1)
+    frame["false_rover"] = (frame["label"] == 1) & (frame["predicted"] == 0)
+    if "p_surface" in predictions:
+        frame["p_surface"] = predictions["p_surface"].astype(float).to_numpy()
+    grouped = frame.groupby("group", sort=True)
+    table = pd.DataFrame({
+        "n": grouped.size(),
+        "n_rover": grouped["label"].apply(lambda s: int((s == 0).sum())),
+        "n_surface": grouped["label"].sum(),
+        "accuracy": grouped["correct"].mean(),
+        "predicted_surface_share": grouped["predicted"].mean(),
+        "errors": grouped["correct"].apply(lambda s: int((~s).sum())),
+        "false_surface": grouped["false_surface"].sum(),
+        "false_rover": grouped["false_rover"].sum(),
+    })
+    if "p_surface" in frame:
+        table["mean_p_surface"] = grouped["p_surface"].mean()
+    for column in ("n", "n_rover", "n_surface", "errors", "false_surface", "false_rover"):
+        table[column] = table[column].astype(int)
+    table.index.name = by
+    return table
+
+
+def sol_ranges(sol: pd.Series, width: int = 100) -> pd.Series:
+    """Each sol's range of ``width`` sols as a sortable label, e.g. ``"0300-0399"`` for sol 342."""
+    low = (pd.Series(sol).astype(int) // width) * width
+    return low.map(lambda start: f"{start:04d}-{start + width - 1:04d}").rename("sol_range")
+
+
+def _confidence(p_surface: np.ndarray) -> np.ndarray:
+    """Confidence of the predicted class: max(p, 1 - p)."""
+    return np.maximum(p_surface, 1 - p_surface)
+
+
+def coverage_curve(y_true: np.ndarray, p_surface: np.ndarray,
+                   thresholds: np.ndarray | None = None) -> pd.DataFrame:
+    """What answering only confident images buys: one row per confidence threshold.
+
+    An image is kept when the confidence of its predicted class, max(p, 1 - p), is at least the
+    threshold. Columns: ``threshold``, ``n_kept``, ``coverage`` (share kept), ``accuracy`` and
+    ``balanced_accuracy`` on the kept images (NaN when none is kept; balanced accuracy NaN unless
+    both classes are kept). Thresholds default to 0.5, 0.51, ..., 1.0.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    p_surface = np.asarray(p_surface, dtype="float64")
+    thresholds = np.linspace(0.5, 1, 51) if thresholds is None else np.asarray(thresholds, dtype=float)
+    confidence = _confidence(p_surface)
+    y_pred = (p_surface >= 0.5).astype(int)
+    rows = []
+    for threshold in thresholds:
+        kept = confidence >= threshold - 1e-12  # tolerance: linspace gives 0.9000000000000001
+        n_kept = int(kept.sum())
+        rows.append({
+            "threshold": float(threshold),
+            "n_kept": n_kept,
+            "coverage": n_kept / len(y_true) if len(y_true) else float("nan"),
+            "accuracy": float(metrics.accuracy_score(y_true[kept], y_pred[kept])) if n_kept else float("nan"),
+            "balanced_accuracy": _balanced_accuracy_or_nan(y_true[kept], y_pred[kept]),
+        })
+    return pd.DataFrame(rows)
+
+
+def at_confidence(y_true: np.ndarray, p_surface: np.ndarray, threshold: float = 0.9) -> dict[str, object]:
+    """Coverage and accuracy when only images with confidence >= ``threshold`` are answered."""
+    row = coverage_curve(y_true, p_surface, [threshold]).iloc[0]
+    return {
+        "threshold": float(threshold),
+        "n_kept": int(row["n_kept"]),
+        "coverage": _optional_float(row["coverage"]),
+        "accuracy": _optional_float(row["accuracy"]),
+        "balanced_accuracy": _optional_float(row["balanced_accuracy"]),
+    }
+
+
+def most_confident_errors(predictions: pd.DataFrame, k: int = 12) -> pd.DataFrame:
+    """The ``k`` wrong predictions made with the highest confidence, most confident first.
+
+    ``predictions`` needs ``label`` and ``p_surface`` (``predicted`` is derived at 0.5 when absent).
+    A ``confidence`` column (probability given to the wrong answer) is added.
+    """
+    predicted = _predicted(predictions)
+    wrong = predictions[predicted != predictions["label"].astype(int)].copy()
+    p = wrong["p_surface"].astype(float)
+    wrong["confidence"] = np.where(predicted[wrong.index] == 1, p, 1 - p)
+    return wrong.sort_values("confidence", ascending=False, kind="stable").head(k)

@@ -29,7 +29,11 @@ class ModelSpec:
     epochs: int
     batch_size: int = 32
     learning_rate: float = 1e-3
-    build_body: Callable[[keras.KerasTensor], keras.KerasTensor] = field(repr=False, default=None)
+    schedule: str = "constant"  # or "cosine": cosine decay of the learning rate over all epochs
+    class_weighting: bool = False  # weight the loss so both labels count equally
+    restore_best: bool = False  # keep the epoch with the best validation balanced accuracy
+    pretrained: bool = False  # the body takes a `weights` argument (keras.applications)
+    build_body: Callable[..., keras.KerasTensor] = field(repr=False, default=None)
 
 
 def _seed_blog_body(x):
@@ -52,16 +56,41 @@ def _seed_notebook_body(x):
     return layers.Dense(128, activation="relu")(x)
 
 
+def _conv_bn_relu(x, filters, strides=1):
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x)
+
+
 def _improved_body(x):
-    # Batch normalisation keeps training stable across the Mastcam/MAHLI shift; global pooling
-    # replaces a large flatten+dense with few parameters, which generalises better on 3.7k images.
-    for filters in (32, 64, 128, 256):
-        for _ in range(2):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-            x = layers.BatchNormalization()(x)
-            x = layers.Activation("relu")(x)
+    # A strided stem halves the resolution at once: a CPU budget spent on depth, not on pixels.
+    # Batch normalisation steadies training across the Mastcam/MAHLI shift; global average pooling
+    # replaces a large flatten+dense, which over-fits 3.7k images.
+    x = _conv_bn_relu(x, 32, strides=2)
+    for filters in (64, 128, 256, 256):
+        x = _conv_bn_relu(x, filters)
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
+    return layers.Dropout(0.3)(x)
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights could not be loaded (no internet, no cached copy)."""
+
+
+def _transfer_body(x, weights="imagenet"):
+    # EfficientNetB0 rescales and normalises 0-255 input itself, so it sees the raw pixels.
+    try:
+        backbone = keras.applications.EfficientNetB0(include_top=False, weights=weights, pooling="avg",
+                                                     input_shape=tuple(x.shape[1:]))
+    except Exception as error:  # urllib/HTTP/OS errors differ by platform; all mean "no weights"
+        raise PretrainedWeightsUnavailable(
+            f"could not load {weights!r} weights for EfficientNetB0 ({type(error).__name__}: {error}). "
+            "Keras downloads them from storage.googleapis.com on first use; on a machine without internet "
+            "the transfer model is skipped. Run the study on Colab (profile 'gpu') to include it, or copy "
+            "efficientnetb0_notop.h5 into ~/.keras/models/ beforehand.") from error
+    backbone.trainable = weights is None  # frozen ImageNet features; trained from scratch without them
+    x = backbone(x, training=False)
     return layers.Dropout(0.3)(x)
 
 
@@ -72,8 +101,12 @@ MODEL_SPECS: dict[str, ModelSpec] = {
                   image_size=224, augmentation="seed_blog", epochs=20, build_body=_seed_blog_body),
         ModelSpec("seed_notebook", "the seed notebook's CNN: 2 conv layers (8, 32), dense 128",
                   image_size=256, augmentation="flip", epochs=15, build_body=_seed_notebook_body),
-        ModelSpec("improved", "this project's CNN: 4 double-conv blocks with batch norm, global pooling",
-                  image_size=128, augmentation="strong", epochs=30, build_body=_improved_body),
+        ModelSpec("improved", "this project's CNN: strided stem, 4 conv+batch-norm+pool blocks, global pooling",
+                  image_size=128, augmentation="strong", epochs=30, schedule="cosine", class_weighting=True,
+                  restore_best=True, build_body=_improved_body),
+        ModelSpec("transfer", "EfficientNetB0 with frozen ImageNet weights and a new two-class head",
+                  image_size=128, augmentation="strong", epochs=10, schedule="cosine", class_weighting=True,
+                  restore_best=True, pretrained=True, build_body=_transfer_body),
     )
 }
 
@@ -86,15 +119,23 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; choose from {sorted(MODEL_SPECS)}") from None
 
 
-def build_model(name: str, image_size: int | None = None, *, seed: int = 42,
-                augment: bool = True) -> keras.Model:
-    """An uncompiled model of family ``name`` for square images of ``image_size`` pixels."""
+def build_model(name: str, image_size: int | None = None, *, seed: int = 42, augment: bool = True,
+                weights: str | None = "imagenet") -> keras.Model:
+    """An uncompiled model of family ``name`` for square images of ``image_size`` pixels.
+
+    ``weights`` matters only for pretrained families (``transfer``): ``"imagenet"`` needs the
+    internet or a cached file and raises :class:`PretrainedWeightsUnavailable` without them;
+    ``None`` builds the same architecture from random weights (tests, smoke runs).
+    """
     spec = get_spec(name)
     size = image_size or spec.image_size
     inputs = keras.Input(shape=(size, size, 3), name="image")
     x = build_augmentation(spec.augmentation if augment else "none", seed)(inputs)
-    x = layers.Rescaling(1.0 / 255, name="rescale")(x)
-    x = spec.build_body(x)
+    if spec.pretrained:
+        x = spec.build_body(x, weights=weights)
+    else:
+        x = layers.Rescaling(1.0 / 255, name="rescale")(x)
+        x = spec.build_body(x)
     # float32 output keeps softmax stable under mixed precision.
     outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)
@@ -105,3 +146,28 @@ def count_parameters(model: keras.Model) -> dict[str, int]:
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     frozen = sum(int(w.numpy().size) for w in model.non_trainable_weights)
     return {"trainable": trainable, "non_trainable": frozen, "total": trainable + frozen}
+
+
+def model_table(names: list[str], image_size: int | None = None, *, seed: int = 42,
+                weights: str | None = "imagenet", summaries: bool = True):
+    """One row per model (description, input, recipe, parameters), printing each Keras summary.
+
+    A pretrained model whose weights are unavailable is shown with random weights, and says so.
+    """
+    import pandas as pd
+
+    rows = []
+    for name in names:
+        spec = get_spec(name)
+        note = ""
+        try:
+            model = build_model(name, image_size, seed=seed, weights=weights)
+        except PretrainedWeightsUnavailable as error:
+            note = f"ImageNet weights unavailable here ({type(error.__cause__).__name__}): shown with random weights"
+            model = build_model(name, image_size, seed=seed, weights=None)
+        if summaries:
+            model.summary(expand_nested=False)
+        rows.append({"model": name, "description": spec.description, "input": f"{model.input_shape[1]} px",
+                     "augmentation": spec.augmentation, "epochs": spec.epochs, "schedule": spec.schedule,
+                     "class weighting": spec.class_weighting, **count_parameters(model), "note": note})
+    return pd.DataFrame(rows).set_index("model")

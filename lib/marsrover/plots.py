@@ -14,6 +14,11 @@ from .config import CLASS_NAMES
 from .dataset import load_image
 
 
+def setup_notebook(dpi: int = 72) -> None:
+    """Figures shown in notebooks at a modest resolution, so the rendered report stays small."""
+    plt.rcParams["figure.dpi"] = dpi
+
+
 def save_fig(fig: plt.Figure, name: str, figures_dir: Path, *, dpi: int = 100) -> Path:
     """Save ``fig`` as ``figures_dir/name.png`` (tight layout) and return the path."""
     figures_dir = Path(figures_dir)
@@ -95,7 +100,8 @@ def example_predictions(images: Sequence, y_true: Sequence[int], p_surface: Sequ
     return image_grid(images, titles, columns=columns, size=2.6, title_colors=colors, suptitle=suptitle)
 
 
-def contact_sheet(index: pd.DataFrame, images_root: Path, *, per_class: int = 6, seed: int = 42, size: float = 1.4) -> plt.Figure:
+def contact_sheet(index: pd.DataFrame, images_root: Path, *, per_class: int = 6, seed: int = 42,
+                  size: float = 1.1) -> plt.Figure:
     """One row per MSL class: a few random images, labelled with the class and its binary label."""
     classes = index.drop_duplicates("msl_class").sort_values("msl_class")
     fig, axes = plt.subplots(len(classes), per_class + 1, squeeze=False,
@@ -111,7 +117,7 @@ def contact_sheet(index: pd.DataFrame, images_root: Path, *, per_class: int = 6,
         for ax, path in zip(image_axes, list(shown["path"]) + [None] * per_class):
             ax.axis("off")
             if path is not None:
-                ax.imshow(load_image(Path(images_root) / path, 128))
+                ax.imshow(load_image(Path(images_root) / path, 96))
     return fig
 
 
@@ -127,4 +133,138 @@ def augmentation_grid(images: np.ndarray, augmenter, *, repeats: int = 5, title:
             ax.axis("off")
         row_axes[0].set_title("original", fontsize=8)
     fig.suptitle(title)
+    return fig
+
+
+def roc_pr_curves(curves_by_model: dict[str, dict]) -> plt.Figure:
+    """ROC (left) and precision-recall (right) curves of Surface, one colour per model.
+
+    Each value is a :func:`marsrover.evaluation.curves` dict; AUC and average precision go in the legend.
+    """
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for color, (name, curve) in zip(sns.color_palette(n_colors=max(1, len(curves_by_model))),
+                                    curves_by_model.items()):
+        roc_auc, pr_auc = curve.get("roc_auc"), curve.get("pr_auc")
+        roc_ax.plot(curve["fpr"], curve["tpr"], color=color,
+                    label=f"{name} (AUC {roc_auc:.3f})" if roc_auc is not None else name)
+        pr_ax.step(curve["recall"], curve["precision"], where="post", color=color,
+                   label=f"{name} (AP {pr_auc:.3f})" if pr_auc is not None else name)
+    roc_ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
+    shares = {curve.get("surface_share") for curve in curves_by_model.values()} - {None}
+    if len(shares) == 1:
+        pr_ax.axhline(shares.pop(), color="grey", ls=":", lw=1, label="chance (Surface share)")
+    roc_ax.set(title="ROC (Surface positive)", xlabel="false positive rate", ylabel="true positive rate",
+               xlim=(0, 1), ylim=(0, 1.02))
+    pr_ax.set(title="Precision-recall (Surface)", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    roc_ax.legend(fontsize=8, loc="lower right")
+    pr_ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def reliability_diagram(tables_by_name: dict[str, pd.DataFrame], *, show_counts: bool = True,
+                        title: str = "Reliability diagram") -> plt.Figure:
+    """Observed Surface rate against mean predicted P(Surface) per bin, one colour per name.
+
+    Each value is a :func:`marsrover.calibration.reliability_table`. The diagonal is perfect
+    calibration; with ``show_counts`` a second, shorter panel shows how many images fall in each bin.
+    """
+    if show_counts:
+        fig, (ax, count_ax) = plt.subplots(2, 1, figsize=(5.5, 6.2), sharex=True,
+                                           gridspec_kw={"height_ratios": [3, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfectly calibrated")
+    colors = sns.color_palette(n_colors=max(1, len(tables_by_name)))
+    for offset, (color, (name, table)) in enumerate(zip(colors, tables_by_name.items())):
+        filled = table[table["count"] > 0]
+        ax.plot(filled["mean_predicted"], filled["observed_rate"], color=color, marker="o", label=name)
+        if show_counts:
+            width = (table["bin_upper"] - table["bin_lower"]).to_numpy() / max(1, len(tables_by_name))
+            count_ax.bar(table["bin_lower"] + width * offset, table["count"], width=width, align="edge",
+                         color=color, alpha=0.8, label=name)
+    ax.set(title=title, ylabel="observed Surface rate", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper left")
+    if show_counts:
+        count_ax.set(xlabel="predicted P(Surface)", ylabel="images", xlim=(0, 1))
+    else:
+        ax.set_xlabel("predicted P(Surface)")
+    return fig
+
+
+def coverage_plot(curves_by_model: dict[str, pd.DataFrame], mark: float = 0.9) -> plt.Figure:
+    """Selective prediction: coverage against the confidence threshold (left) and accuracy
+    (solid) and balanced accuracy (dashed) against coverage (right), one colour per model.
+
+    Each value is a :func:`marsrover.evaluation.coverage_curve`; the point at threshold ``mark`` is ringed.
+    """
+    fig, (cov_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for color, (name, table) in zip(sns.color_palette(n_colors=max(1, len(curves_by_model))),
+                                    curves_by_model.items()):
+        cov_ax.plot(table["threshold"], table["coverage"], color=color, label=name)
+        acc_ax.plot(table["coverage"], table["accuracy"], color=color, label=f"{name} accuracy")
+        acc_ax.plot(table["coverage"], table["balanced_accuracy"], color=color, ls="--",
+                    label=f"{name} balanced accuracy")
+        if mark is not None and len(table):
+            row = table.iloc[int(np.argmin(np.abs(table["threshold"].to_numpy() - mark)))]
+            cov_ax.plot(row["threshold"], row["coverage"], "o", mfc="none", ms=10, color=color)
+            acc_ax.plot(row["coverage"], row["accuracy"], "o", mfc="none", ms=10, color=color)
+    if mark is not None:
+        cov_ax.axvline(mark, color="grey", ls=":", lw=1)
+    cov_ax.set(title="Images answered", xlabel="confidence threshold max(p, 1-p)", ylabel="coverage",
+               ylim=(0, 1.02))
+    acc_ax.set(title="Accuracy on the answered images", xlabel="coverage", ylabel="score")
+    cov_ax.legend(fontsize=8)
+    acc_ax.legend(fontsize=7)
+    return fig
+
+
+def breakdown_bars(table: pd.DataFrame, *, title: str, metric: str = "accuracy") -> plt.Figure:
+    """Horizontal bars of ``metric`` per group of a :func:`marsrover.evaluation.breakdown` table,
+    sorted best (top) to worst, each annotated with its number of images."""
+    data = table.sort_values(metric, ascending=False)
+    labels = [str(group) for group in data.index]
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.32 * len(data) + 1)))
+    sns.barplot(x=data[metric].to_numpy(), y=labels, hue=labels, palette="viridis", legend=False, ax=ax)
+    for position, (value, n) in enumerate(zip(data[metric], data["n"])):
+        ax.text(value + 0.01 if np.isfinite(value) else 0.01, position, f"n={int(n)}", va="center", fontsize=8)
+    ax.set(title=title, xlabel=metric.replace("_", " "), ylabel=data.index.name or "", xlim=(0, 1.12))
+    return fig
+
+
+def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str] | None = None, *,
+                 y_true: Sequence[int] | None = None, p_surface: Sequence[float] | None = None,
+                 columns: int = 4, side_by_side: bool = True, alpha: float = 0.4, size: float = 2.2,
+                 suptitle: str | None = None) -> plt.Figure:
+    """Grad-CAM overlays in a grid: per image the image and its overlay side by side (or the overlay
+    only), ``columns`` images per row. Captions are ``titles``, or, given ``y_true`` and
+    ``p_surface``, true label, predicted label and its probability (errors in red)."""
+    from .gradcam import overlay
+
+    colors = None
+    if titles is None and y_true is not None and p_surface is not None:
+        titles, colors = [], []
+        for truth, probability in zip(y_true, p_surface):
+            predicted = int(probability >= 0.5)
+            confidence = probability if predicted else 1 - probability
+            titles.append(f"true: {CLASS_NAMES[int(truth)]}\npred: {CLASS_NAMES[predicted]} ({confidence:.0%})")
+            colors.append("tab:green" if predicted == int(truth) else "tab:red")
+    titles = list(titles) if titles is not None else [""] * len(images)
+    per_image = 2 if side_by_side else 1
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    fig, axes = plt.subplots(rows, columns * per_image, squeeze=False,
+                             figsize=(columns * per_image * size, rows * size * 1.2))
+    for ax in axes.flat:
+        ax.axis("off")
+    for position, (image, heatmap) in enumerate(zip(images, heatmaps)):
+        row, column = divmod(position, columns)
+        image = load_image(image) if isinstance(image, (str, Path)) else np.asarray(image)
+        shown = np.clip(image, 0, 255).astype("uint8")
+        image_axes = axes[row, column * per_image:(column + 1) * per_image]
+        if side_by_side:
+            image_axes[0].imshow(shown)
+        image_axes[-1].imshow(overlay(shown, heatmap, alpha))
+        image_axes[0].set_title(titles[position], fontsize=8, color=colors[position] if colors else "black",
+                                loc="left" if side_by_side else "center")
+    if suptitle:
+        fig.suptitle(suptitle)
     return fig

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ALL_MODELS = ["seed_notebook", "seed_blog", "improved"]
+ALL_MODELS = ["seed_notebook", "seed_blog", "improved", "transfer"]
 
 _COMMON: dict[str, Any] = {
     "seed": 42,
@@ -20,14 +20,22 @@ _COMMON: dict[str, Any] = {
     "epochs": None,  # None: each model's own number of epochs
     "batch_size": None,  # None: each model's own batch size
     "models": ALL_MODELS,
-    "mixed_precision": False,
-    "jit_compile": False,
+    "refit": ["improved"],  # refitted on train+val for the epochs chosen on val
+    "leakage_model": "seed_notebook",  # also trained on the seed blog's random 80/20 split
+    "transfer_weights": "imagenet",  # None: the transfer architecture from random weights
+    "mixed_precision": False,  # float16 on a GPU
+    "jit_compile": False,  # XLA on a GPU
+    "cpu_bfloat16": False,  # bfloat16 mixed precision on CPUs with native support
+    "bootstrap_samples": 1000,
+    "export_headline": False,  # copy the headline model to models/ (the committed full study only)
     "sample_images": 24,
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {**_COMMON, "max_images_per_split": 40, "image_size": 64, "epochs": 1, "sample_images": 12},
-    "full": dict(_COMMON),
+    # No download in CI: the transfer model is built from random weights there.
+    "smoke": {**_COMMON, "max_images_per_split": 40, "image_size": 64, "epochs": 1, "sample_images": 12,
+              "transfer_weights": None, "bootstrap_samples": 50},
+    "full": {**_COMMON, "cpu_bfloat16": True, "export_headline": True},
     "gpu": {**_COMMON, "batch_size": 64, "mixed_precision": True, "jit_compile": True},
 }
 

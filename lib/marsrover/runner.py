@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -61,12 +62,18 @@ def render_html(executed: Path) -> Path:
     return html_path
 
 
+def peak_kernel_rss_gib() -> float:
+    """The largest resident memory of any finished child process so far: the notebook kernels."""
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3)  # KiB on Linux
+
+
 @dataclass
 class NotebookRun:
     name: str
     status: str = "not run"
     seconds: float = 0.0
     error: str = ""
+    peak_rss_gib: float = 0.0  # the largest kernel so far in this run (the OS reports a running maximum)
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -102,6 +109,7 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
             run.status = "failed"
             run.error = f"{notebook.name}: {type(error).__name__}: {error}"
         run.seconds = round(time.perf_counter() - clock, 2)
+        run.peak_rss_gib = peak_kernel_rss_gib()
         if executed.exists():  # papermill keeps the partial notebook when a cell fails
             run.outputs = {"notebook": executed.name, "html": render_html(executed).name}
         print(f"    {run.status} in {run.seconds:.1f} s", flush=True)
@@ -110,7 +118,8 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
             break
     log = {
         "profile": profile, "started": started_at, "total_seconds": round(time.perf_counter() - started, 2),
-        "notebooks": [run.__dict__ for run in runs], "commit": git_commit(),
+        "notebooks": [run.__dict__ for run in runs], "commit": git_commit(), "cpu_count": os.cpu_count(),
+        "peak_rss_gib": peak_kernel_rss_gib(),
     }
     log = reporting.write_run_log(output_dir, log)
     index = reporting.write_index(output_dir, log)

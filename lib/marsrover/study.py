@@ -6,6 +6,8 @@ Notebook 01 calls :func:`acquire`; every later notebook calls :func:`load_index`
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,78 +52,288 @@ def split_arrays(paths: config.DataPaths, index: pd.DataFrame, split: str, size:
     return images, rows["label"].to_numpy()
 
 
-def train_models(model_names: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *,
-                 image_size: int | None, epochs: int | None, batch_size: int | None, seed: int,
-                 jit_compile: bool = False) -> dict[str, dict]:
-    """Train each model on the train split (validation split for monitoring) and save it."""
-    from .models import get_spec
+REFIT_SUFFIX = "_refit"
+RANDOM_SPLIT_SUFFIX = "_random_split"
+
+
+def random_split_index(index: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The seed blog's protocol: train and val pooled, then split 80/20 at random (test kept aside)."""
+    from .leakage import random_split
+
+    pooled = index[index["split"].isin(["train", "val"])]
+    return pd.concat([random_split(pooled, val_fraction=0.2, seed=seed), index[index["split"] == "test"]],
+                     ignore_index=True)
+
+
+def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_splits, val_split, size, epochs,
+                  batch_size, seed, jit_compile, weights) -> dict:
     from .training import save_run, train
 
-    runs = {}
+    print(f"\n=== {run_name}: {name} at {size}px on {'+'.join(fit_splits)} ===")
+    parts = [split_arrays(paths, index, split, size) for split in fit_splits]
+    fit_images = np.concatenate([images for images, _ in parts])
+    fit_labels = np.concatenate([labels for _, labels in parts])
+    val_data = split_arrays(paths, index, val_split, size) if val_split else None
+    result = train(name, (fit_images, fit_labels), val_data, image_size=size, epochs=epochs, batch_size=batch_size,
+                   seed=seed, jit_compile=jit_compile, weights=weights, run_name=run_name)
+    result.config["fit_on"] = "+".join(fit_splits)
+    save_run(result, output_dir)
+    return reporting.load_json(Path(output_dir) / "runs" / f"{run_name}.json")
+
+
+def train_models(model_names: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *,
+                 image_size: int | None, epochs: int | None, batch_size: int | None, seed: int,
+                 jit_compile: bool = False, refit: list[str] = (), leakage_model: str | None = None,
+                 transfer_weights: str | None = "imagenet") -> dict[str, dict]:
+    """Every training run of the study, saved under ``models/`` and ``runs/``.
+
+    1. Each model on the train split, watching the validation split (selection happens there only).
+    2. Each model in ``refit`` again on train+val, for the number of epochs that was best on val.
+    3. ``leakage_model`` on the seed blog's random 80/20 split of train+val, to measure how much a
+       random split flatters the validation score.
+    A pretrained model whose weights cannot be loaded is recorded as skipped, with the reason.
+    """
+    from .models import PretrainedWeightsUnavailable, get_spec
+
+    output_dir = Path(output_dir)
+    for stale in [*(output_dir / "runs").glob("*.json"), *(output_dir / "models").glob("*.keras")]:
+        stale.unlink()  # this notebook defines the runs that 06 scores: none left from an earlier setup
+    runs: dict[str, dict] = {}
+    common = {"batch_size": batch_size, "seed": seed, "jit_compile": jit_compile, "weights": transfer_weights}
     for name in model_names:
         size = image_size or get_spec(name).image_size
-        print(f"\n=== {name} at {size}px ===")
-        result = train(name, split_arrays(paths, index, "train", size), split_arrays(paths, index, "val", size),
-                       image_size=size, epochs=epochs, batch_size=batch_size, seed=seed, jit_compile=jit_compile)
-        save_run(result, output_dir)
-        runs[name] = reporting.load_json(Path(output_dir) / "runs" / f"{name}.json")
+        try:
+            runs[name] = _fit_and_save(name, name, paths, index, output_dir, fit_splits=["train"], val_split="val",
+                                       size=size, epochs=epochs, **common)
+        except PretrainedWeightsUnavailable as error:
+            print(f"Skipping {name}: {error}")
+            runs[name] = {"skipped": str(error), "config": {"model": name, "run": name}}
+            (output_dir / "runs").mkdir(parents=True, exist_ok=True)
+            (output_dir / "runs" / f"{name}.json").write_text(json.dumps(runs[name], indent=2))
+    for name in refit:
+        if "skipped" in runs.get(name, {"skipped": True}):
+            print(f"No refit of {name}: it was not trained above")
+            continue
+        best_epochs = runs[name]["config"]["best_epoch_on_val"] or runs[name]["config"]["epochs"]
+        size = runs[name]["config"]["image_size"]
+        runs[name + REFIT_SUFFIX] = _fit_and_save(
+            name, name + REFIT_SUFFIX, paths, index, output_dir, fit_splits=["train", "val"], val_split=None,
+            size=size, epochs=best_epochs, **common)
+    if leakage_model:
+        size = image_size or get_spec(leakage_model).image_size
+        runs[leakage_model + RANDOM_SPLIT_SUFFIX] = _fit_and_save(
+            leakage_model, leakage_model + RANDOM_SPLIT_SUFFIX, paths, random_split_index(index, seed), output_dir,
+            fit_splits=["train"], val_split="val", size=size, epochs=epochs, **common)
     return runs
 
 
-def score_models(model_names: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path,
-                 *, profile: str) -> tuple[dict, dict[str, pd.DataFrame]]:
-    """Score each saved model on val and test, choose the headline on val, write ``metrics.json``.
+SEED_CLAIM = {"description": "seed blog (random 80/20 split)", "val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}}
 
-    Returns the metrics and, per model, a table of test images with their P(Surface).
+
+@dataclass
+class StudyScores:
+    """Everything notebook 06 reports: ``metrics`` (as written to metrics.json) and per-run predictions."""
+
+    metrics: dict
+    predictions: dict[str, dict[str, pd.DataFrame]]  # run -> split -> index rows with p_surface, predicted
+    temperatures: dict[str, float]
+
+    @property
+    def headline(self) -> str:
+        return self.metrics["headline"]
+
+    def test_predictions(self, run: str) -> pd.DataFrame:
+        return self.predictions[run]["test"]
+
+
+def _run_kind(run: str) -> str:
+    if run.endswith(REFIT_SUFFIX):
+        return "refit on train+val"
+    if run.endswith(RANDOM_SPLIT_SUFFIX):
+        return "random 80/20 split (leakage study)"
+    return "train only"
+
+
+def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *, profile: str, seed: int,
+                bootstrap_samples: int = 1000) -> StudyScores:
+    """Score every saved run on val and test, fit temperatures on val, choose the headline, save metrics.
+
+    The headline is chosen on validation only: the train-only model with the best validation balanced
+    accuracy; if that model was refitted on train+val (for the epochs validation chose), the refit is
+    the headline, since it has seen sols closer to the test split. The test split only reports.
     """
-    import keras
-
+    from .calibration import apply_temperature, expected_calibration_error, fit_temperature
     from .evaluation import binary_metrics, majority_baseline, predict_surface_probability
+    from .inference import load_model
     from .provenance import run_environment
 
     output_dir = Path(output_dir)
-    scores, test_predictions = {}, {}
-    for name in model_names:
-        model_path = output_dir / "models" / f"{name}.keras"
-        if not model_path.exists():
-            raise FileNotFoundError(f"{model_path} is missing: run notebook 05 for model {name!r} first")
-        model = keras.models.load_model(model_path)
+    random_index = None
+    runs = sorted((output_dir / "runs").glob("*.json"))
+    if not runs:
+        raise FileNotFoundError(f"no training runs in {output_dir / 'runs'}: run notebook 05 first")
+    scores, predictions, temperatures, skipped = {}, {}, {}, {}
+    for run_path in runs:
+        record = reporting.load_json(run_path)
+        run = run_path.stem
+        if "skipped" in record:
+            skipped[run] = record["skipped"]
+            continue
+        model = load_model(output_dir / "models" / f"{run}.keras")
         size = int(model.input_shape[1])
-        scores[name] = {}
+        run_index = index
+        if run.endswith(RANDOM_SPLIT_SUFFIX):
+            random_index = random_index if random_index is not None else random_split_index(index, seed)
+            run_index = random_index
+        scores[run], predictions[run] = {"kind": _run_kind(run), "image_size": size}, {}
         for split in ("val", "test"):
-            images, labels = split_arrays(paths, index, split, size)
+            images, labels = split_arrays(paths, run_index, split, size, progress=False)
             probabilities = predict_surface_probability(model, images)
-            scores[name][split] = binary_metrics(labels, probabilities)
-            if split == "test":
-                rows = index[index["split"] == "test"].reset_index(drop=True).copy()
-                rows["p_surface"] = probabilities
-                rows["predicted"] = (probabilities >= 0.5).astype(int)
-                test_predictions[name] = rows
+            split_scores = binary_metrics(labels, probabilities, n_boot=bootstrap_samples, seed=seed)
+            split_scores["ece"] = expected_calibration_error(labels, probabilities)
+            scores[run][split] = split_scores
+            rows = run_index[run_index["split"] == split].reset_index(drop=True).copy()
+            rows["p_surface"] = probabilities
+            rows["predicted"] = (probabilities >= 0.5).astype(int)
+            predictions[run][split] = rows
+        if scores[run]["kind"] == "train only":
+            # Temperature scaling is fitted on validation, so only for runs that did not train on it.
+            temperature = fit_temperature(predictions[run]["val"]["label"], predictions[run]["val"]["p_surface"])
+            temperatures[run] = temperature
+            test = predictions[run]["test"]
+            scaled = apply_temperature(test["p_surface"].to_numpy(), temperature)
+            scores[run]["test"]["temperature"] = temperature
+            scores[run]["test"]["ece_after_temperature"] = expected_calibration_error(test["label"], scaled)
+        if scores[run]["kind"] == "refit on train+val":
+            scores[run]["val"]["note"] = "the validation split was part of this run's training data"
+        if scores[run]["kind"].startswith("random"):
+            scores[run]["val"]["note"] = "validation = the random 20% of train+val, as in the seed blog"
+    candidates = [run for run in scores if scores[run]["kind"] == "train only"]
+    best = max(candidates, key=lambda run: scores[run]["val"]["balanced_accuracy"])
+    headline = best + REFIT_SUFFIX if best + REFIT_SUFFIX in scores else best
     baselines = {"majority class": {split: majority_baseline(index.loc[index["split"] == split, "label"])
                                     for split in ("val", "test")}}
-    # Model selection looks at validation only; the test split is reported, never used to choose.
-    headline = max(scores, key=lambda name: scores[name]["val"]["balanced_accuracy"])
-    metrics = {"headline": headline, "selection": "highest validation balanced accuracy",
-               "profile": profile, "models": scores, "baselines": baselines, **run_environment()}
+    metrics = {
+        "headline": headline, "best_on_val": best,
+        "selection": "best validation balanced accuracy among train-only runs; its train+val refit if any",
+        "profile": profile, "models": scores, "skipped": skipped, "baselines": baselines,
+        "seed_claim": SEED_CLAIM, **run_environment(),
+    }
     reporting.save_metrics(output_dir, metrics)
     predictions_dir = output_dir / "predictions"
     predictions_dir.mkdir(exist_ok=True)
-    for name, rows in test_predictions.items():
-        rows.to_csv(predictions_dir / f"{name}_test.csv", index=False)
-    return metrics, test_predictions
+    for run, splits in predictions.items():
+        splits["test"].to_csv(predictions_dir / f"{run}_test.csv", index=False)
+    return StudyScores(metrics, predictions, temperatures)
 
 
-def metrics_table(metrics: dict) -> pd.DataFrame:
-    """One row per model and baseline: accuracy and balanced accuracy on val and test."""
+def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.MODELS_DIR) -> Path:
+    """Copy the headline model to ``models/<run>-<commit>.keras`` so `marsrover predict` finds it."""
+    import shutil
+
+    run = metrics["headline"]
+    target = Path(models_dir) / f"{run}-{metrics['commit']}.keras"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for old in Path(models_dir).glob(f"{run}-*.keras"):
+        old.unlink()  # one headline file per run name: the newest study's
+    shutil.copy2(Path(output_dir) / "models" / f"{run}.keras", target)
+    print(f"Headline model exported to {target} ({target.stat().st_size / 2**20:.1f} MiB)")
+    return target
+
+
+def runs_table(runs: dict[str, dict]) -> pd.DataFrame:
+    """One row per training run: what it was fitted on, for how long, and what validation said."""
     rows = []
-    for kind, group in (("model", metrics["models"]), ("baseline", metrics.get("baselines", {}))):
+    for run_name, run in runs.items():
+        config_ = run.get("config", {})
+        history = run.get("history", {})
+        val_balanced = history.get("val_balanced_accuracy")
+        rows.append({
+            "run": run_name, "model": config_.get("model"), "fit on": config_.get("fit_on"),
+            "image size": config_.get("image_size"), "epochs": config_.get("epochs"),
+            "kept weights": config_.get("kept_weights"), "train images": config_.get("train_images"),
+            "seconds": run.get("train_seconds"), "seconds per epoch": run.get("seconds_per_epoch"),
+            "best val balanced accuracy": max(val_balanced) if val_balanced else None,
+            "skipped": run.get("skipped", "")[:120],
+        })
+    return pd.DataFrame(rows).set_index("run")
+
+
+def metrics_table(metrics: dict, split: str = "test") -> pd.DataFrame:
+    """One row per run and baseline on ``split``: the headline metrics with 95% bootstrap intervals."""
+    rows = []
+    for kind, group in (("run", metrics["models"]), ("baseline", metrics.get("baselines", {}))):
         for name, splits in group.items():
-            row = {"name": name, "kind": kind}
-            for split, values in splits.items():
-                for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
-                    row[f"{split} {key}"] = values.get(key)
-            rows.append(row)
+            values = splits[split]
+            ci = values.get("ci95", {})
+            rows.append({
+                "name": name, "trained": splits.get("kind", kind), "n": values["n"],
+                "accuracy": values["accuracy"], "accuracy 95% CI": _interval(ci.get("accuracy")),
+                "balanced accuracy": values["balanced_accuracy"],
+                "balanced accuracy 95% CI": _interval(ci.get("balanced_accuracy")),
+                "macro F1": values["macro_f1"], "ROC-AUC": values.get("roc_auc"), "PR-AUC": values.get("pr_auc"),
+                "Brier": values.get("brier"), "ECE": values.get("ece"),
+            })
     return pd.DataFrame(rows).set_index("name")
+
+
+def _interval(pair) -> str:
+    return f"{pair[0]:.3f}–{pair[1]:.3f}" if pair else ""
+
+
+def per_class_table(metrics: dict, split: str = "test") -> pd.DataFrame:
+    """Precision, recall and F1 of each label for every run."""
+    rows = []
+    for run, splits in metrics["models"].items():
+        for label in ("Rover", "Surface"):
+            rows.append({"run": run, "label": label, **{key: splits[split][key][label]
+                                                         for key in ("precision", "recall", "f1")}})
+    return pd.DataFrame(rows).set_index(["run", "label"])
+
+
+def comparison_table(metrics: dict) -> pd.DataFrame:
+    """The seed's claim beside the seed models as reproduced here and this project's models."""
+    rows = [{"": "seed claim: blog, random 80/20 split", "val accuracy": SEED_CLAIM["val"]["accuracy"],
+             "test accuracy": SEED_CLAIM["test"]["accuracy"], "test balanced accuracy": None}]
+    for run, splits in metrics["models"].items():
+        rows.append({"": f"{run} ({splits['kind']})", "val accuracy": splits["val"]["accuracy"],
+                     "test accuracy": splits["test"]["accuracy"],
+                     "test balanced accuracy": splits["test"]["balanced_accuracy"]})
+    majority = metrics["baselines"]["majority class"]
+    rows.append({"": f"always '{majority['test']['answer']}' (test majority)", "val accuracy": None,
+                 "test accuracy": majority["test"]["accuracy"], "test balanced accuracy": 0.5})
+    return pd.DataFrame(rows).set_index("")
+
+
+def breakdown_table(scores: StudyScores, by: str) -> pd.DataFrame:
+    """Test accuracy of every run per group of ``by`` (e.g. msl_name, instrument, sol_range)."""
+    from .evaluation import breakdown, sol_ranges
+
+    def with_sol_range(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(sol_range=sol_ranges(frame["sol"]))
+
+    accuracy = {run: breakdown(with_sol_range(scores.test_predictions(run)), by)["accuracy"]
+                for run in scores.predictions}
+    counts = breakdown(with_sol_range(scores.test_predictions(scores.headline)), by)[["n", "n_rover", "n_surface"]]
+    return counts.join(pd.DataFrame(accuracy)).sort_values("n", ascending=False)
+
+
+def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, max_distance: int,
+                   progress: bool = True) -> pd.DataFrame:
+    """Near-duplicates shared between training and evaluation images under each protocol."""
+    from .leakage import count_shared, perceptual_hashes
+
+    hashed = index.assign(phash=perceptual_hashes(index, paths.images_root, progress=progress))
+    random_index = random_split_index(hashed, seed)
+    rows = []
+    for protocol, frame, split_b in (("official (by sol)", hashed, "val"), ("official (by sol)", hashed, "test"),
+                                     ("random 80/20 (seed blog)", random_index, "val")):
+        counts = count_shared(frame, "train", split_b, max_distance=max_distance)
+        rows.append({"protocol": protocol, "train vs": split_b, "images": counts["n_b"],
+                     "identical file in train": counts["exact"],
+                     f"perceptual twin in train (≤{max_distance} bits)": counts["perceptual"],
+                     "share with a twin": round(counts["perceptual_share"], 3)})
+    return pd.DataFrame(rows).set_index(["protocol", "train vs"])
 
 
 def pick_examples(predictions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
@@ -138,3 +350,68 @@ def pick_examples(predictions: pd.DataFrame, count: int, seed: int) -> pd.DataFr
     if len(chosen) < count and len(remaining):
         chosen = pd.concat([chosen, remaining.sample(n=min(len(remaining), count - len(chosen)), random_state=seed)])
     return chosen.sample(frac=1, random_state=seed)
+
+
+def user_labelled_scores(run: str, output_dir: Path, labels_csv: str | Path | None = None,
+                         data_dir: str | Path | None = None) -> pd.DataFrame | None:
+    """Scores of model ``run`` on images labelled by hand with the labeler, or None when there are none."""
+    from .evaluation import binary_metrics
+    from .inference import classify_files, load_model
+    from .labeler import LabelStore, labels_as_index
+
+    csv_path = Path(labels_csv) if labels_csv else config.data_paths(data_dir).labels / "labels.csv"
+    if not csv_path.exists():
+        return None
+    store = LabelStore(csv_path)
+    labelled = labels_as_index(store)
+    if labelled.empty:
+        return None
+    files = [store.resolve(path) for path in labelled["path"]]
+    predictions = classify_files(load_model(Path(output_dir) / "models" / f"{run}.keras"), files, progress=False)
+    readable = predictions["error"].fillna("") == ""
+    scores = binary_metrics(labelled.loc[readable.to_numpy(), "label"], predictions.loc[readable, "p_surface"])
+    return pd.DataFrame({f"{run} on {csv_path.name}": {key: scores[key] for key in
+                                                       ("n", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc")}}).T
+
+
+def sample_new_images(paths: config.DataPaths, index: pd.DataFrame, folder: Path, *, count: int,
+                      seed: int) -> pd.DataFrame:
+    """A stand-in for freshly fetched images: ``count`` test-split images copied into ``folder``.
+
+    Used where no raw images were fetched (CI, offline machines); it writes the same ``metadata.csv``
+    that ``marsrover fetch-raw`` writes, so notebook 07 runs the same code either way.
+    """
+    import shutil
+
+    from .rawfeeds import METADATA_COLUMNS, METADATA_NAME
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    test = index[index["split"] == "test"]
+    chosen = test.sample(n=min(count, len(test)), random_state=seed)
+    rows = []
+    for row in chosen.itertuples():
+        target = folder / Path(row.path).name
+        if not target.exists():
+            shutil.copy2(paths.images_root / row.path, target)
+        rows.append({"image_id": row.id, "sol": row.sol, "instrument": row.instrument, "date_taken": "",
+                     "url": f"archive:{row.path}", "local_path": str(target)})
+    metadata = pd.DataFrame(rows, columns=METADATA_COLUMNS)
+    metadata.to_csv(folder / METADATA_NAME, index=False)
+    return metadata
+
+
+def classify_new_images(model_path: Path, folder: Path, *, low: float = 0.2, high: float = 0.8) -> pd.DataFrame:
+    """Every image under ``folder`` classified, joined with its ``metadata.csv`` row when there is one."""
+    from .inference import classify_files, discover_images, load_model
+    from .rawfeeds import read_metadata
+    from .sorting import folder_for
+
+    predictions = classify_files(load_model(model_path), discover_images([folder]), progress=False)
+    predictions["sorted_into"] = [folder_for(p, low, high) if p == p else "" for p in predictions["p_surface"]]
+    metadata = read_metadata(folder)
+    metadata["path"] = [str(Path(p).resolve()) for p in metadata["local_path"]]
+    predictions["path"] = [str(Path(p).resolve()) for p in predictions["path"]]
+    table = predictions.merge(metadata.drop(columns="local_path"), on="path", how="left")
+    table["instrument"] = table["instrument"].fillna("").replace("", "unknown")
+    return table

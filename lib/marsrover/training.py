@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
 from .models import build_model, get_spec
 from .provenance import run_environment
@@ -28,14 +29,34 @@ def set_seeds(seed: int, *, deterministic: bool = True) -> dict[str, object]:
     return fixed
 
 
-def configure_accelerator(*, mixed_precision: bool = False, jit_compile: bool = False) -> dict[str, object]:
-    """Mixed precision and XLA where a GPU is present; on a CPU both fall back off, and say so."""
+def cpu_supports_bfloat16() -> bool:
+    """Whether this CPU has native bfloat16 instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def configure_accelerator(*, mixed_precision: bool = False, jit_compile: bool = False,
+                          cpu_bfloat16: bool = False) -> dict[str, object]:
+    """Choose the numeric policy: float16 mixed precision (+ XLA) on a GPU, bfloat16 on a capable CPU.
+
+    Each option falls back to float32 where the hardware lacks it, and says so. Variables stay float32
+    under both mixed policies; the softmax output is float32 in every model.
+    """
     gpus = tf.config.list_physical_devices("GPU")
-    use_mixed = bool(mixed_precision and gpus)
-    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
-    settings = {"gpus": len(gpus), "mixed_precision": use_mixed, "jit_compile": bool(jit_compile and gpus)}
+    policy = "float32"
+    if mixed_precision and gpus:
+        policy = "mixed_float16"
+    elif cpu_bfloat16 and not gpus and cpu_supports_bfloat16():
+        policy = "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    settings = {"gpus": len(gpus), "policy": policy, "jit_compile": bool(jit_compile and gpus)}
     if (mixed_precision or jit_compile) and not gpus:
-        print("No GPU found: mixed precision and XLA are off; training runs in float32 on the CPU.")
+        print("No GPU found: float16 mixed precision and XLA are off.")
+    if cpu_bfloat16 and policy == "float32" and not gpus:
+        print("This CPU has no native bfloat16: training runs in float32.")
     print(f"Accelerator settings: {settings}")
     return settings
 
@@ -51,6 +72,43 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, shu
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+@keras.saving.register_keras_serializable(package="marsrover")
+class BalancedAccuracy(keras.metrics.Metric):
+    """Mean per-class recall of a softmax classifier: the study's selection metric, per epoch."""
+
+    def __init__(self, num_classes: int = 2, name: str = "balanced_accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.hits = self.add_weight(shape=(num_classes,), initializer="zeros", name="hits")
+        self.totals = self.add_weight(shape=(num_classes,), initializer="zeros", name="totals")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        truth = keras.ops.one_hot(y_true, self.num_classes)
+        correct = keras.ops.cast(keras.ops.equal(keras.ops.argmax(y_pred, axis=-1), y_true), "float32")
+        self.hits.assign_add(keras.ops.sum(truth * correct[:, None], axis=0))
+        self.totals.assign_add(keras.ops.sum(truth, axis=0))
+
+    def result(self):
+        present = keras.ops.cast(self.totals > 0, "float32")
+        recall = keras.ops.divide_no_nan(self.hits, self.totals)
+        return keras.ops.divide_no_nan(keras.ops.sum(recall * present), keras.ops.sum(present))
+
+    def reset_state(self):
+        self.hits.assign(keras.ops.zeros_like(self.hits))
+        self.totals.assign(keras.ops.zeros_like(self.totals))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Loss weights that make both labels count equally (scikit-learn's "balanced")."""
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(c): float(w) for c, w in zip(classes, weights)}
+
+
 @dataclass
 class TrainingResult:
     model: keras.Model
@@ -59,40 +117,64 @@ class TrainingResult:
     config: dict[str, object]
 
 
-def train(name: str, train_data: tuple[np.ndarray, np.ndarray], val_data: tuple[np.ndarray, np.ndarray], *,
-          image_size: int | None = None, epochs: int | None = None, batch_size: int | None = None,
-          seed: int = 42, jit_compile: bool = False, verbose: int = 2) -> TrainingResult:
-    """Build model ``name`` and fit it with its published recipe (Adam, sparse cross-entropy)."""
+def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
+          val_data: tuple[np.ndarray, np.ndarray] | None = None, *, image_size: int | None = None,
+          epochs: int | None = None, batch_size: int | None = None, seed: int = 42, jit_compile: bool = False,
+          weights: str | None = "imagenet", run_name: str | None = None, verbose: int = 2) -> TrainingResult:
+    """Build model ``name`` and fit it with its recipe (Adam, sparse cross-entropy).
+
+    With ``val_data``, the validation balanced accuracy is tracked every epoch and recorded with the
+    best epoch; specs with ``restore_best`` keep that epoch's weights (selection on validation only).
+    Without it (a refit on train+val), the model trains for exactly ``epochs``.
+    """
     spec = get_spec(name)
     epochs = epochs or spec.epochs
     batch_size = batch_size or spec.batch_size
     size = image_size or spec.image_size
     fixed = set_seeds(seed)
-    model = build_model(name, size, seed=seed)
+    model = build_model(name, size, seed=seed, weights=weights)
+    steps_per_epoch = int(np.ceil(len(train_data[1]) / batch_size))
+    learning_rate = spec.learning_rate
+    if spec.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(spec.learning_rate, epochs * steps_per_epoch)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=spec.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), BalancedAccuracy()],
         jit_compile=jit_compile,
     )
+    class_weight = balanced_class_weights(train_data[1]) if spec.class_weighting else None
+    callbacks = []
+    if val_data is not None and spec.restore_best:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_balanced_accuracy", mode="max",
+                                                       patience=epochs, restore_best_weights=True))
     train_ds = make_dataset(*train_data, batch_size=batch_size, shuffle=True, seed=seed)
-    val_ds = make_dataset(*val_data, batch_size=batch_size, shuffle=False)
+    val_ds = make_dataset(*val_data, batch_size=256, shuffle=False) if val_data is not None else None
     started = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                        class_weight=class_weight, shuffle=False)  # tf.data already shuffles
     seconds = time.perf_counter() - started
-    config = {
-        "model": name, "image_size": size, "epochs": epochs, "batch_size": batch_size,
-        "learning_rate": spec.learning_rate, "optimizer": "Adam", "augmentation": spec.augmentation,
-        "train_images": int(len(train_data[1])), "val_images": int(len(val_data[1])), "seeds": fixed,
-    }
     clean_history = {key: [float(v) for v in values] for key, values in history.history.items()}
+    best_epoch = None
+    if "val_balanced_accuracy" in clean_history:
+        best_epoch = int(np.argmax(clean_history["val_balanced_accuracy"])) + 1
+    config = {
+        "model": name, "run": run_name or name, "image_size": size, "epochs": epochs, "batch_size": batch_size,
+        "learning_rate": spec.learning_rate, "schedule": spec.schedule, "optimizer": "Adam",
+        "augmentation": spec.augmentation, "class_weight": class_weight,
+        "weights": weights if spec.pretrained else None,
+        "best_epoch_on_val": best_epoch, "kept_weights": f"epoch {best_epoch} (best on val)"
+        if callbacks and best_epoch else f"epoch {epochs} (last)",
+        "train_images": int(len(train_data[1])), "val_images": int(len(val_data[1])) if val_data else 0,
+        "seeds": fixed,
+    }
     return TrainingResult(model, clean_history, seconds, config)
 
 
 def save_run(result: TrainingResult, output_dir: Path) -> dict[str, Path]:
     """Write ``models/<name>.keras`` and ``runs/<name>.json`` (history, config, timing, env)."""
     output_dir = Path(output_dir)
-    name = result.config["model"]
+    name = result.config["run"]
     model_path = output_dir / "models" / f"{name}.keras"
     run_path = output_dir / "runs" / f"{name}.json"
     model_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,366 @@
+"""Put a trained model to work: classify image files as Rover or Surface.
+
+Usable from notebooks as well as from ``marsrover predict``::
+
+    from marsrover import inference
+    model = inference.load_model()                      # newest saved model, or a path
+    files = inference.discover_images(["new-images/", "more/*.png"])
+    table = inference.classify_files(model, files)      # path, label, p_surface, model, error
+
+Images are JPEG or PNG of any size and colour mode (greyscale, RGBA, palette, 16-bit). Each is
+converted to 8-bit RGB and resized to the model's input size the way the training images were
+(bilinear). Unreadable files (empty, truncated, not an image, more pixels than ``max_pixels``) get
+a row with the reason instead of a label; they never stop the run. Decoding runs in a thread pool
+and the model sees whole batches: one ``predict`` call per batch, never one per image.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from . import config
+from .config import CLASS_NAMES
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_BATCH_SIZE",
+    "PREDICTION_COLUMNS",
+    "ImageReadError",
+    "NoModelError",
+    "find_default_model",
+    "load_model",
+    "model_image_size",
+    "discover_images",
+    "read_image",
+    "to_rgb8",
+    "iter_predictions",
+    "classify_files",
+    "label_for",
+    "summarize",
+    "write_csv",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_BATCH_SIZE = 256
+PREDICTION_COLUMNS = ["path", "label", "p_surface", "model", "error"]
+_GLOB_CHARS = frozenset("*?[")
+
+
+class ImageReadError(ValueError):
+    """An image file cannot be used (the message says why)."""
+
+
+class NoModelError(FileNotFoundError):
+    """No trained model was given and none was found where the study saves them."""
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def _model_candidates() -> list[Path]:
+    """Every saved model: ``models/**/*.keras`` and the study's ``reports/<profile>/models/*.keras``."""
+    found: list[Path] = []
+    if config.MODELS_DIR.is_dir():
+        found += config.MODELS_DIR.rglob("*.keras")
+    if config.REPORTS_DIR.is_dir():
+        found += config.REPORTS_DIR.glob("*/models/*.keras")
+    return [path for path in found if path.is_file()]
+
+
+def find_default_model() -> Path:
+    """The most recently written ``*.keras`` file under ``models/`` (or the study's report folders).
+
+    Raises :class:`NoModelError` saying where it looked and what to do when there is none.
+    """
+    candidates = _model_candidates()
+    if not candidates:
+        raise NoModelError(
+            f"no trained model (*.keras) found in {config.MODELS_DIR} or "
+            f"{config.REPORTS_DIR}/<profile>/models/; train one first with `marsrover study` "
+            "(or notebook 05_training), or pass --model PATH to a saved .keras model"
+        )
+    return max(candidates, key=lambda path: (path.stat().st_mtime, str(path)))
+
+
+def load_model(path: str | os.PathLike | None = None):
+    """Load a saved Keras model (``path``, or :func:`find_default_model` when None) for inference."""
+    path = Path(path) if path is not None else find_default_model()
+    if not path.is_file():
+        raise NoModelError(f"model file {path} does not exist")
+    import keras  # imported here: listing or sorting files must not pay TensorFlow's start-up
+
+    return keras.models.load_model(path, compile=False)
+
+
+def model_image_size(model) -> tuple[int, int]:
+    """(height, width) the model expects, read from ``model.input_shape`` (``(None, H, W, 3)``)."""
+    shape = model.input_shape
+    if isinstance(shape, list):  # a multi-input model: the image is the first input
+        shape = shape[0]
+    try:
+        height, width = int(shape[1]), int(shape[2])
+    except (TypeError, IndexError) as error:
+        raise ValueError(f"cannot read a fixed image size from the model's input shape {shape}") from error
+    return height, width
+
+
+# --------------------------------------------------------------------------------------------
+# Finding files
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _walk(folder: Path, exclude: Sequence[Path]) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        root_path = Path(root)
+        dirs[:] = sorted(d for d in dirs if (root_path / d).resolve() not in exclude)
+        found += [root_path / name for name in sorted(files) if _is_image_name(Path(name))]
+    return found
+
+
+def discover_images(paths: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """Image files named by ``paths``: files, folders (searched recursively) and glob patterns.
+
+    Only ``.jpg``, ``.jpeg`` and ``.png`` files (any letter case) are kept, named files included.
+    Folders listed in ``exclude`` (e.g. the output folder of a sort) are not searched. Order:
+    as given, each folder sorted; every file once. A path that names nothing raises
+    ``FileNotFoundError`` listing every such path.
+    """
+    excluded = [Path(p).resolve() for p in exclude]
+    found: list[Path] = []
+    missing: list[str] = []
+    for raw in paths:
+        text = os.fspath(raw)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found += _walk(path, excluded)
+        elif path.is_file():
+            if _is_image_name(path):
+                found.append(path)
+        elif _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            if not matches:
+                missing.append(text)
+            for match in map(Path, matches):
+                if match.is_dir():
+                    found += _walk(match, excluded)
+                elif match.is_file() and _is_image_name(match):
+                    found.append(match)
+        else:
+            missing.append(text)
+    if missing:
+        raise FileNotFoundError("no such file or folder (and no glob match): " + ", ".join(missing))
+    seen: set[Path] = set()
+    unique = []
+    for path in found:
+        key = path.resolve()
+        if key not in seen and not any(key.is_relative_to(folder) for folder in excluded):
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB.
+
+    16- and 32-bit greyscale (``I;16*``, ``I``) is scaled down to 0..255 (65535 -> 255), never
+    clipped; floating point (``F``) in [0, 1] is scaled up, other float ranges are stretched.
+    Transparency (RGBA, LA, palette with a transparent colour) is composited onto black.
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16"):
+            scaled = values / 257.0
+        elif mode == "I" and values.size and values.min() >= 0 and values.max() <= 65535:
+            scaled = values / 257.0  # 16-bit samples held in 32-bit integers (older Pillow PNGs)
+        elif mode == "F" and values.size and values.min() >= 0 and values.max() <= 1:
+            scaled = values * 255.0
+        else:
+            low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+            scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+        return grey.convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int] | int | None = None, *,
+               max_pixels: float | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One image file as an RGB ``uint8`` array, resized to ``size`` ((height, width) or square).
+
+    Raises :class:`ImageReadError` with a short reason when the file cannot be used: empty, not an
+    image, truncated, or with more than ``max_pixels`` pixels (checked before decoding, so a
+    decompression bomb costs nothing).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError("empty file (0 bytes)")
+        # Image.open reads only the header. Our limit is checked before anything is decoded;
+        # Pillow's own DecompressionBombError (above 2 x Image.MAX_IMAGE_PIXELS) is caught below.
+        # (No warnings.catch_warnings here: it is not thread-safe and this runs in a pool.)
+        with Image.open(path) as image:
+            pixels = image.width * image.height
+            if max_pixels is not None and pixels > max_pixels:
+                raise ImageReadError(
+                    f"image too large: {image.width}x{image.height} = {pixels} pixels exceeds the "
+                    f"limit of {int(max_pixels)} (possible decompression bomb; see --max-pixels)")
+            if image.format not in ("JPEG", "PNG", "MPO"):
+                raise ImageReadError(f"not a JPEG or PNG image (Pillow reads it as {image.format})")
+            image.load()  # the full decode: truncated files fail here
+            image = ImageOps.exif_transpose(image)
+            rgb = to_rgb8(image)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError("file not found") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError("not an image (cannot identify the file format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(f"image too large (decompression bomb): {error}") from None
+    except Exception as error:  # noqa: BLE001 - any decoder failure becomes the file's error text
+        raise ImageReadError(f"cannot decode image: {type(error).__name__}: {error}") from None
+    if size:
+        height, width = (size, size) if isinstance(size, int) else size
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)  # as dataset.load_image
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One file's outcome: P(Surface), or the reason it could not be read."""
+
+    path: Path
+    p_surface: float | None
+    error: str = ""
+
+
+def label_for(p_surface: float | None, threshold: float = 0.5) -> str:
+    """``Surface`` when P(Surface) >= threshold, ``Rover`` below it, empty when unknown."""
+    if p_surface is None or (isinstance(p_surface, float) and np.isnan(p_surface)):
+        return ""
+    return CLASS_NAMES[1] if p_surface >= threshold else CLASS_NAMES[0]
+
+
+def _default_workers() -> int:
+    return min(8, (os.cpu_count() or 2) * 2)
+
+
+def _decode(path: Path, size: tuple[int, int], max_pixels: float | None) -> np.ndarray | str:
+    try:
+        return read_image(path, size, max_pixels=max_pixels)
+    except ImageReadError as error:
+        return str(error)
+
+
+def iter_predictions(model, files: Sequence[str | os.PathLike], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                     workers: int | None = None, max_pixels: float | None = DEFAULT_MAX_PIXELS,
+                     progress: bool = True) -> Iterator[list[Prediction]]:
+    """Yield one list of :class:`Prediction` per batch of ``files``, in order.
+
+    The thread pool decodes the next batch while the model scores the current one; each batch is
+    one ``model.predict`` call (none for a batch where no file could be read).
+    """
+    from .evaluation import predict_surface_probability
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    files = [Path(f) for f in files]
+    size = model_image_size(model)
+    batches = [files[i:i + batch_size] for i in range(len(files))[::batch_size]]
+    with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool, \
+            tqdm(total=len(files), desc="Classifying", unit="img", disable=not progress) as bar:
+
+        def submit(batch: list[Path]) -> list[Future]:
+            return [pool.submit(_decode, path, size, max_pixels) for path in batch]
+
+        pending = submit(batches[0]) if batches else []
+        for number, batch in enumerate(batches):
+            decoded = [future.result() for future in pending]
+            pending = submit(batches[number + 1]) if number + 1 < len(batches) else []
+            good = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
+            probabilities = {}
+            if good:
+                stacked = np.stack([decoded[i] for i in good])
+                scores = predict_surface_probability(model, stacked, batch_size=len(good))
+                probabilities = {i: float(min(1.0, max(0.0, p))) for i, p in zip(good, scores)}
+            yield [Prediction(path, probabilities[i], "") if i in probabilities
+                   else Prediction(path, None, decoded[i]) for i, path in enumerate(batch)]
+            bar.update(len(batch))
+
+
+def _model_name(model, model_name: str | None) -> str:
+    return model_name or str(getattr(model, "name", type(model).__name__))
+
+
+def classify_files(model, files: Sequence[str | os.PathLike], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                   threshold: float = 0.5, workers: int | None = None,
+                   max_pixels: float | None = DEFAULT_MAX_PIXELS, model_name: str | None = None,
+                   progress: bool = True) -> pd.DataFrame:
+    """One row per file: ``path``, ``label`` (Rover/Surface), ``p_surface``, ``model``, ``error``.
+
+    ``label`` is Surface when P(Surface) >= ``threshold``. A file that cannot be read has an empty
+    label, NaN ``p_surface`` and the reason in ``error``.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    name = _model_name(model, model_name)
+    rows = []
+    for batch in iter_predictions(model, files, batch_size=batch_size, workers=workers,
+                                  max_pixels=max_pixels, progress=progress):
+        for item in batch:
+            rows.append({"path": str(item.path), "label": label_for(item.p_surface, threshold),
+                         "p_surface": np.nan if item.p_surface is None else item.p_surface,
+                         "model": name, "error": item.error})
+    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS).astype({"p_surface": "float64"})
+
+
+def summarize(table: pd.DataFrame) -> dict[str, int]:
+    """Counts of a :func:`classify_files` table: images, Rover, Surface, failed."""
+    labels = table["label"].fillna("")
+    return {"images": int(len(table)), "Rover": int((labels == CLASS_NAMES[0]).sum()),
+            "Surface": int((labels == CLASS_NAMES[1]).sum()), "failed": int((labels == "").sum())}
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``table`` to ``path`` through a temporary file, so a crash never leaves half a CSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

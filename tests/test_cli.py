@@ -1,0 +1,183 @@
+"""The ``marsrover predict`` and ``sort`` commands as a user runs them, with a real (tiny) Keras model.
+
+The model is the seed notebook's CNN at 32 px, untrained and saved as ``.keras``: its answers are
+arbitrary but valid probabilities, which is all these tests need. Where the folder an image lands
+in matters, a stub model is swapped in for ``inference.load_model``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from marsrover import cli, config, inference
+
+pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from marsrover.models import build_model
+
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    build_model("seed_notebook", 32).save(path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / f"rgb{i}.jpg")
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(root / "sub" / "grey.PNG")
+    Image.fromarray(rng.integers(0, 65535, (30, 30), dtype=np.uint16)).save(root / "sub" / "sixteen.png")
+    (root / "readme.txt").write_text("not an image")
+    return root
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def test_predict_writes_one_row_per_image_and_exits_zero(tiny_model, images, tmp_path, capsys):
+    out = tmp_path / "predictions.csv"
+    status = cli.main(["predict", str(images), "--model", str(tiny_model), "--out", str(out), "--no-progress"])
+    assert status == 0
+    table = read_predictions(out)
+    assert list(table.columns) == ["path", "label", "p_surface", "model", "error"]
+    assert len(table) == 7 and (table["error"] == "").all()
+    assert table["label"].isin(["Rover", "Surface"]).all()
+    assert table["p_surface"].astype(float).between(0, 1).all()
+    assert set(table["model"]) == {str(tiny_model)}
+    counts = table["label"].value_counts()
+    text = capsys.readouterr().out
+    assert (f"7 image(s): {counts.get('Rover', 0)} Rover, {counts.get('Surface', 0)} Surface, 0 failed"
+            in text)
+
+
+def test_predict_reports_broken_files_carries_on_and_exits_two(tiny_model, images, tmp_path, capsys):
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "sub" / "fake.jpeg").write_text("hello")
+    Image.new("RGB", (200, 200)).save(images / "big.png")
+    out = tmp_path / "p.csv"
+    status = cli.main(["predict", str(images), "--model", str(tiny_model), "--out", str(out),
+                       "--max-pixels", "1e4", "--threshold", "0.3", "--batch-size", "3", "--no-progress"])
+    assert status == 2
+    table = read_predictions(out).set_index("path")
+    assert len(table) == 10
+    assert "empty file" in table.loc[str(images / "empty.jpg"), "error"]
+    assert "not an image" in table.loc[str(images / "sub" / "fake.jpeg"), "error"]
+    assert "too large" in table.loc[str(images / "big.png"), "error"]
+    failed = table[table["error"] != ""]
+    assert (failed["label"] == "").all() and (failed["p_surface"] == "").all()
+    good = table[table["error"] == ""]
+    assert (good["label"] == np.where(good["p_surface"].astype(float) >= 0.3, "Surface", "Rover")).all()
+    text = capsys.readouterr().out
+    assert "3 failed" in text and "empty.jpg" in text
+
+
+def test_predict_takes_globs_and_single_files(tiny_model, images, tmp_path):
+    out = tmp_path / "p.csv"
+    pattern = str(images / "**" / "*.png")
+    assert cli.main(["predict", pattern, str(images / "rgb0.jpg"), "--model", str(tiny_model),
+                     "--out", str(out), "--no-progress"]) == 0
+    assert sorted(Path(p).name for p in read_predictions(out)["path"]) == ["rgb0.jpg", "sixteen.png"]
+
+
+def test_predict_uses_the_newest_saved_model_by_default(tiny_model, images, tmp_path, monkeypatch, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny.keras").write_bytes(tiny_model.read_bytes())
+    monkeypatch.setattr(config, "MODELS_DIR", models)
+    monkeypatch.setattr(config, "REPORTS_DIR", tmp_path / "no-reports")
+    assert cli.main(["predict", str(images / "rgb1.jpg"), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    assert f"Model {models / 'tiny.keras'} (32x32 input)" in capsys.readouterr().out
+
+
+def test_predict_without_a_model_says_how_to_get_one(images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(config, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(config, "REPORTS_DIR", tmp_path / "reports")
+    assert cli.main(["predict", str(images), "--out", str(tmp_path / "p.csv")]) == 1
+    error = capsys.readouterr().err
+    assert "no trained model" in error and "marsrover study" in error and "--model" in error
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_of_a_missing_path_is_an_error(tiny_model, tmp_path, capsys):
+    assert cli.main(["predict", str(tmp_path / "nope"), "--model", str(tiny_model)]) == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def test_bad_options_are_refused_by_argparse(tiny_model, images):
+    for bad in (["--threshold", "1.5"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["predict", str(images), "--model", str(tiny_model), *bad])
+        assert exit_info.value.code == 2
+
+
+# --------------------------------------------------------------------------------------------
+# sort
+
+
+class BrightnessModel:
+    """P(Surface) = mean brightness / 255."""
+
+    name = "brightness"
+    input_shape = (None, 8, 8, 3)
+
+    def predict(self, batch, batch_size=None, verbose=0):
+        p = np.asarray(batch, dtype="float64").mean(axis=(1, 2, 3)) / 255.0
+        return np.stack([1 - p, p], axis=1)
+
+
+def test_sort_command_sorts_resumes_and_skips_its_own_output(images, tmp_path, monkeypatch, capsys):
+    for name, value in (("dark.png", 5), ("mid.png", 127), ("bright.png", 250)):
+        Image.new("RGB", (9, 9), (value,) * 3).save(images / name)
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    monkeypatch.setattr(inference, "load_model", lambda path=None: BrightnessModel())
+    model_file = tmp_path / "any.keras"
+    model_file.write_bytes(b"stand-in")
+    into = images / "sorted"  # inside the folder being sorted: must not be sorted again
+    argv = ["sort", str(images), "--into", str(into), "--model", str(model_file), "--no-progress"]
+
+    assert cli.main(argv) == 2
+    text = capsys.readouterr().out
+    assert "broken.jpg" in text and "1 unreadable" in text
+    assert (into / "Rover" / "dark.png").exists() and (into / "Surface" / "bright.png").exists()
+    assert (into / "Uncertain" / "mid.png").exists()
+    total = sum(1 for p in into.rglob("*") if p.is_file() and p.suffix != ".csv")
+    assert total == 10  # 7 from the fixture (random noise: Uncertain) + dark, mid, bright
+
+    assert cli.main(argv) == 2  # the unreadable file still is
+    assert "10 skipped as sorted by an earlier run" in capsys.readouterr().out
+    assert sum(1 for p in into.rglob("*") if p.is_file() and p.suffix != ".csv") == total
+
+    assert cli.main([*argv, "--low", "0.9", "--high", "0.1"]) == 1
+    assert "--low" in capsys.readouterr().err
+
+
+def test_sort_move_with_the_real_model(tiny_model, images, tmp_path, capsys):
+    into = tmp_path / "sorted"
+    status = cli.main(["sort", str(images), "--into", str(into), "--model", str(tiny_model), "--move",
+                       "--low", "0", "--high", "1", "--no-progress"])
+    assert status == 0
+    assert sorted(p.name for p in (into / "Uncertain").iterdir()) == sorted(
+        ["grey.PNG", "sixteen.png", *(f"rgb{i}.jpg" for i in range(5))])
+    assert [p.name for p in images.rglob("*") if p.is_file()] == ["readme.txt"]
+    assert "Uncertain 7" in capsys.readouterr().out
+
+
+def test_python_dash_m_marsrover_lists_the_commands():
+    result = subprocess.run([sys.executable, "-m", "marsrover", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    for command in ("data", "study", "predict", "sort", "fetch-raw"):
+        assert command in result.stdout

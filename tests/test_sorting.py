@@ -1,0 +1,217 @@
+"""Sorting files into Rover/Surface/Uncertain: thresholds, never overwriting, resuming, moving.
+
+A stub model makes P(Surface) the image's mean brightness / 255, so where each file goes is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from marsrover import sorting
+from marsrover.sorting import LOG_NAME, place_file, read_log, sort_files
+
+SIZE = 8
+
+
+class StubModel:
+    name = "stub"
+
+    def __init__(self):
+        self.input_shape = (None, SIZE, SIZE, 3)
+        self.batches: list[int] = []
+
+    def predict(self, images, batch_size=None, verbose=0):
+        self.batches.append(len(images))
+        p = np.asarray(images, dtype="float64").mean(axis=(1, 2, 3)) / 255.0
+        return np.stack([1 - p, p], axis=1)
+
+
+def solid(path: Path, value: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (12, 10), (value,) * 3).save(path)  # PNG: exact values
+    return path
+
+
+# brightness -> P(Surface): 10 -> 0.04 (Rover), 128 -> 0.50 (Uncertain), 240 -> 0.94 (Surface)
+EXPECTED = {"dark1.png": "Rover", "dark2.png": "Rover", "mid.png": "Uncertain",
+            "bright1.png": "Surface", "bright2.png": "Surface", "sub/bright3.png": "Surface"}
+VALUES = {"Rover": 10, "Uncertain": 128, "Surface": 240}
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    root = tmp_path / "incoming"
+    for name, folder in EXPECTED.items():
+        solid(root / name, VALUES[folder] + len(name))  # distinct contents, same class
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def files_in(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(source: Path, into: Path, model=None, **kwargs) -> sorting.SortSummary:
+    files = sorted(source.rglob("*.png")) + sorted(source.rglob("*.jpg"))
+    return sort_files(model or StubModel(), files, into, progress=False, batch_size=4, **kwargs)
+
+
+def test_files_land_in_the_folder_their_probability_says(source, tmp_path):
+    into = tmp_path / "sorted"
+    summary = run(source, into)
+    expected = sorted(f"{folder}/{Path(name).name}" for name, folder in EXPECTED.items())
+    assert files_in(into) == sorted([*expected, LOG_NAME])
+    assert summary.counts == {"Rover": 2, "Surface": 3, "Uncertain": 1}
+    assert summary.placed == 6 and summary.skipped == 0
+    assert [source_ for source_, _ in summary.failed] == [str(source / "broken.jpg")]
+    assert len(files_in(source)) == 7  # copies: the sources stay
+    for name, folder in EXPECTED.items():
+        assert sha(into / folder / Path(name).name) == sha(source / name)
+    log = read_log(into)
+    assert len(log) == 7 and sorted(log["action"]) == ["copied"] * 6 + ["failed"]
+    assert "not an image" in log.loc[log["action"] == "failed", "error"].item()
+    assert "broken.jpg" in "\n".join(summary.lines())
+
+
+def test_thresholds_decide_the_folders_with_bounds_counted_as_uncertain(source, tmp_path):
+    summary = run(source, tmp_path / "a", low=0.0, high=1.0)
+    assert summary.counts == {"Rover": 0, "Surface": 0, "Uncertain": 6}
+    summary = run(source, tmp_path / "b", low=0.6, high=0.6)
+    assert summary.counts == {"Rover": 3, "Surface": 3, "Uncertain": 0}
+    assert sorting.folder_for(0.2) == sorting.folder_for(0.8) == "Uncertain"
+    with pytest.raises(ValueError, match="low"):
+        run(source, tmp_path / "c", low=0.9, high=0.1)
+
+
+def test_an_existing_different_file_is_never_overwritten(source, tmp_path):
+    into = tmp_path / "sorted"
+    solid(into / "Rover" / "dark1.png", 99)
+    (into / "Rover" / "dark1 (1).png").write_bytes(b"also someone else's")
+    before = {p: p.read_bytes() for p in (into / "Rover").iterdir()}
+    run(source, into)
+    for path, content in before.items():
+        assert path.read_bytes() == content
+    assert sha(into / "Rover" / "dark1 (2).png") == sha(source / "dark1.png")
+
+
+def test_an_identical_file_already_there_is_not_copied_again(source, tmp_path):
+    into = tmp_path / "sorted"
+    (into / "Surface").mkdir(parents=True)
+    (into / "Surface" / "bright1.png").write_bytes((source / "bright1.png").read_bytes())
+    summary = run(source, into)
+    assert summary.already_there == 1 and summary.placed == 5
+    assert not (into / "Surface" / "bright1 (1).png").exists()
+
+
+def test_a_second_identical_run_does_nothing_new(source, tmp_path):
+    into = tmp_path / "sorted"
+    run(source, into)
+    listing = {p: p.stat().st_mtime_ns for p in into.rglob("*") if p.is_file() and p.name != LOG_NAME}
+    model = StubModel()
+    summary = run(source, into, model)
+    assert summary.skipped == 6 and summary.placed == 0 and summary.already_there == 0
+    assert summary.counts == {"Rover": 2, "Surface": 3, "Uncertain": 1}
+    assert model.batches == []  # nothing scored: only the unreadable file is tried (and fails) again
+    assert {p: p.stat().st_mtime_ns for p in into.rglob("*") if p.is_file() and p.name != LOG_NAME} == listing
+    assert len(summary.failed) == 1
+
+
+def test_a_changed_source_is_sorted_again(source, tmp_path):
+    into = tmp_path / "sorted"
+    run(source, into)
+    solid(source / "dark1.png", 250)  # same name, now bright
+    summary = run(source, into)
+    assert summary.placed == 1 and (into / "Surface" / "dark1.png").exists()
+    assert (into / "Rover" / "dark1.png").exists()  # the earlier copy is left alone
+
+
+@pytest.mark.parametrize("crash_after_placing", [False, True])
+def test_an_interrupted_run_is_finished_by_the_next_one_without_duplicates(source, tmp_path, monkeypatch,
+                                                                          crash_after_placing):
+    into = tmp_path / "sorted"
+    real = sorting.place_file
+    calls = []
+
+    def flaky(src, folder, **kwargs):
+        calls.append(src)
+        if len(calls) == 4:
+            if crash_after_placing:  # the file is in place but the log line never written
+                real(src, folder, **kwargs)
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        return real(src, folder, **kwargs)
+
+    monkeypatch.setattr(sorting, "place_file", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run(source, into)
+    assert len(read_log(into)) == 3
+    monkeypatch.setattr(sorting, "place_file", real)
+
+    summary = run(source, into)
+    expected = sorted(f"{folder}/{Path(name).name}" for name, folder in EXPECTED.items())
+    assert files_in(into) == sorted([*expected, LOG_NAME])  # nothing twice, no "(1)" copies
+    assert summary.skipped == 3
+    assert summary.placed + summary.already_there == 3
+    assert summary.already_there == (1 if crash_after_placing else 0)
+    assert not [p for p in into.rglob(".*") if p.is_file()]  # no temporary files left
+    log = read_log(into)
+    assert sorted(log.loc[log["action"] != "failed", "source"]) == sorted(
+        str((source / name).resolve()) for name in EXPECTED)
+
+
+def test_a_torn_last_log_line_is_ignored_and_does_not_corrupt_the_next(source, tmp_path):
+    into = tmp_path / "sorted"
+    run(source, into)
+    with open(into / LOG_NAME, "a") as handle:
+        handle.write("2024-01-01T00:00:00,/some/where.png,abc")  # a crash mid-line
+    assert len(read_log(into)) == 7
+    run(source, into)
+    assert len(read_log(into)) == 8  # the retried unreadable file, on a line of its own
+
+
+def test_move_removes_the_sources(source, tmp_path):
+    into = tmp_path / "sorted"
+    contents = {name: sha(source / name) for name in EXPECTED}
+    summary = run(source, into, move=True)
+    assert summary.placed == 6
+    assert files_in(source) == ["broken.jpg"]  # the unreadable file stays where it was
+    for name, folder in EXPECTED.items():
+        assert sha(into / folder / Path(name).name) == contents[name]
+    assert set(read_log(into)["action"]) == {"moved", "failed"}
+    assert run(source, into, move=True).placed == 0
+
+
+def test_move_onto_an_identical_file_just_removes_the_source(source, tmp_path):
+    into = tmp_path / "sorted"
+    (into / "Rover").mkdir(parents=True)
+    (into / "Rover" / "dark1.png").write_bytes((source / "dark1.png").read_bytes())
+    summary = run(source, into, move=True)
+    assert summary.already_there == 1 and not (source / "dark1.png").exists()
+    assert not (into / "Rover" / "dark1 (1).png").exists()
+
+
+def test_place_file_numbers_names_and_never_overwrites(tmp_path):
+    folder = tmp_path / "out"
+    sources = []
+    for i in range(3):
+        path = tmp_path / f"src{i}" / "same.jpg"
+        path.parent.mkdir()
+        path.write_bytes(f"content {i}".encode())
+        sources.append(path)
+    placed = [place_file(path, folder) for path in sources]
+    assert [(dest.name, action) for dest, action in placed] == [
+        ("same.jpg", "copied"), ("same (1).jpg", "copied"), ("same (2).jpg", "copied")]
+    assert place_file(sources[1], folder) == (folder / "same (1).jpg", "already there")
+    assert [(folder / n).read_bytes() for n in ("same.jpg", "same (1).jpg", "same (2).jpg")] == [
+        b"content 0", b"content 1", b"content 2"]
+    # A file is never "already there" as itself, so sorting files inside the target cannot delete them.
+    assert place_file(folder / "same.jpg", folder, move=True) == (folder / "same.jpg", "already there")
+    assert (folder / "same.jpg").exists()
