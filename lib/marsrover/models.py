@@ -102,7 +102,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         ModelSpec("seed_notebook", "the seed notebook's CNN: 2 conv layers (8, 32), dense 128",
                   image_size=256, augmentation="flip", epochs=15, build_body=_seed_notebook_body),
         ModelSpec("improved", "this project's CNN: strided stem, 4 conv+batch-norm+pool blocks, global pooling",
-                  image_size=128, augmentation="strong", epochs=30, schedule="cosine", class_weighting=True,
+                  image_size=128, augmentation="strong", epochs=24, schedule="cosine", class_weighting=True,
                   restore_best=True, build_body=_improved_body),
         ModelSpec("transfer", "EfficientNetB0 with frozen ImageNet weights and a new two-class head",
                   image_size=128, augmentation="strong", epochs=10, schedule="cosine", class_weighting=True,

@@ -1,0 +1,219 @@
+"""Speed benchmark: ``python -m marsrover.bench`` prints a table and writes ``reports/bench.json``.
+
+Everything is measured in one run on one machine, as ratios where it matters (the machine is shared):
+
+1. training throughput of the seed-notebook model fed by the seed's pipeline
+   (``image_dataset_from_directory``: decode and resize every JPEG every epoch) against this project's
+   (decoded once into the on-disk cache, fed from memory with tf.data), same batch size, after warm-up;
+2. inference on real MSL images from disk, decoding included: one ``model.predict`` per image against
+   the batched path of ``marsrover predict``;
+3. the peak resident memory of each (every measurement runs in its own process);
+4. the wall time of each notebook in the last full-profile run, from ``reports/full/run_log.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config, study
+from .provenance import git_commit
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _isolated(function, *args):
+    """Run ``function(*args)`` in a fresh process; return its result and that process's peak memory."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_measure, function, *args).result()
+
+
+def _measure(function, *args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    result = function(*args)
+    result["peak_rss_gib"] = round(_peak_rss_gib(), 3)
+    return result
+
+
+def _compiled_seed_model(size: int):
+    import keras
+
+    from .models import build_model
+    from .training import set_seeds
+
+    set_seeds(0)
+    model = build_model("seed_notebook", size)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def _time_training(model, dataset, steps: int) -> float:
+    """Images per second over ``steps`` batches, after a warm-up of two batches (tracing, caches)."""
+    model.fit(dataset.take(2), epochs=1, verbose=0)
+    started = time.perf_counter()
+    model.fit(dataset.take(steps), epochs=1, verbose=0)
+    return time.perf_counter() - started
+
+
+def train_seed_pipeline(files: list[str], labels: list[int], size: int, batch_size: int, steps: int) -> dict:
+    """The seed's input: a class-per-folder tree read by ``image_dataset_from_directory`` every epoch."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as tree:
+        for position, (file, label) in enumerate(zip(files, labels)):
+            folder = Path(tree) / config.CLASS_NAMES[label]
+            folder.mkdir(exist_ok=True)
+            (folder / f"{position:05d}_{Path(file).name}").symlink_to(file)
+        dataset = keras.utils.image_dataset_from_directory(
+            tree, image_size=(size, size), batch_size=batch_size, shuffle=True, seed=0,
+            class_names=list(config.CLASS_NAMES), verbose=False).repeat()
+        seconds = _time_training(_compiled_seed_model(size), dataset, steps)
+    return {"images_per_s": steps * batch_size / seconds, "seconds": seconds}
+
+
+def train_project_pipeline(images_path: str, labels: list[int], batch_size: int, steps: int) -> dict:
+    """This project's input: the cached uint8 array, shuffled and batched by tf.data from memory."""
+    from .training import make_dataset
+
+    images = np.load(images_path)
+    dataset = make_dataset(images, np.asarray(labels), batch_size=batch_size, shuffle=True, seed=0).repeat()
+    seconds = _time_training(_compiled_seed_model(images.shape[1]), dataset, steps)
+    return {"images_per_s": steps * batch_size / seconds, "seconds": seconds}
+
+
+def _inference_model(model_path: str | None, size: int):
+    from .inference import load_model
+    from .models import build_model
+
+    return load_model(model_path) if model_path else build_model("improved", size)
+
+
+def infer_per_image(files: list[str], model_path: str | None, size: int) -> dict:
+    """The naive loop: decode one image, call ``model.predict`` on it, repeat."""
+    from .dataset import load_image
+
+    model = _inference_model(model_path, size)
+    size = int(model.input_shape[1])
+    model.predict(load_image(files[0], size)[None].astype("float32"), verbose=0)  # warm-up
+    started = time.perf_counter()
+    for file in files:
+        model.predict(load_image(file, size)[None].astype("float32"), verbose=0)
+    seconds = time.perf_counter() - started
+    return {"images_per_s": len(files) / seconds, "seconds": seconds}
+
+
+def infer_batched(files: list[str], model_path: str | None, size: int, batch_size: int) -> dict:
+    """``marsrover predict``'s path: parallel decoding, large batches, one predict call per batch."""
+    from .inference import classify_files
+
+    model = _inference_model(model_path, size)
+    classify_files(model, files[:batch_size], batch_size=batch_size, progress=False)  # warm-up
+    started = time.perf_counter()
+    table = classify_files(model, files, batch_size=batch_size, progress=False)
+    seconds = time.perf_counter() - started
+    return {"images_per_s": len(files) / seconds, "seconds": seconds, "failed": int((table["error"] != "").sum())}
+
+
+def last_full_run(report_dir: Path) -> dict:
+    """Wall time per notebook and peak kernel memory of the last run logged in ``report_dir``."""
+    log_path = Path(report_dir) / "run_log.json"
+    if not log_path.exists():
+        return {}
+    log = json.loads(log_path.read_text())
+    return {
+        "total_minutes": round(log["total_seconds"] / 60, 2), "peak_rss_gib": log.get("peak_rss_gib"),
+        "commit": log.get("commit"), "notebook_seconds": {run["name"]: run["seconds"] for run in log["notebooks"]},
+        "all_ok": all(run["status"] == "ok" for run in log["notebooks"]),
+    }
+
+
+def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images: int = 640, train_steps: int = 20,
+                  infer_images: int = 1000, train_size: int = 256, batch_size: int = 32,
+                  infer_batch_size: int = 256, model_path: str | None = None, infer_size: int = 128,
+                  full_report: Path = config.REPORTS_DIR / "full", out: Path | None = None) -> dict:
+    """Measure everything, write the JSON (``out``) and return it."""
+    train = index[index["split"] == "train"].head(train_images)
+    files = [str(paths.images_root / p) for p in train["path"]]
+    labels = train["label"].tolist()
+    cached = study.split_arrays(paths, train.assign(split="bench"), "bench", train_size, progress=False)[0]
+    with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as handle:
+        np.save(handle, cached)
+    try:
+        seed_train = _isolated(train_seed_pipeline, files, labels, train_size, batch_size, train_steps)
+        project_train = _isolated(train_project_pipeline, handle.name, labels, batch_size, train_steps)
+    finally:
+        os.unlink(handle.name)
+    test = index[index["split"] == "test"].head(infer_images)
+    infer_files = [str(paths.images_root / p) for p in test["path"]]
+    per_image = _isolated(infer_per_image, infer_files, model_path, infer_size)
+    batched = _isolated(infer_batched, infer_files, model_path, infer_size, infer_batch_size)
+    full = last_full_run(full_report)
+    result = {
+        "commit": git_commit(), "cpu_count": os.cpu_count(),
+        "train_pipeline_ratio": round(project_train["images_per_s"] / seed_train["images_per_s"], 2),
+        "inference_ratio": round(batched["images_per_s"] / per_image["images_per_s"], 2),
+        "inference_images_per_s": round(batched["images_per_s"], 1),
+        "full_profile_minutes": full.get("total_minutes"),
+        "peak_rss_gib": full.get("peak_rss_gib"),
+        "settings": {"train_images": len(files), "train_steps": train_steps, "train_size": train_size,
+                     "batch_size": batch_size, "infer_images": len(infer_files), "infer_batch_size": infer_batch_size,
+                     "inference_model": model_path or f"improved (untrained weights) at {infer_size}px"},
+        "measurements": {"train_seed_pipeline": seed_train, "train_project_pipeline": project_train,
+                         "infer_per_image": per_image, "infer_batched": batched},
+        "full_profile": full,
+    }
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def table(result: dict) -> pd.DataFrame:
+    """The measurements as rows: images per second, seconds and peak memory."""
+    rows = {name: {"images/s": round(m["images_per_s"], 1), "seconds": round(m["seconds"], 1),
+                   "peak RSS (GiB)": m["peak_rss_gib"]} for name, m in result["measurements"].items()}
+    return pd.DataFrame(rows).T
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m marsrover.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--train-images", type=int, default=640)
+    parser.add_argument("--train-steps", type=int, default=20, help="timed batches per training pipeline")
+    parser.add_argument("--infer-images", type=int, default=1000)
+    parser.add_argument("--model", help="model for the inference measurements (default: newest in models/)")
+    parser.add_argument("--out", type=Path, default=config.REPORTS_DIR / "bench.json")
+    args = parser.parse_args(argv)
+    model_path = args.model
+    if model_path is None:
+        from .inference import NoModelError, find_default_model
+
+        try:
+            model_path = str(find_default_model())
+        except NoModelError:
+            model_path = None
+    paths, index = study.load_index(args.data_dir)
+    result = run_benchmark(paths, index, train_images=args.train_images, train_steps=args.train_steps,
+                           infer_images=args.infer_images, model_path=model_path, out=args.out)
+    print(table(result).to_string())
+    print(json.dumps({key: value for key, value in result.items() if key not in ("measurements", "full_profile")},
+                     indent=2))
+    print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

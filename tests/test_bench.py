@@ -1,0 +1,29 @@
+"""The benchmark runs end to end on tiny data and writes its JSON (timings are never asserted)."""
+
+import json
+
+from conftest import write_tiny_set
+from marsrover import bench, config, dataset
+
+
+def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
+    paths = config.data_paths(tmp_path / "data")
+    write_tiny_set(paths.images_root)
+    index = dataset.build_index(paths.images_root, progress=False)
+    report = tmp_path / "reports" / "full"
+    report.mkdir(parents=True)
+    (report / "run_log.json").write_text(json.dumps({
+        "total_seconds": 1800, "peak_rss_gib": 3.5, "commit": "abc",
+        "notebooks": [{"name": "05_training.ipynb", "status": "ok", "seconds": 1500.0}]}))
+    out = tmp_path / "bench.json"
+    result = bench.run_benchmark(paths, index, train_images=4, train_steps=2, infer_images=2, train_size=32,
+                                 batch_size=2, infer_batch_size=2, infer_size=32, full_report=report, out=out)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(result))
+    for key in ("train_pipeline_ratio", "inference_ratio", "inference_images_per_s", "cpu_count", "commit"):
+        assert written[key], key
+    assert written["full_profile_minutes"] == 30.0 and written["peak_rss_gib"] == 3.5
+    for measurement in written["measurements"].values():
+        assert measurement["images_per_s"] > 0 and measurement["peak_rss_gib"] > 0.1
+    assert written["measurements"]["infer_batched"]["failed"] == 0
+    assert list(bench.table(result).columns) == ["images/s", "seconds", "peak RSS (GiB)"]
