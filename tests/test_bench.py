@@ -27,3 +27,17 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
         assert measurement["images_per_s"] > 0 and measurement["peak_rss_gib"] > 0.1
     assert written["measurements"]["infer_batched"]["failed"] == 0
     assert list(bench.table(result).columns) == ["images/s", "seconds", "peak RSS (GiB)"]
+
+
+def test_the_readme_section_shows_the_table_ratios_and_machine():
+    result = {
+        "commit": "abc", "cpu_count": 2, "train_pipeline_ratio": 2.5, "inference_ratio": 9.1,
+        "inference_images_per_s": 420.0, "settings": {"inference_model": "models/improved.keras"},
+        "full_profile": {"total_minutes": 41.0, "peak_rss_gib": 3.1},
+        "measurements": {name: {"images_per_s": 10.0, "seconds": 1.0, "peak_rss_gib": 1.0}
+                         for name in ("train_seed_pipeline", "train_project_pipeline", "infer_per_image",
+                                      "infer_batched")},
+    }
+    text = bench.bench_markdown(result)
+    assert "| train_seed_pipeline | 10.0 | 1.0 | 1.0 |" in text
+    assert "**2.5×**" in text and "**420.0 images/s**" in text and "41.0 minutes" in text and "2 CPU cores" in text

@@ -79,3 +79,46 @@ def test_a_partial_rerun_keeps_earlier_entries_and_merges_timings_into_metrics(t
     assert metrics["notebook_seconds"] == {"01_a.ipynb": 3.0, "02_b.ipynb": 7.0}
     reporting.save_metrics(tmp_path, {"headline": "m2", "models": {}})
     assert json.loads((tmp_path / "metrics.json").read_text())["notebook_seconds"]["02_b.ipynb"] == 7.0
+
+
+METRICS = {
+    "headline": "improved_refit", "best_on_val": "improved", "profile": "full", "commit": "abc123",
+    "selection": "best validation balanced accuracy", "cpu_count": 2, "processor": "x86_64", "platform": "Linux",
+    "models": {
+        "improved": {"kind": "train only", "val": {"n": 1640, "accuracy": 0.93, "balanced_accuracy": 0.92},
+                     "test": {"n": 1305, "accuracy": 0.95, "balanced_accuracy": 0.94, "roc_auc": 0.99,
+                              "ci95": {"accuracy": [0.94, 0.96], "balanced_accuracy": [0.93, 0.95]}}},
+        "improved_refit": {"kind": "refit on train+val", "val": {"n": 1640, "accuracy": 0.99, "balanced_accuracy": 0.99},
+                           "test": {"n": 1305, "accuracy": 0.981, "balanced_accuracy": 0.972, "roc_auc": 0.998,
+                                    "macro_f1": 0.97, "pr_auc": 0.99, "brier": 0.02,
+                                    "recall": {"Rover": 0.99, "Surface": 0.95},
+                                    "at_confidence": {"threshold": 0.9, "coverage": 0.9, "accuracy": 0.995},
+                                    "ci95": {"accuracy": [0.973, 0.988], "balanced_accuracy": [0.96, 0.98]}}},
+    },
+    "baselines": {"majority class": {"val": {"accuracy": 0.6, "balanced_accuracy": 0.5},
+                                     "test": {"accuracy": 0.75, "balanced_accuracy": 0.5, "answer": "Rover"}}},
+    "seed_claim": {"val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}},
+    "skipped": {"transfer": "could not load 'imagenet' weights. Keras downloads them"},
+}
+
+
+def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n\nbefore\n{reporting.README_BEGIN}\nold numbers\n{reporting.README_END}\nafter\n")
+    assert reporting.update_readme(readme, METRICS, {"total_seconds": 2700, "peak_rss_gib": 3.2})
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("# T\n\nbefore\n") and text.endswith("after\n")
+    assert "| improved_refit ★ | refit on train+val | 99.0% | 99.0% | 98.1% (97.3%–98.8%) | 97.2% (96.0%–98.0%)" in text
+    assert "| seed claim (blog) | random 80/20 split | 98.0% |" in text and "`transfer` was skipped" in text
+    assert "took 45 minutes" in text and "3.2 GiB" in text
+    assert reporting.update_readme(readme, METRICS)  # again: the markers stay, the section is replaced
+    assert readme.read_text().count(reporting.README_BEGIN) == 1
+    (tmp_path / "no_markers.md").write_text("x")
+    assert not reporting.update_readme(tmp_path / "no_markers.md", METRICS)
+
+
+def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
+    card = reporting.write_model_card(tmp_path, METRICS).read_text()
+    assert card.startswith("# Model card: improved_refit") and "abc123" in card
+    assert "| balanced accuracy | 97.2% (96.0%–98.0%) |" in card and "Intended use" in card and "Limits" in card
+    assert "75.0% accuracy" in card

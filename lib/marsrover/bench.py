@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config, study
+from . import config, reporting, study
 from .provenance import git_commit
 
 
@@ -180,6 +180,29 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
     return result
 
 
+BENCH_BEGIN, BENCH_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def bench_markdown(result: dict) -> str:
+    """The benchmark as the README shows it: the table, the ratios and the machine."""
+    import platform
+
+    lines = ["| measurement | images/s | seconds | peak RSS (GiB) |", "| --- | --- | --- | --- |"]
+    for name, row in table(result).iterrows():
+        lines.append(f"| {name} | {row['images/s']} | {row['seconds']} | {row['peak RSS (GiB)']} |")
+    full = result.get("full_profile") or {}
+    lines += [
+        "",
+        f"Training pipeline ratio (project / seed): **{result['train_pipeline_ratio']}×**; batched inference: "
+        f"**{result['inference_images_per_s']} images/s**, **{result['inference_ratio']}×** the per-image loop "
+        f"({result['settings']['inference_model']}). Last full profile: "
+        f"{full.get('total_minutes', '–')} minutes, peak kernel memory {full.get('peak_rss_gib', '–')} GiB.",
+        f"Measured at commit `{result['commit']}` on {platform.machine()} with {result['cpu_count']} CPU cores "
+        f"({platform.platform()}); `reports/bench.json` has every figure.",
+    ]
+    return "\n".join(lines)
+
+
 def table(result: dict) -> pd.DataFrame:
     """The measurements as rows: images per second, seconds and peak memory."""
     rows = {name: {"images/s": round(m["images_per_s"], 1), "seconds": round(m["seconds"], 1),
@@ -212,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({key: value for key, value in result.items() if key not in ("measurements", "full_profile")},
                      indent=2))
     print(f"Wrote {args.out}")
+    if args.out.resolve() == (config.REPORTS_DIR / "bench.json").resolve():
+        reporting.replace_section(config.PROJECT_ROOT / "README.md", BENCH_BEGIN, BENCH_END, bench_markdown(result))
+        print("README speed section updated from the benchmark")
     return 0
 
 

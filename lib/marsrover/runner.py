@@ -122,9 +122,34 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         "peak_rss_gib": peak_kernel_rss_gib(),
     }
     log = reporting.write_run_log(output_dir, log)
-    index = reporting.write_index(output_dir, log)
-    print(f"Report: {index}")
+    finish_report(profile, output_dir, log)
     return runs
+
+
+def finish_report(profile: str, output_dir: Path, log: dict) -> Path:
+    """The front page, and for the committed full study the model card and the README's results."""
+    index = reporting.write_index(output_dir, log)
+    metrics = reporting.load_json(output_dir / reporting.METRICS_FILE)
+    if profile == "full" and metrics.get("models") and all(run["status"] == "ok" for run in log["notebooks"]):
+        print(f"Model card: {reporting.write_model_card(output_dir, metrics)}")
+        if output_dir == (config.REPORTS_DIR / "full").resolve():
+            reporting.update_readme(config.PROJECT_ROOT / "README.md", metrics, log)
+            print("README results section updated from metrics.json")
+    print(f"Report: {index}")
+    return index
+
+
+def render_only(profile: str, output_dir: Path | None = None) -> int:
+    """Re-render HTML, the front page, model card and README section from an earlier run's outputs."""
+    output_dir = Path(output_dir or config.REPORTS_DIR / profile).resolve()
+    log = reporting.load_json(output_dir / reporting.RUN_LOG_FILE)
+    if not log:
+        raise SystemExit(f"{output_dir / reporting.RUN_LOG_FILE} is missing: run the notebooks first")
+    for run in log["notebooks"]:
+        if run.get("outputs"):
+            render_html(output_dir / run["outputs"]["notebook"])
+    finish_report(profile, output_dir, log)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, help="where executed notebooks and HTML go "
                         "(default: reports/<profile>)")
     parser.add_argument("--data-dir", type=Path, help="the data folder (default: data/ or $MARSROVER_DATA_DIR)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="execute nothing: re-render the HTML, index, model card and README results")
     args = parser.parse_args(argv)
+    if args.render_only:
+        return render_only(args.profile, args.output_dir)
     if args.only and args.start:
         parser.error("use --only or --from, not both")
     runs = run_study(args.profile, output_dir=args.output_dir, only=args.only, start=args.start,

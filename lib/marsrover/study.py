@@ -163,7 +163,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     the headline, since it has seen sols closer to the test split. The test split only reports.
     """
     from .calibration import apply_temperature, expected_calibration_error, fit_temperature
-    from .evaluation import binary_metrics, majority_baseline, predict_surface_probability
+    from .evaluation import at_confidence, binary_metrics, majority_baseline, predict_surface_probability
     from .inference import load_model
     from .provenance import run_environment
 
@@ -191,6 +191,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             probabilities = predict_surface_probability(model, images)
             split_scores = binary_metrics(labels, probabilities, n_boot=bootstrap_samples, seed=seed)
             split_scores["ece"] = expected_calibration_error(labels, probabilities)
+            split_scores["at_confidence"] = at_confidence(labels, probabilities, 0.9)
             scores[run][split] = split_scores
             rows = run_index[run_index["split"] == split].reset_index(drop=True).copy()
             rows["p_surface"] = probabilities
