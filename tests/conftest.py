@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,3 +50,20 @@ def write_tiny_set(root: Path, entries=TINY_SET, image_size=(40, 32)) -> Path:
 @pytest.fixture
 def tiny_images_root(tmp_path: Path) -> Path:
     return write_tiny_set(tmp_path / "msl-images")
+
+
+@contextlib.contextmanager
+def local_http_server(handler: type, fake):
+    """Serve ``handler`` (which reads its state from ``self.fake``) on 127.0.0.1; ``fake.url`` is set."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (handler,), {"fake": fake}))
+    server.daemon_threads = True
+    fake.url = f"http://127.0.0.1:{server.server_port}"
+    # A short poll interval makes shutdown() quick (the default costs 0.5 s per test).
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

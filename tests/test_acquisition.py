@@ -14,11 +14,13 @@ import stat
 import threading
 import zipfile
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from conftest import local_http_server
 import requests
 
 from marsrover import acquisition, config
@@ -182,17 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def zenodo():
-    fake = FakeZenodo()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"fake": fake}))
-    server.daemon_threads = True
-    fake.url = f"http://127.0.0.1:{server.server_port}"
-    # A short poll interval makes shutdown() quick (the default costs 0.5 s per test).
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with local_http_server(_Handler, FakeZenodo()) as fake:
+        yield fake
 
 
 def make_zip(path: Path, members, compression=zipfile.ZIP_DEFLATED) -> Path:

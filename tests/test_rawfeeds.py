@@ -12,12 +12,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 import pytest
+
+from conftest import local_http_server
 import requests
 from PIL import Image
 
@@ -134,16 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def nasa():
-    fake = FakeNasa()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"fake": fake}))
-    server.daemon_threads = True
-    fake.url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with local_http_server(_Handler, FakeNasa()) as fake:
+        yield fake
 
 
 def fetch(nasa: FakeNasa, mission: str, out: Path, **kwargs) -> rawfeeds.FetchResult:

@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import labels
+from . import atomic, labels
 from .config import CLASS_NAMES, EXPECTED_SPLIT_SIZES, SPLITS, DataPaths
 
 SPLIT_FILES = {split: f"{split}-calibrated-shuffled.txt" for split in SPLITS}
@@ -161,10 +161,7 @@ def load_or_build_index(paths: DataPaths, *, rebuild: bool = False, progress: bo
             return read_index(paths.index_csv)
     index = build_index(paths.images_root, progress=progress)
     check_index(index)
-    paths.processed.mkdir(parents=True, exist_ok=True)
-    tmp = paths.index_csv.with_suffix(".csv.tmp")
-    index.to_csv(tmp, index=False)
-    tmp.replace(paths.index_csv)
+    atomic.write_csv(index, paths.index_csv)
     meta_path.write_text(json.dumps({"archive_sha256": marker, "rows": len(index)}, indent=2))
     print(f"Wrote the image index {paths.index_csv} ({len(index)} images)")
     return index

@@ -28,7 +28,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from . import config
+from . import atomic, config
 from .config import CLASS_NAMES
 
 __all__ = [
@@ -355,12 +355,4 @@ def summarize(table: pd.DataFrame) -> dict[str, int]:
 
 def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``table`` to ``path`` through a temporary file, so a crash never leaves half a CSV."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic.write_csv(table, path)

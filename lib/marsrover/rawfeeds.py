@@ -39,7 +39,7 @@ import pandas as pd
 import requests
 from tqdm.auto import tqdm
 
-from . import acquisition, config
+from . import acquisition, atomic, config
 from .acquisition import USER_AGENT, DownloadError, HTTPClientError
 
 __all__ = [
@@ -321,13 +321,7 @@ def _write_metadata(out_dir: Path, existing: pd.DataFrame, new_rows: list[dict])
     merged = pd.concat([existing, pd.DataFrame(new_rows, columns=METADATA_COLUMNS).astype(str)],
                        ignore_index=True)
     merged = merged.drop_duplicates("image_id", keep="last").reset_index(drop=True)
-    path = out_dir / METADATA_NAME
-    tmp = out_dir / f".{METADATA_NAME}.tmp-{os.getpid()}"
-    try:
-        merged.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_csv(merged, out_dir / METADATA_NAME)
     return merged
 
 

@@ -8,10 +8,11 @@ of each notebook) and ``index.html``, which links them and shows the headline me
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jinja2
+
+from . import atomic
 
 METRICS_FILE = "metrics.json"
 RUN_LOG_FILE = "run_log.json"
@@ -37,9 +38,7 @@ def load_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def write_run_log(output_dir: Path, log: dict) -> dict:
