@@ -7,11 +7,13 @@ import os
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from marsrover import labels
@@ -45,6 +47,18 @@ def write_tiny_set(root: Path, entries=TINY_SET, image_size=(40, 32)) -> Path:
     (root / CLASS_NAMES_FILE).write_text(
         "".join(f"{class_id}\t{name}\n" for class_id, name, _, _ in labels.MSL_CLASSES))
     return root
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test reaches the internet: an HTTP request to any host but 127.0.0.1 fails the test."""
+    real_send = requests.Session.send
+
+    def send(self, request, **kwargs):
+        assert urlsplit(request.url).hostname == "127.0.0.1", f"test tried to reach {request.url}"
+        return real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", send)
 
 
 @pytest.fixture

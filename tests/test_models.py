@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from keras import layers
 
 from marsrover import models
 from marsrover.training import make_dataset, train

@@ -20,7 +20,6 @@ import pandas as pd
 import pytest
 
 from conftest import local_http_server
-import requests
 from PIL import Image
 
 from marsrover import acquisition, cli, config, rawfeeds
@@ -28,18 +27,6 @@ from marsrover.rawfeeds import FeedError
 
 M2020_PATH = "/rss/api/"
 MSL_PATH = "/api/v1/raw_image_items/"
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """Any HTTP request to a host other than 127.0.0.1 fails the test."""
-    real_send = requests.Session.send
-
-    def send(self, request, **kwargs):
-        assert urlsplit(request.url).hostname == "127.0.0.1", f"test tried to reach {request.url}"
-        return real_send(self, request, **kwargs)
-
-    monkeypatch.setattr(requests.Session, "send", send)
 
 
 def jpeg(name: str) -> bytes:
