@@ -121,3 +121,19 @@ def test_grad_cam_explains_the_transfer_models_backbone():
     heatmaps = grad_cam(model, batch)
     assert heatmaps.shape == (2, 64, 64) and np.isfinite(heatmaps).all()
     assert heatmaps.min() >= 0.0 and heatmaps.max() <= 1.0
+
+
+def test_grad_cam_explains_a_model_trained_in_mixed_precision():
+    import keras
+
+    from marsrover.models import build_model
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model("seed_notebook", 32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("float32")
+    heatmaps = grad_cam(model, images)
+    assert heatmaps.shape == (2, 32, 32) and np.isfinite(heatmaps).all()
+    assert heatmaps.min() >= 0 and heatmaps.max() <= 1

@@ -144,8 +144,9 @@ def grad_cam(model, images: np.ndarray, *, class_index: int | np.ndarray | None 
     for start in range(0, n, batch_size):
         batch = tf.convert_to_tensor(images[start:start + batch_size], dtype=tf.float32)
         with tf.GradientTape() as tape:
+            # Gradients are taken against the layer's own output: under a mixed-precision policy
+            # (bfloat16 on a CPU, float16 on a GPU) a cast copy would not be on the gradient path.
             features, last = forward(batch)
-            features = tf.cast(features, tf.float32)
             last = tf.cast(last, tf.float32)
             if head is not None:
                 scores = tf.matmul(last, tf.cast(head.kernel, tf.float32))
@@ -168,6 +169,7 @@ def grad_cam(model, images: np.ndarray, *, class_index: int | np.ndarray | None 
         gradients = tape.gradient(score, features)
         if gradients is None:
             raise ValueError(f"the output does not depend on layer {path[-1].name!r}")
+        features, gradients = tf.cast(features, tf.float32), tf.cast(gradients, tf.float32)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
         cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
         cams = tf.image.resize(cams, (height, width), method="bilinear")[..., 0].numpy()
