@@ -75,6 +75,7 @@ def test_a_partial_rerun_keeps_earlier_entries_and_merges_timings_into_metrics(t
         {"name": "01_a.ipynb", "status": "ok", "seconds": 3.0}, {"name": "02_b.ipynb", "status": "ok", "seconds": 5.0}]})
     merged = reporting.write_run_log(tmp_path, {"notebooks": [{"name": "02_b.ipynb", "status": "ok", "seconds": 7.0}]})
     assert [(run["name"], run["seconds"]) for run in merged["notebooks"]] == [("01_a.ipynb", 3.0), ("02_b.ipynb", 7.0)]
+    assert merged["total_seconds"] == 10.0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["notebook_seconds"] == {"01_a.ipynb": 3.0, "02_b.ipynb": 7.0}
     reporting.save_metrics(tmp_path, {"headline": "m2", "models": {}})

@@ -52,7 +52,10 @@ def write_run_log(output_dir: Path, log: dict) -> dict:
     path = output_dir / RUN_LOG_FILE
     merged = {run["name"]: run for run in load_json(path).get("notebooks", [])}
     merged.update({run["name"]: run for run in log["notebooks"] if run["status"] != "not run"})
-    log = {**log, "notebooks": [merged[name] for name in sorted(merged)]}
+    notebooks = [merged[name] for name in sorted(merged)]
+    # The study's wall time is that of its notebooks, also when some were rerun separately.
+    log = {**log, "notebooks": notebooks, "this_run_seconds": log.get("total_seconds"),
+           "total_seconds": round(sum(run["seconds"] for run in notebooks), 2)}
     _write_json(path, log)
     metrics_path = output_dir / METRICS_FILE
     if metrics_path.exists():
