@@ -173,6 +173,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     if not runs:
         raise FileNotFoundError(f"no training runs in {output_dir / 'runs'}: run notebook 05 first")
     scores, predictions, temperatures, skipped = {}, {}, {}, {}
+    arrays: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     for run_path in runs:
         record = reporting.load_json(run_path)
         run = run_path.stem
@@ -187,7 +188,10 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             run_index = random_index
         scores[run], predictions[run] = {"kind": _run_kind(run), "image_size": size}, {}
         for split in ("val", "test"):
-            images, labels = split_arrays(paths, run_index, split, size, progress=False)
+            key = (run_index is random_index, split, size)
+            if key not in arrays:  # runs of one size share their images: load each array once
+                arrays[key] = split_arrays(paths, run_index, split, size, progress=False)
+            images, labels = arrays[key]
             probabilities = predict_surface_probability(model, images)
             split_scores = binary_metrics(labels, probabilities, n_boot=bootstrap_samples, seed=seed)
             split_scores["ece"] = expected_calibration_error(labels, probabilities)
