@@ -84,6 +84,30 @@ def test_the_input_pipeline_batches_float_images_with_int_labels():
     assert batches[0][0].dtype.name == "float32" and batches[0][1].dtype.name == "int32"
 
 
+def test_the_input_pipeline_yields_every_image_once_per_epoch_with_its_own_label():
+    images, labels = _tiny_arrays(n=23)
+    images[:, 0, 0, 0] = np.arange(23)  # a pixel that names each image
+    dataset = make_dataset(images, labels, batch_size=4, shuffle=True, seed=7)
+    epochs = [[(int(x[0, 0, 0]), int(y)) for xs, ys in dataset for x, y in zip(xs.numpy(), ys.numpy())]
+              for _ in range(2)]
+    for seen in epochs:
+        assert sorted(position for position, _ in seen) == list(range(23))
+        assert all(label == labels[position] for position, label in seen)
+    assert epochs[0] != epochs[1], "reshuffled every epoch"
+    again = [int(x[0, 0, 0]) for xs, _ in make_dataset(images, labels, batch_size=4, shuffle=True, seed=7)
+             for x in xs.numpy()]
+    assert again == [position for position, _ in epochs[0]], "the same order given the same seed"
+
+
+def test_the_input_pipeline_keeps_order_without_shuffling_and_rejects_mismatched_labels():
+    images, labels = _tiny_arrays(n=10)
+    images[:, 0, 0, 0] = np.arange(10)
+    order = [int(x[0, 0, 0]) for xs, _ in make_dataset(images, labels, batch_size=3, shuffle=False) for x in xs]
+    assert order == list(range(10))
+    with pytest.raises(ValueError, match="10 images but 9 labels"):
+        make_dataset(images, labels[:9], batch_size=3, shuffle=False)
+
+
 def test_one_training_step_runs_and_records_history_and_config():
     result = train("seed_notebook", _tiny_arrays(0), _tiny_arrays(1, n=8), image_size=32, epochs=1,
                    batch_size=8, seed=3, verbose=0)
@@ -103,3 +127,17 @@ def test_training_is_deterministic_on_cpu_given_a_seed():
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, c) for a, c in zip(first, other))
+
+
+def test_per_image_standardisation_survives_saving_and_ignores_exposure(tmp_path):
+    from marsrover.ablation import variant_spec
+    from marsrover.inference import load_model
+
+    spec = variant_spec("per_image_scaling")
+    model = models.build_model(spec.name, 32)
+    images = np.random.default_rng(0).integers(0, 120, (2, 32, 32, 3)).astype("float32")
+    brighter = images * 1.5 + 40  # the same scene, exposed differently
+    np.testing.assert_allclose(model(images, training=False), model(brighter, training=False), atol=1e-4)
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(load_model(tmp_path / "m.keras")(images, training=False), model(images, training=False),
+                               atol=1e-6)

@@ -15,6 +15,7 @@ AUGMENTATIONS = {
     "flip": "random horizontal flip (the seed notebook)",
     "seed_blog": "random rotation (±10%), zoom (±10%) and horizontal flip (the seed blog)",
     "strong": "flips, rotation, zoom, translation, brightness, contrast and random greyscale",
+    "photometric": "horizontal flip, brightness, contrast and random greyscale (no geometric warp)",
 }
 
 
@@ -36,6 +37,14 @@ def augmentation_layers(name: str, seed: int) -> list[keras.layers.Layer]:
             layers.RandomRotation(0.15, seed=seed + 1),
             layers.RandomZoom(0.15, seed=seed + 2),
             layers.RandomTranslation(0.1, 0.1, seed=seed + 3),
+            layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
+            layers.RandomContrast(0.3, seed=seed + 5),
+            layers.RandomGrayscale(factor=0.2, seed=seed + 6),
+        ]
+    if name == "photometric":
+        # Mastcam and MAHLI differ in exposure and colour, not in geometry: vary those, cheaply.
+        return [
+            layers.RandomFlip("horizontal", seed=seed),
             layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
             layers.RandomContrast(0.3, seed=seed + 5),
             layers.RandomGrayscale(factor=0.2, seed=seed + 6),

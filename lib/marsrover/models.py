@@ -34,6 +34,8 @@ class ModelSpec:
     restore_best: bool = False  # keep the epoch with the best validation balanced accuracy
     pretrained: bool = False  # the body takes a `weights` argument (keras.applications)
     build_body: Callable[..., keras.KerasTensor] = field(repr=False, default=None)
+    body_options: dict = field(default_factory=dict)  # keyword arguments of build_body (ablations vary them)
+    input_scaling: str = "unit"  # "unit": pixels / 255; "per_image": each image to zero mean, unit variance
 
 
 def _seed_blog_body(x):
@@ -56,21 +58,30 @@ def _seed_notebook_body(x):
     return layers.Dense(128, activation="relu")(x)
 
 
-def _conv_bn_relu(x, filters, strides=1):
-    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+def _conv_norm_relu(x, filters, norm, strides=1):
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=norm == "none")(x)
+    if norm == "batch":
+        x = layers.BatchNormalization()(x)
+    elif norm == "group":
+        x = layers.GroupNormalization(groups=8)(x)
+    elif norm != "none":
+        raise ValueError(f"unknown normalisation {norm!r}; choose batch, group or none")
     return layers.Activation("relu")(x)
 
 
-def _improved_body(x):
+def _improved_body(x, *, widths=(32, 64, 128, 256), norm="batch", head="global_average"):
     # A strided stem halves the resolution at once: a CPU budget spent on depth, not on pixels.
-    # Batch normalisation steadies training across the Mastcam/MAHLI shift; global average pooling
-    # replaces a large flatten+dense, which over-fits 3.7k images.
-    x = _conv_bn_relu(x, 32, strides=2)
-    for filters in (64, 128, 256, 256):
-        x = _conv_bn_relu(x, filters)
+    x = _conv_norm_relu(x, widths[0], norm, strides=2)
+    for filters in widths:
+        x = _conv_norm_relu(x, filters, norm)
         x = layers.MaxPooling2D()(x)
-    x = layers.GlobalAveragePooling2D()(x)
+    if head == "global_average":
+        # Global pooling instead of a large flatten+dense, which over-fits 3.7k images.
+        x = layers.GlobalAveragePooling2D()(x)
+    elif head == "flatten_dense":
+        x = layers.Dense(128, activation="relu")(layers.Flatten()(x))
+    else:
+        raise ValueError(f"unknown head {head!r}; choose global_average or flatten_dense")
     return layers.Dropout(0.3)(x)
 
 
@@ -102,13 +113,33 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         ModelSpec("seed_notebook", "the seed notebook's CNN: 2 conv layers (8, 32), dense 128",
                   image_size=256, augmentation="flip", epochs=15, build_body=_seed_notebook_body),
         ModelSpec("improved", "this project's CNN: strided stem, 4 conv+batch-norm+pool blocks, global pooling",
-                  image_size=128, augmentation="strong", epochs=24, schedule="cosine", class_weighting=True,
-                  restore_best=True, build_body=_improved_body),
+                  image_size=128, augmentation="photometric", epochs=15, schedule="cosine", class_weighting=True,
+                  restore_best=True, build_body=_improved_body,
+                  body_options={"widths": (32, 64, 128, 256), "norm": "batch", "head": "global_average"}),
         ModelSpec("transfer", "EfficientNetB0 with frozen ImageNet weights and a new two-class head",
-                  image_size=128, augmentation="strong", epochs=10, schedule="cosine", class_weighting=True,
+                  image_size=128, augmentation="photometric", epochs=10, schedule="cosine", class_weighting=True,
                   restore_best=True, pretrained=True, build_body=_transfer_body),
     )
 }
+
+
+@keras.saving.register_keras_serializable(package="marsrover")
+class PerImageStandardization(layers.Layer):
+    """Each image to zero mean and unit variance over its pixels and channels (exposure-invariant)."""
+
+    def call(self, images):
+        import tensorflow as tf
+
+        return tf.image.per_image_standardization(images)
+
+
+def scale_inputs(x, scaling: str):
+    """Pixels in [0, 255] to the network's input range."""
+    if scaling == "unit":
+        return layers.Rescaling(1.0 / 255, name="rescale")(x)
+    if scaling == "per_image":
+        return PerImageStandardization(name="rescale", dtype="float32")(x)
+    raise ValueError(f"unknown input scaling {scaling!r}; choose unit or per_image")
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -132,10 +163,10 @@ def build_model(name: str, image_size: int | None = None, *, seed: int = 42, aug
     inputs = keras.Input(shape=(size, size, 3), name="image")
     x = build_augmentation(spec.augmentation if augment else "none", seed)(inputs)
     if spec.pretrained:
-        x = spec.build_body(x, weights=weights)
+        x = spec.build_body(x, weights=weights, **spec.body_options)
     else:
-        x = layers.Rescaling(1.0 / 255, name="rescale")(x)
-        x = spec.build_body(x)
+        x = scale_inputs(x, spec.input_scaling)
+        x = spec.build_body(x, **spec.body_options)
     # float32 output keeps softmax stable under mixed precision.
     outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -76,6 +76,19 @@ def training_history(histories: dict[str, dict[str, list[float]]]) -> plt.Figure
     return fig
 
 
+def validation_curves(histories: dict[str, dict[str, list[float]]], metric: str = "val_balanced_accuracy", *,
+                      title: str = "Validation balanced accuracy per epoch") -> plt.Figure:
+    """One line per run of a validation metric against the epoch (ablations side by side)."""
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for color, (name, history) in zip(sns.color_palette("tab10", n_colors=len(histories)), histories.items()):
+        values = history[metric]
+        ax.plot(np.arange(1, len(values) + 1), values, color=color, marker="o", ms=3, label=name,
+                lw=2.5 if not histories or name == next(iter(histories)) else 1.2)
+    ax.set(title=title, xlabel="epoch", ylabel=metric.replace("_", " "))
+    ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
 def confusion_heatmap(confusion: Sequence[Sequence[int]], *, title: str, normalize: bool = False) -> plt.Figure:
     """A seaborn heatmap of a 2x2 confusion matrix (rows: true label, columns: predicted)."""
     matrix = np.asarray(confusion, dtype=float)

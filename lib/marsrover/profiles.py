@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 ALL_MODELS = ["seed_notebook", "seed_blog", "improved", "transfer"]
+# The names of marsrover.ablation.ABLATIONS (kept here so the runner needs no TensorFlow; a test checks).
+ALL_ABLATIONS = ["geometric_augmentation", "flip_only", "no_batch_norm", "flatten_dense_head", "group_norm",
+                 "per_image_scaling", "no_class_weighting", "constant_learning_rate"]
 
 _COMMON: dict[str, Any] = {
     "seed": 42,
@@ -20,7 +23,9 @@ _COMMON: dict[str, Any] = {
     "epochs": None,  # None: each model's own number of epochs
     "batch_size": None,  # None: each model's own batch size
     "models": ALL_MODELS,
-    "refit": ["improved"],  # refitted on train+val for the epochs chosen on val
+    "refit": ["best_on_val"],  # refitted on train+val for the epochs chosen on val ("best_on_val": the winner)
+    # Variants of the improved recipe, each trained on train and judged on val (marsrover.ablation).
+    "ablations": ["geometric_augmentation", "flip_only", "no_batch_norm", "flatten_dense_head"],
     "leakage_model": "seed_notebook",  # also trained on the seed blog's random 80/20 split
     "transfer_weights": "imagenet",  # None: the transfer architecture from random weights
     "mixed_precision": False,  # float16 on a GPU
@@ -33,7 +38,7 @@ _COMMON: dict[str, Any] = {
 
 PROFILES: dict[str, dict[str, Any]] = {
     # No download in CI: the transfer model is built from random weights there.
-    "smoke": {**_COMMON, "max_images_per_split": 40, "image_size": 64, "epochs": 1, "sample_images": 12,
+    "smoke": {**_COMMON, "ablations": ALL_ABLATIONS, "max_images_per_split": 40, "image_size": 64, "epochs": 1, "sample_images": 12,
               "transfer_weights": None, "bootstrap_samples": 50},
     "full": {**_COMMON, "cpu_bfloat16": True, "export_headline": True},
     "gpu": {**_COMMON, "batch_size": 64, "mixed_precision": True, "jit_compile": True},

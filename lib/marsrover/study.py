@@ -70,15 +70,51 @@ def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_spl
     from .training import save_run, train
 
     print(f"\n=== {run_name}: {name} at {size}px on {'+'.join(fit_splits)} ===")
-    parts = [split_arrays(paths, index, split, size) for split in fit_splits]
-    fit_images = np.concatenate([images for images, _ in parts])
-    fit_labels = np.concatenate([labels for _, labels in parts])
+    fit_data = split_arrays(paths, index, fit_splits[0], size)
+    if len(fit_splits) > 1:  # one array for train+val, without keeping the parts alive beside it
+        parts = [fit_data] + [split_arrays(paths, index, split, size) for split in fit_splits[1:]]
+        fit_data = (np.concatenate([images for images, _ in parts]), np.concatenate([labels for _, labels in parts]))
+        del parts
     val_data = split_arrays(paths, index, val_split, size) if val_split else None
-    result = train(name, (fit_images, fit_labels), val_data, image_size=size, epochs=epochs, batch_size=batch_size,
+    result = train(name, fit_data, val_data, image_size=size, epochs=epochs, batch_size=batch_size,
                    seed=seed, jit_compile=jit_compile, weights=weights, run_name=run_name)
     result.config["fit_on"] = "+".join(fit_splits)
     save_run(result, output_dir)
     return reporting.load_json(Path(output_dir) / "runs" / f"{run_name}.json")
+
+
+BEST_ON_VAL = "best_on_val"
+
+
+def kept_val_balanced_accuracy(run: dict) -> float | None:
+    """Validation balanced accuracy of the weights a run kept: its best epoch, or its last one."""
+    history = run.get("history", {}).get("val_balanced_accuracy")
+    if not history:
+        return None
+    best_kept = str(run.get("config", {}).get("kept_weights", "")).endswith("(best on val)")
+    return max(history) if best_kept else history[-1]
+
+
+def best_on_validation(scores: dict[str, float]) -> str:
+    """The run with the highest validation score; ties (common on tiny data) go to the first name A-Z."""
+    return min(scores, key=lambda run: (-round(scores[run], 6), run))
+
+
+def resolve_refit(refit: list[str] | tuple[str, ...], runs: dict[str, dict]) -> list[str]:
+    """The models to refit: the names in ``refit``, with ``"best_on_val"`` replaced by the winner on val."""
+    names = []
+    for name in refit:
+        if name == BEST_ON_VAL:
+            scored = {run: kept_val_balanced_accuracy(record) for run, record in runs.items()}
+            scored = {run: score for run, score in scored.items() if score is not None}
+            if not scored:
+                print("No refit of the best model: no run was validated")
+                continue
+            name = best_on_validation(scored)
+            print(f"Best on validation: {name} (balanced accuracy {scored[name]:.3f}); it is refitted on train+val")
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def train_models(model_names: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *,
@@ -88,7 +124,8 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
     """Every training run of the study, saved under ``models/`` and ``runs/``.
 
     1. Each model on the train split, watching the validation split (selection happens there only).
-    2. Each model in ``refit`` again on train+val, for the number of epochs that was best on val.
+    2. Each model in ``refit`` again on train+val, for the number of epochs that was best on val;
+       ``"best_on_val"`` in ``refit`` stands for the model that step 1 found best on validation.
     3. ``leakage_model`` on the seed blog's random 80/20 split of train+val, to measure how much a
        random split flatters the validation score.
     A pretrained model whose weights cannot be loaded is recorded as skipped, with the reason.
@@ -110,7 +147,7 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
             runs[name] = {"skipped": str(error), "config": {"model": name, "run": name}}
             (output_dir / "runs").mkdir(parents=True, exist_ok=True)
             (output_dir / "runs" / f"{name}.json").write_text(json.dumps(runs[name], indent=2))
-    for name in refit:
+    for name in resolve_refit(refit, runs):
         if "skipped" in runs.get(name, {"skipped": True}):
             print(f"No refit of {name}: it was not trained above")
             continue
@@ -125,6 +162,20 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
             leakage_model, leakage_model + RANDOM_SPLIT_SUFFIX, paths, random_split_index(index, seed), output_dir,
             fit_splits=["train"], val_split="val", size=size, epochs=epochs, **common)
     return runs
+
+
+def run_ablations(ablations: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *,
+                  image_size: int | None, epochs: int | None, batch_size: int | None, seed: int,
+                  jit_compile: bool = False) -> dict[str, dict]:
+    """Each ablation of the improved recipe, trained on train and scored on val (``ablations/*.json``)."""
+    from .ablation import BASE_MODEL, run_ablations as run
+    from .models import get_spec
+
+    if not ablations:
+        return {}
+    size = image_size or get_spec(BASE_MODEL).image_size
+    return run(ablations, split_arrays(paths, index, "train", size), split_arrays(paths, index, "val", size),
+               output_dir, image_size=size, epochs=epochs, batch_size=batch_size, seed=seed, jit_compile=jit_compile)
 
 
 SEED_CLAIM = {"description": "seed blog (random 80/20 split)", "val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}}
@@ -214,7 +265,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
         if scores[run]["kind"].startswith("random"):
             scores[run]["val"]["note"] = "validation = the random 20% of train+val, as in the seed blog"
     candidates = [run for run in scores if scores[run]["kind"] == "train only"]
-    best = max(candidates, key=lambda run: scores[run]["val"]["balanced_accuracy"])
+    best = best_on_validation({run: scores[run]["val"]["balanced_accuracy"] for run in candidates})
     headline = best + REFIT_SUFFIX if best + REFIT_SUFFIX in scores else best
     baselines = {"majority class": {split: majority_baseline(index.loc[index["split"] == split, "label"])
                                     for split in ("val", "test")}}

@@ -1,0 +1,114 @@
+"""Ablations of the improved recipe: change one choice at a time, train on train, judge on validation.
+
+Each :class:`Ablation` names the choice it questions and the spec fields it changes. A variant is
+trained exactly like ``improved`` (same seed, epochs and data) and scored by its best validation
+balanced accuracy, the study's selection metric, so the test split plays no part in the design.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .models import MODEL_SPECS, ModelSpec, get_spec
+
+BASE_MODEL = "improved"
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    question: str  # the design choice this variant undoes
+    changes: dict  # ModelSpec fields (body_options merged into the base's)
+
+
+ABLATIONS: dict[str, Ablation] = {
+    ablation.name: ablation
+    for ablation in (
+        Ablation("geometric_augmentation", "photometric augmentation only, or also rotation/zoom/shift/vertical flip?",
+                 {"augmentation": "strong"}),
+        Ablation("flip_only", "photometric augmentation, or the seed's horizontal flip only?",
+                 {"augmentation": "flip"}),
+        Ablation("no_batch_norm", "batch normalisation after each convolution, or none?",
+                 {"body_options": {"norm": "none"}}),
+        Ablation("flatten_dense_head", "global average pooling, or flatten + dense 128 as the seeds do?",
+                 {"body_options": {"head": "flatten_dense"}}),
+        Ablation("group_norm", "batch normalisation, or group normalisation (no running statistics)?",
+                 {"body_options": {"norm": "group"}}),
+        Ablation("per_image_scaling", "pixels / 255, or each image standardised (exposure-invariant)?",
+                 {"input_scaling": "per_image"}),
+        Ablation("no_class_weighting", "class-weighted loss, or plain cross-entropy?", {"class_weighting": False}),
+        Ablation("constant_learning_rate", "cosine decay, or a constant learning rate?", {"schedule": "constant"}),
+    )
+}
+
+
+def variant_name(ablation: str) -> str:
+    return f"{BASE_MODEL}-{ablation}"
+
+
+def variant_spec(ablation: str) -> ModelSpec:
+    """The improved spec with this ablation's changes, registered so ``train`` can build it by name."""
+    if ablation not in ABLATIONS:
+        raise KeyError(f"unknown ablation {ablation!r}; choose from {sorted(ABLATIONS)}")
+    base = get_spec(BASE_MODEL)
+    changes = dict(ABLATIONS[ablation].changes)
+    if "body_options" in changes:
+        changes["body_options"] = {**base.body_options, **changes["body_options"]}
+    unchanged = [key for key, value in changes.items() if getattr(base, key) == value]
+    if unchanged:
+        raise ValueError(f"ablation {ablation!r} changes nothing in {unchanged}: the base already has it")
+    spec = replace(base, name=variant_name(ablation), description=ABLATIONS[ablation].question, **changes)
+    MODEL_SPECS.setdefault(spec.name, spec)
+    return spec
+
+
+def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
+                  val_data: tuple[np.ndarray, np.ndarray], output_dir: Path, *, image_size: int | None = None,
+                  epochs: int | None = None, batch_size: int | None = None, seed: int = 42,
+                  jit_compile: bool = False) -> dict[str, dict]:
+    """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time)."""
+    from .provenance import run_environment
+    from .training import train
+
+    folder = Path(output_dir) / "ablations"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.json"):
+        stale.unlink()
+    records = {}
+    for ablation in names:
+        spec = variant_spec(ablation)
+        print(f"\n=== ablation {ablation}: {ABLATIONS[ablation].question} ===")
+        result = train(spec.name, train_data, val_data, image_size=image_size, epochs=epochs,
+                       batch_size=batch_size, seed=seed, jit_compile=jit_compile, weights=None, verbose=0)
+        record = {"ablation": ablation, "question": ABLATIONS[ablation].question,
+                  "changes": ABLATIONS[ablation].changes, "config": result.config, "history": result.history,
+                  "train_seconds": round(result.seconds, 2), "environment": run_environment()}
+        (folder / f"{ablation}.json").write_text(json.dumps(record, indent=2, default=str))
+        records[ablation] = record
+        del result
+    return records
+
+
+def _best(history: dict) -> tuple[float, int]:
+    scores = history["val_balanced_accuracy"]
+    return float(max(scores)), int(np.argmax(scores)) + 1
+
+
+def ablation_table(base_run: dict, records: dict[str, dict]) -> pd.DataFrame:
+    """The improved run and each variant: best validation balanced accuracy, its epoch, the change, the time."""
+    base_score, base_epoch = _best(base_run["history"])
+    rows = [{"variant": f"{BASE_MODEL} (as chosen)", "question": "", "best val balanced accuracy": base_score,
+             "at epoch": base_epoch, "last-epoch val balanced accuracy": base_run["history"]["val_balanced_accuracy"][-1],
+             "change vs improved": 0.0, "seconds": base_run.get("train_seconds")}]
+    for ablation, record in records.items():
+        score, epoch = _best(record["history"])
+        rows.append({"variant": ablation, "question": record["question"], "best val balanced accuracy": score,
+                     "at epoch": epoch,
+                     "last-epoch val balanced accuracy": record["history"]["val_balanced_accuracy"][-1],
+                     "change vs improved": score - base_score, "seconds": record["train_seconds"]})
+    return pd.DataFrame(rows).set_index("variant")

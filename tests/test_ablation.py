@@ -1,0 +1,70 @@
+"""Ablations change one choice of the improved recipe and are judged on validation only."""
+
+import json
+
+import numpy as np
+import pytest
+
+from marsrover import ablation, models, profiles
+from marsrover.study import best_on_validation, kept_val_balanced_accuracy, resolve_refit
+
+
+def test_the_profiles_know_every_ablation_by_name():
+    assert profiles.ALL_ABLATIONS == list(ablation.ABLATIONS)
+    for name in ("smoke", "full", "gpu"):
+        assert set(profiles.get_profile(name)["ablations"]) <= set(ablation.ABLATIONS)
+
+
+@pytest.mark.parametrize("name", sorted(ablation.ABLATIONS))
+def test_each_variant_differs_from_improved_in_exactly_what_it_names(name):
+    base, variant = models.get_spec("improved"), ablation.variant_spec(name)
+    changed = {field for field in ("augmentation", "input_scaling", "class_weighting", "schedule", "body_options")
+               if getattr(base, field) != getattr(variant, field)}
+    assert changed == set(ablation.ABLATIONS[name].changes)
+    assert (variant.epochs, variant.image_size, variant.learning_rate) == (base.epochs, base.image_size,
+                                                                          base.learning_rate)
+    model = models.build_model(variant.name, 32)
+    assert model.output_shape == (None, 2)
+
+
+def test_an_ablation_that_changes_nothing_is_refused_and_unknown_ones_are_named(monkeypatch):
+    monkeypatch.setitem(ablation.ABLATIONS, "same", ablation.Ablation("same", "?", {"schedule": "cosine"}))
+    with pytest.raises(ValueError, match="changes nothing"):
+        ablation.variant_spec("same")
+    with pytest.raises(KeyError, match="flip_only"):
+        ablation.variant_spec("more_layers")
+
+
+def test_run_ablations_writes_one_record_per_variant_and_the_table_compares_with_improved(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (12, 32, 32, 3)).astype("uint8"), np.arange(12) % 2
+    records = ablation.run_ablations(["flip_only", "no_class_weighting"], (images, labels), (images[:6], labels[:6]),
+                                     tmp_path, image_size=32, epochs=2, batch_size=4, seed=1)
+    assert sorted(p.name for p in (tmp_path / "ablations").iterdir()) == ["flip_only.json", "no_class_weighting.json"]
+    saved = json.loads((tmp_path / "ablations" / "flip_only.json").read_text())
+    assert saved["config"]["augmentation"] == "flip" and len(saved["history"]["val_balanced_accuracy"]) == 2
+    base = {"history": {"val_balanced_accuracy": [0.5, 0.75]}, "train_seconds": 3.0}
+    table = ablation.ablation_table(base, records)
+    assert list(table.index) == ["improved (as chosen)", "flip_only", "no_class_weighting"]
+    for name, record in records.items():
+        best = max(record["history"]["val_balanced_accuracy"])
+        assert table.loc[name, "change vs improved"] == pytest.approx(best - 0.75)
+
+
+def _run(val_scores, kept="epoch 2 (best on val)"):
+    return {"history": {"val_balanced_accuracy": val_scores}, "config": {"kept_weights": kept}}
+
+
+def test_the_kept_weights_are_scored_by_their_own_epoch():
+    assert kept_val_balanced_accuracy(_run([0.7, 0.9, 0.8])) == 0.9
+    assert kept_val_balanced_accuracy(_run([0.7, 0.9, 0.8], kept="epoch 3 (last)")) == 0.8
+    assert kept_val_balanced_accuracy({"skipped": "no weights"}) is None
+
+
+def test_best_on_val_refits_the_winner_on_validation_and_ties_go_to_the_first_name():
+    runs = {"seed_notebook": _run([0.9], kept="epoch 1 (last)"), "improved": _run([0.8, 0.95]),
+            "transfer": {"skipped": "offline"}}
+    assert resolve_refit(["best_on_val"], runs) == ["improved"]
+    assert resolve_refit(["best_on_val", "improved", "seed_notebook"], runs) == ["improved", "seed_notebook"]
+    assert resolve_refit([], runs) == []
+    assert best_on_validation({"seed_blog": 0.5, "improved": 0.5, "transfer": 0.4}) == "improved"
