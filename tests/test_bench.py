@@ -26,6 +26,11 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
     for measurement in written["measurements"].values():
         assert measurement["images_per_s"] > 0 and measurement["peak_rss_gib"] > 0.1
     assert written["measurements"]["infer_batched"]["failed"] == 0
+    if "train_project_pipeline_bfloat16" in written["measurements"]:  # CPUs with native bfloat16 only
+        assert written["measurements"]["train_project_pipeline_bfloat16"]["policy"] == "mixed_bfloat16"
+        assert written["train_setup_ratio_bfloat16"] > 0
+    else:
+        assert written["train_setup_ratio_bfloat16"] is None
     assert list(bench.table(result).columns) == ["images/s", "seconds", "peak RSS (GiB)"]
 
 

@@ -228,3 +228,18 @@ def test_breakdown_bars_is_one_panel_sorted_by_accuracy(predictions):
     shown = [label.get_text() for label in fig.axes[0].get_yticklabels()]
     assert shown == ["MAHLI", "Mastcam left", "Mastcam right"]  # accuracy 0.75, 0.5, 0
     plt.close(fig)
+
+
+def test_the_targets_table_reports_the_improved_runs_against_the_issue_targets():
+    from marsrover.study import targets_table
+
+    def run(kind, accuracy, balanced):
+        return {"kind": kind, "test": {"accuracy": accuracy, "balanced_accuracy": balanced}}
+
+    metrics = {"models": {"improved": run("train only", 0.95, 0.96), "improved_refit": run("refit", 0.985, 0.97),
+                          "seed_blog": run("train only", 0.99, 0.99), "improved-flip_only": run("x", 1, 1)}}
+    table = targets_table(metrics)
+    assert list(table.index) == ["improved", "improved_refit"]
+    assert not table.loc["improved", "accuracy reached"] and table.loc["improved_refit", "accuracy reached"]
+    assert table.loc["improved_refit", "balanced accuracy reached"]  # 0.97 meets a target of 0.97
+    assert targets_table({"models": {"seed_blog": run("train only", 1, 1)}}).empty

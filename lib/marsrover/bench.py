@@ -47,12 +47,13 @@ def _measure(function, *args):
     return result
 
 
-def _compiled_seed_model(size: int):
+def _compiled_seed_model(size: int, policy: str = "float32"):
     import keras
 
     from .models import build_model
     from .training import set_seeds
 
+    keras.mixed_precision.set_global_policy(policy)
     set_seeds(0)
     model = build_model("seed_notebook", size)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
@@ -83,14 +84,19 @@ def train_seed_pipeline(files: list[str], labels: list[int], size: int, batch_si
     return {"images_per_s": steps * batch_size / seconds, "seconds": seconds}
 
 
-def train_project_pipeline(images_path: str, labels: list[int], batch_size: int, steps: int) -> dict:
-    """This project's input: the cached uint8 array, shuffled and batched by tf.data from memory."""
+def train_project_pipeline(images_path: str, labels: list[int], batch_size: int, steps: int,
+                           policy: str = "float32") -> dict:
+    """This project's input: the cached uint8 array, shuffled and batched by tf.data from memory.
+
+    ``policy="mixed_bfloat16"`` adds the numeric policy the full profile trains with on CPUs that
+    support it, to show what the project's whole training setup gains, not only its input pipeline.
+    """
     from .training import make_dataset
 
     images = np.load(images_path)
     dataset = make_dataset(images, np.asarray(labels), batch_size=batch_size, shuffle=True, seed=0).repeat()
-    seconds = _time_training(_compiled_seed_model(images.shape[1]), dataset, steps)
-    return {"images_per_s": steps * batch_size / seconds, "seconds": seconds}
+    seconds = _time_training(_compiled_seed_model(images.shape[1], policy), dataset, steps)
+    return {"images_per_s": steps * batch_size / seconds, "seconds": seconds, "policy": policy}
 
 
 def _inference_model(model_path: str | None, size: int):
@@ -153,6 +159,12 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
     try:
         seed_train = _isolated(train_seed_pipeline, files, labels, train_size, batch_size, train_steps)
         project_train = _isolated(train_project_pipeline, handle.name, labels, batch_size, train_steps)
+        from .training import cpu_supports_bfloat16
+
+        project_bf16 = None
+        if cpu_supports_bfloat16():
+            project_bf16 = _isolated(train_project_pipeline, handle.name, labels, batch_size, train_steps,
+                                     "mixed_bfloat16")
     finally:
         os.unlink(handle.name)
     test = index[index["split"] == "test"].head(infer_images)
@@ -163,6 +175,9 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
     result = {
         "commit": git_commit(), "cpu_count": os.cpu_count(),
         "train_pipeline_ratio": round(project_train["images_per_s"] / seed_train["images_per_s"], 2),
+        # The project's pipeline plus its CPU bfloat16 policy against the seed's (float32) setup; None without bf16.
+        "train_setup_ratio_bfloat16": round(project_bf16["images_per_s"] / seed_train["images_per_s"], 2)
+        if project_bf16 else None,
         "inference_ratio": round(batched["images_per_s"] / per_image["images_per_s"], 2),
         "inference_images_per_s": round(batched["images_per_s"], 1),
         "full_profile_minutes": full.get("total_minutes"),
@@ -171,6 +186,7 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
                      "batch_size": batch_size, "infer_images": len(infer_files), "infer_batch_size": infer_batch_size,
                      "inference_model": model_path or f"improved (untrained weights) at {infer_size}px"},
         "measurements": {"train_seed_pipeline": seed_train, "train_project_pipeline": project_train,
+                         **({"train_project_pipeline_bfloat16": project_bf16} if project_bf16 else {}),
                          "infer_per_image": per_image, "infer_batched": batched},
         "full_profile": full,
     }
@@ -193,7 +209,9 @@ def bench_markdown(result: dict) -> str:
     full = result.get("full_profile") or {}
     lines += [
         "",
-        f"Training pipeline ratio (project / seed): **{result['train_pipeline_ratio']}×**; batched inference: "
+        f"Training pipeline ratio (project / seed, both float32): **{result['train_pipeline_ratio']}×**"
+        + (f"; with the full profile's bfloat16 policy: **{result['train_setup_ratio_bfloat16']}×**"
+           if result.get("train_setup_ratio_bfloat16") else "") + "; batched inference: "
         f"**{result['inference_images_per_s']} images/s**, **{result['inference_ratio']}×** the per-image loop "
         f"({result['settings']['inference_model']}). Last full profile: "
         f"{full.get('total_minutes', '–')} minutes, peak kernel memory {full.get('peak_rss_gib', '–')} GiB.",
