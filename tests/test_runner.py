@@ -123,3 +123,22 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert card.startswith("# Model card: improved_refit") and "abc123" in card
     assert "| balanced accuracy | 97.2% (96.0%–98.0%) |" in card and "Intended use" in card and "Limits" in card
     assert "75.0% accuracy" in card
+
+
+def test_the_headline_model_is_exported_under_its_name_and_training_commit(tmp_path):
+    from marsrover.study import export_headline
+
+    report, models_dir = tmp_path / "report", tmp_path / "models"
+    (report / "models").mkdir(parents=True)
+    (report / "runs").mkdir()
+    (report / "models" / "improved_refit.keras").write_bytes(b"weights")
+    (report / "runs" / "improved_refit.json").write_text(json.dumps({"environment": {"commit": "trained1"}}))
+    models_dir.mkdir()
+    (models_dir / "improved_refit-older.keras").write_bytes(b"old")
+    (models_dir / "seed_blog-keep.keras").write_bytes(b"other")
+    exported = export_headline(report, {"headline": "improved_refit", "commit": "scored2"}, models_dir)
+    assert exported.name == "improved_refit-trained1.keras" and exported.read_bytes() == b"weights"
+    assert sorted(p.name for p in models_dir.iterdir()) == ["improved_refit-trained1.keras", "seed_blog-keep.keras"]
+    (report / "runs" / "improved_refit.json").unlink()
+    assert export_headline(report, {"headline": "improved_refit", "commit": "scored2"}, models_dir).name == \
+        "improved_refit-scored2.keras"

@@ -284,11 +284,18 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
 
 
 def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.MODELS_DIR) -> Path:
-    """Copy the headline model to ``models/<run>-<commit>.keras`` so `marsrover predict` finds it."""
+    """Copy the headline model to ``models/<run>-<commit>.keras`` so `marsrover predict` finds it.
+
+    The commit is the one the model was trained at (its run record), which can be older than the
+    commit that scored it when notebook 06 is rerun alone.
+    """
     import shutil
 
     run = metrics["headline"]
-    target = Path(models_dir) / f"{run}-{metrics['commit']}.keras"
+    record_path = Path(output_dir) / "runs" / f"{run}.json"
+    record = reporting.load_json(record_path) if record_path.exists() else {}
+    commit = record.get("environment", {}).get("commit") or metrics["commit"]
+    target = Path(models_dir) / f"{run}-{commit}.keras"
     target.parent.mkdir(parents=True, exist_ok=True)
     for old in Path(models_dir).glob(f"{run}-*.keras"):
         old.unlink()  # one headline file per run name: the newest study's
