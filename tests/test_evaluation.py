@@ -55,9 +55,19 @@ def test_prediction_is_one_batched_call():
 
     images = np.zeros((300, 2, 2, 3), dtype="uint8")
     images[:100] = 255
-    p = predict_surface_probability(CountingModel(), images)
+    p = predict_surface_probability(CountingModel(), images, batch_size=300)
     assert CountingModel.calls == 1 and p.shape == (300,)
     assert p[:100].min() == 1.0 and p[100:].max() == 0.0
+
+
+def test_a_split_larger_than_a_batch_is_streamed_in_order_with_the_same_probabilities():
+    from marsrover.models import build_model
+
+    model = build_model("improved", 32)
+    images = np.random.default_rng(0).integers(0, 255, (70, 32, 32, 3)).astype("uint8")
+    streamed = predict_surface_probability(model, images, batch_size=16)
+    direct = np.asarray(model.predict(images.astype("float32"), verbose=0), dtype="float64")[:, 1]
+    np.testing.assert_allclose(streamed, direct, atol=1e-5)
 
 
 # --- per-class scores, PR-AUC, Brier, bootstrap intervals ---------------------------------------

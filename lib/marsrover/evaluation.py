@@ -17,9 +17,19 @@ from sklearn import metrics
 from .config import CLASS_NAMES
 
 
-def predict_surface_probability(model, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """P(Surface) for each image, in large batches (never one ``predict`` call per image)."""
-    probabilities = model.predict(images.astype("float32", copy=False), batch_size=batch_size, verbose=0)
+def predict_surface_probability(model, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """P(Surface) for each image, in batches (never one ``predict`` call per image).
+
+    Batches are gathered from the uint8 array as they are needed: a float32 copy of a whole split at
+    256 px, and a batch of 256 through the seed models' wide early layers, each cost gigabytes.
+    """
+    from .training import make_dataset
+
+    if len(images) <= batch_size:  # one batch (the predict command's path): no pipeline to build
+        probabilities = model.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
+        return np.asarray(probabilities, dtype="float64")[:, 1]
+    batches = make_dataset(images, np.zeros(len(images), dtype="int32"), batch_size=batch_size, shuffle=False)
+    probabilities = model.predict(batches.map(lambda x, _: x), verbose=0)
     return np.asarray(probabilities, dtype="float64")[:, 1]
 
 
