@@ -82,6 +82,15 @@ def test_a_partial_rerun_keeps_earlier_entries_and_merges_timings_into_metrics(t
     assert json.loads((tmp_path / "metrics.json").read_text())["notebook_seconds"]["02_b.ipynb"] == 7.0
 
 
+def test_a_partial_rerun_reports_the_peak_memory_of_every_merged_notebook(tmp_path):
+    reporting.write_run_log(tmp_path, {"peak_rss_gib": 7.0, "notebooks": [
+        {"name": "05_t.ipynb", "status": "ok", "seconds": 9.0, "peak_rss_gib": 7.0},
+        {"name": "06_e.ipynb", "status": "ok", "seconds": 2.0, "peak_rss_gib": 7.5}]})
+    merged = reporting.write_run_log(tmp_path, {"peak_rss_gib": 3.0, "notebooks": [
+        {"name": "06_e.ipynb", "status": "ok", "seconds": 1.0, "peak_rss_gib": 3.0}]})
+    assert merged["peak_rss_gib"] == 7.0 and merged["this_run_peak_rss_gib"] == 3.0
+
+
 METRICS = {
     "headline": "improved_refit", "best_on_val": "improved", "profile": "full", "commit": "abc123",
     "selection": "best validation balanced accuracy", "cpu_count": 2, "processor": "x86_64", "platform": "Linux",

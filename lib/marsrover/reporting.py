@@ -54,8 +54,11 @@ def write_run_log(output_dir: Path, log: dict) -> dict:
     merged.update({run["name"]: run for run in log["notebooks"] if run["status"] != "not run"})
     notebooks = [merged[name] for name in sorted(merged)]
     # The study's wall time is that of its notebooks, also when some were rerun separately.
+    peaks = [run["peak_rss_gib"] for run in notebooks if run.get("peak_rss_gib") is not None]
     log = {**log, "notebooks": notebooks, "this_run_seconds": log.get("total_seconds"),
-           "total_seconds": round(sum(run["seconds"] for run in notebooks), 2)}
+           "total_seconds": round(sum(run["seconds"] for run in notebooks), 2),
+           "this_run_peak_rss_gib": log.get("peak_rss_gib"),
+           "peak_rss_gib": max(peaks) if peaks else log.get("peak_rss_gib")}
     _write_json(path, log)
     metrics_path = output_dir / METRICS_FILE
     if metrics_path.exists():
