@@ -293,17 +293,21 @@ def test_without_any_saved_model_the_error_says_what_to_do(model_dirs):
     assert str(model_dirs[0]) in message and "marsrover study" in message and "--model" in message
 
 
-def test_the_newest_saved_model_is_the_default(model_dirs):
+def test_the_newest_exported_model_is_the_default_and_report_models_only_a_fallback(model_dirs):
     models, reports = model_dirs
-    older = models / "old.keras"
-    newer = reports / "full" / "models" / "improved.keras"
-    for path, age in ((older, 100), (newer, 10)):
-        path.parent.mkdir(parents=True)
+    report_model = reports / "full" / "models" / "seed_notebook_random_split.keras"
+    report_model.parent.mkdir(parents=True)
+    report_model.write_bytes(b"model")
+    (reports / "full" / "models" / "notes.txt").write_text("not a model")
+    assert inference.find_default_model() == report_model  # nothing exported yet
+    models.mkdir(parents=True)
+    older, newer = models / "improved_refit-aaa.keras", models / "improved_refit-bbb.keras"
+    for path, age in ((older, 100), (newer, 50)):
         path.write_bytes(b"model")
         os.utime(path, (time.time() - age, time.time() - age))
-    (reports / "full" / "models" / "notes.txt").write_text("not a model")
+    os.utime(report_model, None)  # the newest file of all, but a study run, not the exported headline
     assert inference.find_default_model() == newer
-    os.utime(older, None)  # now the newest
+    os.utime(older, None)
     assert inference.find_default_model() == older
 
 

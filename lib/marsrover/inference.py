@@ -81,11 +81,15 @@ def _model_candidates() -> list[Path]:
 
 
 def find_default_model() -> Path:
-    """The most recently written ``*.keras`` file under ``models/`` (or the study's report folders).
+    """The most recently written ``*.keras`` file under ``models/`` (the exported headline models).
 
+    Only when ``models/`` holds none, the newest in the study's report folders; those also hold every
+    run of the study (seed and leakage models included), so they are the fallback, not the choice.
     Raises :class:`NoModelError` saying where it looked and what to do when there is none.
     """
     candidates = _model_candidates()
+    exported = [path for path in candidates if config.MODELS_DIR in path.parents]
+    candidates = exported or candidates
     if not candidates:
         raise NoModelError(
             f"no trained model (*.keras) found in {config.MODELS_DIR} or "
