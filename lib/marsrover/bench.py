@@ -145,7 +145,7 @@ def last_full_run(report_dir: Path) -> dict:
     }
 
 
-def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images: int = 640, train_steps: int = 20,
+def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images: int = 640, train_steps: int = 60,
                   infer_images: int = 1000, train_size: int = 256, batch_size: int = 32,
                   infer_batch_size: int = 256, model_path: str | None = None, infer_size: int = 128,
                   full_report: Path = config.REPORTS_DIR / "full", out: Path | None = None) -> dict:
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--train-images", type=int, default=640)
-    parser.add_argument("--train-steps", type=int, default=20, help="timed batches per training pipeline")
+    parser.add_argument("--train-steps", type=int, default=60, help="timed batches per training pipeline (3 epochs of 640 images)")
     parser.add_argument("--infer-images", type=int, default=1000)
     parser.add_argument("--model", help="model for the inference measurements (default: newest in models/)")
     parser.add_argument("--out", type=Path, default=config.REPORTS_DIR / "bench.json")
