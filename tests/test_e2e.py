@@ -65,6 +65,7 @@ def test_metrics_cover_every_run_on_val_and_test(smoke_report):
     assert set(metrics["models"]) == _runs(metrics), "the model best on validation, and only it, is refitted"
     assert metrics["headline"] == metrics["best_on_val"] + "_refit"
     for name, splits in metrics["models"].items():
+        assert splits["epochs"] == 1 and splits["train_seconds"] > 0, name  # the smoke profile's one epoch
         for split in ("val", "test"):
             scores = splits[split]
             assert scores["n"] >= (10 if name.endswith("random_split") and split == "val" else 30), (name, split)

@@ -1,3 +1,6 @@
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -107,6 +110,22 @@ def test_the_input_pipeline_keeps_order_without_shuffling_and_rejects_mismatched
     with pytest.raises(ValueError, match="10 images but 9 labels"):
         make_dataset(images, labels[:9], batch_size=3, shuffle=False)
 
+
+
+def test_the_input_pipeline_frees_its_images_with_the_dataset_and_keeps_them_while_in_use():
+    images, labels = _tiny_arrays(n=12)
+    images[:, 0, 0, 0] = np.arange(12)
+    # Only the derived dataset refers to the arrays: reading it must still work.
+    derived = make_dataset(images.copy(), labels, batch_size=5, shuffle=False).repeat(2).take(4)
+    assert [int(x[0, 0, 0]) for xs, _ in derived for x in xs] == list(range(12)) + [0, 1, 2, 3, 4]
+
+    # TensorFlow keeps the gather function alive for the process; the images must not outlive the dataset.
+    alive = weakref.ref(images)
+    dataset = make_dataset(images, labels, batch_size=5, shuffle=True)
+    next(iter(dataset))
+    del images, dataset
+    gc.collect()
+    assert alive() is None, "a finished run's images stay in memory for the rest of the study"
 
 def test_one_training_step_runs_and_records_history_and_config():
     result = train("seed_notebook", _tiny_arrays(0), _tiny_arrays(1, n=8), image_size=32, epochs=1,

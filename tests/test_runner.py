@@ -98,7 +98,7 @@ METRICS = {
         "improved": {"kind": "train only", "val": {"n": 1640, "accuracy": 0.93, "balanced_accuracy": 0.92},
                      "test": {"n": 1305, "accuracy": 0.95, "balanced_accuracy": 0.94, "roc_auc": 0.99,
                               "ci95": {"accuracy": [0.94, 0.96], "balanced_accuracy": [0.93, 0.95]}}},
-        "improved_refit": {"kind": "refit on train+val", "val": {"n": 1640, "accuracy": 0.99, "balanced_accuracy": 0.99},
+        "improved_refit": {"kind": "refit on train+val", "epochs": 9, "train_seconds": 285.7, "val": {"n": 1640, "accuracy": 0.99, "balanced_accuracy": 0.99},
                            "test": {"n": 1305, "accuracy": 0.981, "balanced_accuracy": 0.972, "roc_auc": 0.998,
                                     "macro_f1": 0.97, "pr_auc": 0.99, "brier": 0.02,
                                     "recall": {"Rover": 0.99, "Surface": 0.95},
@@ -121,6 +121,8 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert "| improved_refit ★ | refit on train+val | 99.0% | 99.0% | 98.1% (97.3%–98.8%) | 97.2% (96.0%–98.0%)" in text
     assert "| seed claim (blog) | random 80/20 split | 98.0% |" in text and "`transfer` was skipped" in text
     assert "took 45 minutes" in text and "3.2 GiB" in text
+    assert "| 9 in 4.8 min |" in text  # each run's epochs and training time, from its run record
+    assert "| improved | train only |" in text and text.count("| – |\n") >= 2  # unknown cost shows a dash
     assert reporting.update_readme(readme, METRICS)  # again: the markers stay, the section is replaced
     assert readme.read_text().count(reporting.README_BEGIN) == 1
     (tmp_path / "no_markers.md").write_text("x")

@@ -73,7 +73,7 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
                   jit_compile: bool = False) -> dict[str, dict]:
     """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time)."""
     from .provenance import run_environment
-    from .training import train
+    from .training import release_models, train
 
     folder = Path(output_dir) / "ablations"
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,6 +91,7 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
         (folder / f"{ablation}.json").write_text(json.dumps(record, indent=2, default=str))
         records[ablation] = record
         del result
+        release_models()
     return records
 
 

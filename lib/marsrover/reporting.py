@@ -136,6 +136,13 @@ def _with_ci(scores: dict, key: str) -> str:
     return _pct(scores.get(key)) + (f" ({_pct(pair[0])}–{_pct(pair[1])})" if pair else "")
 
 
+def _training_cost(splits: dict) -> str:
+    seconds = splits.get("train_seconds")
+    if seconds is None:
+        return "–"
+    return f"{splits.get('epochs')} in {seconds / 60:.1f} min"
+
+
 def results_markdown(metrics: dict, run_log: dict | None = None) -> str:
     """The study's results as a Markdown table, from ``metrics.json`` (and the run log's timing)."""
     lines = [
@@ -143,22 +150,24 @@ def results_markdown(metrics: dict, run_log: dict | None = None) -> str:
         f"**{metrics['headline']}** (selection: {metrics.get('selection', 'validation')}). "
         "Test split: official, by sol; 95% bootstrap intervals in brackets.",
         "",
-        "| run | trained on | val accuracy | val balanced acc. | test accuracy | test balanced acc. | test ROC-AUC |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| run | trained on | val accuracy | val balanced acc. | test accuracy | test balanced acc. | test ROC-AUC "
+        "| epochs, training time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     claim = metrics.get("seed_claim")
     if claim:
         lines.append(f"| seed claim (blog) | random 80/20 split | {_pct(claim['val']['accuracy'])} | – | "
-                     f"{_pct(claim['test']['accuracy'])} | – | – |")
+                     f"{_pct(claim['test']['accuracy'])} | – | – | – |")
     for run, splits in metrics["models"].items():
         star = " ★" if run == metrics["headline"] else ""
         lines.append(f"| {run}{star} | {splits.get('kind', '')} | {_pct(splits['val']['accuracy'])} | "
                      f"{_pct(splits['val']['balanced_accuracy'])} | {_with_ci(splits['test'], 'accuracy')} | "
-                     f"{_with_ci(splits['test'], 'balanced_accuracy')} | {_pct(splits['test'].get('roc_auc'))} |")
+                     f"{_with_ci(splits['test'], 'balanced_accuracy')} | {_pct(splits['test'].get('roc_auc'))} | "
+                     f"{_training_cost(splits)} |")
     for name, splits in metrics.get("baselines", {}).items():
         lines.append(f"| {name} ({splits['test'].get('answer', '')}) | – | {_pct(splits['val']['accuracy'])} | "
                      f"{_pct(splits['val']['balanced_accuracy'])} | {_pct(splits['test']['accuracy'])} | "
-                     f"{_pct(splits['test']['balanced_accuracy'])} | – |")
+                     f"{_pct(splits['test']['balanced_accuracy'])} | – | – |")
     for run, reason in metrics.get("skipped", {}).items():
         lines.append(f"\n`{run}` was skipped: {reason.split('. ')[0]}.")
     if run_log:

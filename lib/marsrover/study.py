@@ -67,7 +67,7 @@ def random_split_index(index: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_splits, val_split, size, epochs,
                   batch_size, seed, jit_compile, weights) -> dict:
-    from .training import save_run, train
+    from .training import release_models, save_run, train
 
     print(f"\n=== {run_name}: {name} at {size}px on {'+'.join(fit_splits)} ===")
     fit_data = split_arrays(paths, index, fit_splits[0], size)
@@ -80,6 +80,8 @@ def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_spl
                    seed=seed, jit_compile=jit_compile, weights=weights, run_name=run_name)
     result.config["fit_on"] = "+".join(fit_splits)
     save_run(result, output_dir)
+    del result, fit_data, val_data
+    release_models()
     return reporting.load_json(Path(output_dir) / "runs" / f"{run_name}.json")
 
 
@@ -237,7 +239,9 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
         if run.endswith(RANDOM_SPLIT_SUFFIX):
             random_index = random_index if random_index is not None else random_split_index(index, seed)
             run_index = random_index
-        scores[run], predictions[run] = {"kind": _run_kind(run), "image_size": size}, {}
+        scores[run], predictions[run] = {"kind": _run_kind(run), "image_size": size,
+                                         "epochs": record["config"].get("epochs"),
+                                         "train_seconds": record.get("train_seconds")}, {}
         for split in ("val", "test"):
             key = (run_index is random_index, split, size)
             if key not in arrays:  # runs of one size share their images: load each array once
