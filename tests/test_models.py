@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from marsrover import models
-from marsrover.training import make_dataset, train
+from marsrover.training import make_dataset, release_models, train
 
 
 @pytest.mark.parametrize("name", sorted(models.MODEL_SPECS))
@@ -160,3 +160,14 @@ def test_per_image_standardisation_survives_saving_and_ignores_exposure(tmp_path
     model.save(tmp_path / "m.keras")
     np.testing.assert_allclose(load_model(tmp_path / "m.keras")(images, training=False), model(images, training=False),
                                atol=1e-6)
+
+
+def test_freeing_finished_runs_keeps_the_chosen_numeric_policy():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        release_models()
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -217,7 +217,9 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
 
 def release_models() -> None:
     """Free what finished runs left behind (graphs, variables) before the next model is built."""
-    keras.backend.clear_session()
+    policy = keras.mixed_precision.global_policy()
+    keras.backend.clear_session()  # also resets the dtype policy to float32: the study's choice is kept
+    keras.mixed_precision.set_global_policy(policy)
     gc.collect()
 
 
