@@ -6,19 +6,30 @@ import os
 import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
 from .config import PROJECT_ROOT
 
 RECORDED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "pandas", "pillow", "papermill")
 
 
-def git_commit() -> str:
-    """The checkout's commit (``-dirty`` when tracked files changed), or ``unknown`` outside git."""
+# The study writes these tracked folders itself; changing them does not make the code dirty.
+STUDY_OUTPUT_DIRS = ("reports", "models")
+
+
+def git_commit(root: Path = PROJECT_ROOT) -> str:
+    """The checkout's commit, ``-dirty`` when tracked files outside the study's own outputs changed.
+
+    ``unknown`` outside git. A rerun of the full profile overwrites the committed report and exported
+    model before it records its commit, so those paths are left out of the check.
+    """
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT,
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                                 capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        outside_outputs = [f":(exclude){folder}" for folder in STUDY_OUTPUT_DIRS]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *outside_outputs], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

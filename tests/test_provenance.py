@@ -1,0 +1,43 @@
+"""The commit recorded beside every result."""
+
+import subprocess
+
+import pytest
+
+from marsrover.provenance import git_commit
+
+
+def _git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+@pytest.fixture()
+def checkout(tmp_path):
+    """A one-commit repository with code, a committed report and an exported model."""
+    for relative in ("lib/code.py", "reports/full/metrics.json", "models/headline.keras"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("committed\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "first")
+    return tmp_path
+
+
+def test_a_clean_checkout_records_the_bare_commit(checkout):
+    commit = git_commit(checkout)
+    assert len(commit) == 12 and not commit.endswith("-dirty")
+
+
+def test_a_changed_source_file_marks_the_commit_dirty(checkout):
+    (checkout / "lib/code.py").write_text("changed\n")
+    assert git_commit(checkout).endswith("-dirty")
+
+
+def test_the_study_rewriting_its_own_report_and_model_does_not_mark_it_dirty(checkout):
+    (checkout / "reports/full/metrics.json").write_text("rerun\n")
+    (checkout / "models/headline.keras").unlink()
+    assert not git_commit(checkout).endswith("-dirty")
+
+
+def test_outside_git_the_commit_is_unknown(tmp_path):
+    assert git_commit(tmp_path) == "unknown"
