@@ -14,7 +14,7 @@ def _git(repo, *args):
 @pytest.fixture()
 def checkout(tmp_path):
     """A one-commit repository with code, a committed report and an exported model."""
-    for relative in ("lib/code.py", "reports/full/metrics.json", "models/headline.keras"):
+    for relative in ("lib/code.py", "README.md", "reports/full/metrics.json", "models/headline.keras"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text("committed\n")
     _git(tmp_path, "init", "-q")
@@ -33,8 +33,9 @@ def test_a_changed_source_file_marks_the_commit_dirty(checkout):
     assert git_commit(checkout).endswith("-dirty")
 
 
-def test_the_study_rewriting_its_own_report_and_model_does_not_mark_it_dirty(checkout):
+def test_the_study_rewriting_its_own_report_model_and_readme_tables_does_not_mark_it_dirty(checkout):
     (checkout / "reports/full/metrics.json").write_text("rerun\n")
+    (checkout / "README.md").write_text("regenerated results table\n")
     (checkout / "models/headline.keras").unlink()
     assert not git_commit(checkout).endswith("-dirty")
 

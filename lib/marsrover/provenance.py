@@ -13,20 +13,21 @@ from .config import PROJECT_ROOT
 RECORDED_PACKAGES = ("tensorflow", "keras", "numpy", "scikit-learn", "pandas", "pillow", "papermill")
 
 
-# The study writes these tracked folders itself; changing them does not make the code dirty.
-STUDY_OUTPUT_DIRS = ("reports", "models")
+# The study writes these tracked paths itself (README: its results and benchmark tables);
+# changing them does not make the code dirty.
+STUDY_OUTPUT_PATHS = ("reports", "models", "README.md")
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> str:
     """The checkout's commit, ``-dirty`` when tracked files outside the study's own outputs changed.
 
-    ``unknown`` outside git. A rerun of the full profile overwrites the committed report and exported
-    model before it records its commit, so those paths are left out of the check.
+    ``unknown`` outside git. A rerun of the full profile overwrites the committed report, exported
+    model and README tables before it records its commit, so those paths are left out of the check.
     """
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                                 capture_output=True, text=True, check=True).stdout.strip()
-        outside_outputs = [f":(exclude){folder}" for folder in STUDY_OUTPUT_DIRS]
+        outside_outputs = [f":(exclude){path}" for path in STUDY_OUTPUT_PATHS]
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                 *outside_outputs], cwd=root, capture_output=True, text=True,
                                check=True).stdout.strip()
