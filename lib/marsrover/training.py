@@ -15,11 +15,9 @@ import numpy as np
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
+from .evaluation import EVAL_BATCH_SIZE
 from .models import build_model, get_spec
 from .provenance import run_environment
-
-# Validation batches: 64 images keep activation memory small (256 at 224 px cost 1.3 GiB more).
-EVAL_BATCH_SIZE = 64
 
 
 def set_seeds(seed: int, *, deterministic: bool = True) -> dict[str, object]:
