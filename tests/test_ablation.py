@@ -18,7 +18,8 @@ def test_the_profiles_know_every_ablation_by_name():
 @pytest.mark.parametrize("name", sorted(ablation.ABLATIONS))
 def test_each_variant_differs_from_improved_in_exactly_what_it_names(name):
     base, variant = models.get_spec("improved"), ablation.variant_spec(name)
-    changed = {field for field in ("augmentation", "input_scaling", "class_weighting", "schedule", "body_options")
+    changed = {field for field in ("augmentation", "input_scaling", "class_weighting", "schedule", "body_options",
+                                   "ema_momentum")
                if getattr(base, field) != getattr(variant, field)}
     assert changed == set(ablation.ABLATIONS[name].changes)
     assert (variant.epochs, variant.image_size, variant.learning_rate) == (base.epochs, base.image_size,

@@ -41,6 +41,19 @@ def test_augmentation_is_active_only_while_training():
     assert not np.array_equal(np.asarray(augmenter(batch, training=True)), batch)
 
 
+@pytest.mark.parametrize("recipe", ["photometric", "strong"])
+def test_inference_leaves_the_training_augmentation_stream_untouched(recipe):
+    # Otherwise the validation batch size would change what a model trains on.
+    from marsrover.augmentation import build_augmentation
+
+    batch = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("float32")
+    untouched, interrupted = build_augmentation(recipe, seed=3), build_augmentation(recipe, seed=3)
+    first = np.asarray(untouched(batch, training=True))
+    for _ in range(3):
+        interrupted(batch, training=False)
+    np.testing.assert_array_equal(np.asarray(interrupted(batch, training=True)), first)
+
+
 def test_transfer_without_reachable_imagenet_weights_fails_clearly(monkeypatch):
     real = models.keras.applications.EfficientNetB0
 
@@ -146,6 +159,17 @@ def test_training_is_deterministic_on_cpu_given_a_seed():
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, c) for a, c in zip(first, other))
+
+
+def test_weight_averaging_returns_the_averaged_weights_not_the_last_step():
+    from marsrover.ablation import variant_spec
+
+    spec = variant_spec("weight_averaging")
+    result = train(spec.name, _tiny_arrays(0), None, image_size=32, epochs=2, batch_size=8, seed=5, verbose=0)
+    averages = result.model.optimizer._model_variables_moving_average
+    assert result.config["ema_momentum"] == 0.99
+    for weight, average in zip(result.model.trainable_weights, averages):
+        np.testing.assert_array_equal(np.asarray(weight), np.asarray(average))
 
 
 def test_per_image_standardisation_survives_saving_and_ignores_exposure(tmp_path):

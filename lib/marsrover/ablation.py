@@ -43,6 +43,10 @@ ABLATIONS: dict[str, Ablation] = {
                  {"input_scaling": "per_image"}),
         Ablation("no_class_weighting", "class-weighted loss, or plain cross-entropy?", {"class_weighting": False}),
         Ablation("constant_learning_rate", "cosine decay, or a constant learning rate?", {"schedule": "constant"}),
+        Ablation("weight_averaging", "the raw weights, or an exponential moving average of them (momentum 0.99)?",
+                 {"ema_momentum": 0.99}),
+        Ablation("full_resolution_stem", "a stride-2 stem, or a first convolution at full resolution (4x the cost)?",
+                 {"body_options": {"stem_strides": 1}}),
     )
 }
 

@@ -9,6 +9,21 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+@keras.saving.register_keras_serializable(package="marsrover")
+class TrainingOnlyRandomGrayscale(layers.RandomGrayscale):
+    """Keras' RandomGrayscale, drawing random numbers only while training.
+
+    Keras 3's layer draws its per-image coin flips even with ``training=False`` and discards them,
+    so every validation batch advanced the training augmentation's random stream: the images a model
+    trained on depended on the validation batch size. The other random layers already skip the draw.
+    """
+
+    def get_random_transformation(self, images, training=True, seed=None):
+        if not training:
+            return None
+        return super().get_random_transformation(images, training=training, seed=seed)
+
+
 # Each recipe: (description, function of seed -> list of layers)
 AUGMENTATIONS = {
     "none": "no augmentation",
@@ -39,7 +54,7 @@ def augmentation_layers(name: str, seed: int) -> list[keras.layers.Layer]:
             layers.RandomTranslation(0.1, 0.1, seed=seed + 3),
             layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
             layers.RandomContrast(0.3, seed=seed + 5),
-            layers.RandomGrayscale(factor=0.2, seed=seed + 6),
+            TrainingOnlyRandomGrayscale(factor=0.2, seed=seed + 6),
         ]
     if name == "photometric":
         # Mastcam and MAHLI differ in exposure and colour, not in geometry: vary those, cheaply.
@@ -47,7 +62,7 @@ def augmentation_layers(name: str, seed: int) -> list[keras.layers.Layer]:
             layers.RandomFlip("horizontal", seed=seed),
             layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
             layers.RandomContrast(0.3, seed=seed + 5),
-            layers.RandomGrayscale(factor=0.2, seed=seed + 6),
+            TrainingOnlyRandomGrayscale(factor=0.2, seed=seed + 6),
         ]
     raise KeyError(f"unknown augmentation {name!r}; choose from {sorted(AUGMENTATIONS)}")
 

@@ -32,6 +32,7 @@ class ModelSpec:
     schedule: str = "constant"  # or "cosine": cosine decay of the learning rate over all epochs
     class_weighting: bool = False  # weight the loss so both labels count equally
     restore_best: bool = False  # keep the epoch with the best validation balanced accuracy
+    ema_momentum: float | None = None  # validate and keep an exponential moving average of the weights
     pretrained: bool = False  # the body takes a `weights` argument (keras.applications)
     build_body: Callable[..., keras.KerasTensor] = field(repr=False, default=None)
     body_options: dict = field(default_factory=dict)  # keyword arguments of build_body (ablations vary them)
@@ -69,9 +70,9 @@ def _conv_norm_relu(x, filters, norm, strides=1):
     return layers.Activation("relu")(x)
 
 
-def _improved_body(x, *, widths=(32, 64, 128, 256), norm="batch", head="global_average"):
+def _improved_body(x, *, widths=(32, 64, 128, 256), norm="batch", head="global_average", stem_strides=2):
     # A strided stem halves the resolution at once: a CPU budget spent on depth, not on pixels.
-    x = _conv_norm_relu(x, widths[0], norm, strides=2)
+    x = _conv_norm_relu(x, widths[0], norm, strides=stem_strides)
     for filters in widths:
         x = _conv_norm_relu(x, filters, norm)
         x = layers.MaxPooling2D()(x)
@@ -115,7 +116,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         ModelSpec("improved", "this project's CNN: strided stem, 4 conv+batch-norm+pool blocks, global pooling",
                   image_size=128, augmentation="photometric", epochs=15, schedule="cosine", class_weighting=True,
                   restore_best=True, build_body=_improved_body,
-                  body_options={"widths": (32, 64, 128, 256), "norm": "batch", "head": "global_average"}),
+                  body_options={"widths": (32, 64, 128, 256), "norm": "batch", "head": "global_average",
+                                "stem_strides": 2}),
         ModelSpec("transfer", "EfficientNetB0 with frozen ImageNet weights and a new two-class head",
                   image_size=128, augmentation="photometric", epochs=10, schedule="cosine", class_weighting=True,
                   restore_best=True, pretrained=True, build_body=_transfer_body),

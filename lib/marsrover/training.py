@@ -179,14 +179,18 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
     learning_rate = spec.learning_rate
     if spec.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(spec.learning_rate, epochs * steps_per_epoch)
+    use_ema = spec.ema_momentum is not None
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, use_ema=use_ema,
+                                         ema_momentum=spec.ema_momentum or 0.99),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), BalancedAccuracy()],
         jit_compile=jit_compile,
     )
     class_weight = balanced_class_weights(train_data[1]) if spec.class_weighting else None
     callbacks = []
+    if use_ema:  # the averaged weights are the ones validated, kept at the best epoch, and returned
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if val_data is not None and spec.restore_best:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_balanced_accuracy", mode="max",
                                                        patience=epochs, restore_best_weights=True))
@@ -203,6 +207,7 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
     config = {
         "model": name, "run": run_name or name, "image_size": size, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": spec.learning_rate, "schedule": spec.schedule, "optimizer": "Adam",
+        "ema_momentum": spec.ema_momentum,
         "augmentation": spec.augmentation, "class_weight": class_weight,
         "weights": weights if spec.pretrained else None,
         "best_epoch_on_val": best_epoch, "kept_weights": f"epoch {best_epoch} (best on val)"
