@@ -314,3 +314,18 @@ def test_the_newest_exported_model_is_the_default_and_report_models_only_a_fallb
 def test_load_model_of_a_missing_file_raises_no_model_error(tmp_path):
     with pytest.raises(NoModelError, match="does not exist"):
         inference.load_model(tmp_path / "missing.keras")
+
+
+def test_a_saved_improved_model_loads_in_a_fresh_process(tmp_path):
+    # The package's own layers must be registered by load_model itself, not by an earlier import.
+    import subprocess
+    import sys
+
+    from marsrover.models import build_model
+
+    build_model("improved", 32).save(tmp_path / "improved.keras")
+    code = ("from marsrover.inference import load_model; "
+            f"print(load_model({str(tmp_path / 'improved.keras')!r}).output_shape)")
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "(None, 2)" in finished.stdout

@@ -106,6 +106,8 @@ def load_model(path: str | os.PathLike | None = None):
         raise NoModelError(f"model file {path} does not exist")
     import keras  # imported here: listing or sorting files must not pay TensorFlow's start-up
 
+    from . import models  # noqa: F401  registers the package's own layers, which saved models name
+
     return keras.models.load_model(path, compile=False)
 
 
