@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+
 @keras.saving.register_keras_serializable(package="marsrover")
 class TrainingOnlyRandomGrayscale(layers.RandomGrayscale):
     """Keras' RandomGrayscale, drawing random numbers only while training.
