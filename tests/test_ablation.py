@@ -50,6 +50,7 @@ def test_run_ablations_writes_one_record_per_variant_and_the_table_compares_with
     for name, record in records.items():
         best = max(record["history"]["val_balanced_accuracy"])
         assert table.loc[name, "change vs improved"] == pytest.approx(best - 0.75)
+    assert table.loc["improved (as chosen)", "mean of last 5 epochs"] == pytest.approx(0.625)
 
 
 def _run(val_scores, kept="epoch 2 (best on val)"):

@@ -17,7 +17,8 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
         "notebooks": [{"name": "05_training.ipynb", "status": "ok", "seconds": 1500.0}]}))
     out = tmp_path / "bench.json"
     result = bench.run_benchmark(paths, index, train_images=4, train_steps=2, infer_images=2, train_size=32,
-                                 batch_size=2, infer_batch_size=2, infer_size=32, full_report=report, out=out)
+                                 batch_size=2, infer_batch_size=2, infer_size=32, train_rounds=2,
+                                 full_report=report, out=out)
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result))
     for key in ("train_pipeline_ratio", "inference_ratio", "inference_images_per_s", "cpu_count", "commit"):
@@ -26,6 +27,9 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
     for measurement in written["measurements"].values():
         assert measurement["images_per_s"] > 0 and measurement["peak_rss_gib"] > 0.1
     assert written["measurements"]["infer_batched"]["failed"] == 0
+    # Training pipelines are measured once per round, in alternating order; the median round is reported.
+    assert len(written["measurements"]["train_seed_pipeline"]["rounds_images_per_s"]) == 2
+    assert written["settings"]["train_rounds"] == 2
     if "train_project_pipeline_bfloat16" in written["measurements"]:  # CPUs with native bfloat16 only
         assert written["measurements"]["train_project_pipeline_bfloat16"]["policy"] == "mixed_bfloat16"
         assert written["train_setup_ratio_bfloat16"] > 0

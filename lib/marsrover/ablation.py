@@ -45,6 +45,8 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation("constant_learning_rate", "cosine decay, or a constant learning rate?", {"schedule": "constant"}),
         Ablation("weight_averaging", "the raw weights, or an exponential moving average of them (momentum 0.99)?",
                  {"ema_momentum": 0.99}),
+        Ablation("closeup_zoom", "photometric augmentation, or also zooming in by up to 50% (MAHLI-like close-ups)?",
+                 {"augmentation": "closeup"}),
         Ablation("full_resolution_stem", "a stride-2 stem, or a first convolution at full resolution (4x the cost)?",
                  {"body_options": {"stem_strides": 1}}),
     )
@@ -104,16 +106,23 @@ def _best(history: dict) -> tuple[float, int]:
     return float(max(scores)), int(np.argmax(scores)) + 1
 
 
+SETTLED_EPOCHS = 5  # the best epoch can be a lucky spike; the mean of the last epochs is where a run settles
+
+
+def _row(question: str, history: dict, seconds, base_score: float | None = None) -> dict:
+    scores = history["val_balanced_accuracy"]
+    best, epoch = _best(history)
+    return {"question": question, "best val balanced accuracy": best, "at epoch": epoch,
+            f"mean of last {SETTLED_EPOCHS} epochs": float(np.mean(scores[-SETTLED_EPOCHS:])),
+            "last-epoch val balanced accuracy": scores[-1],
+            "change vs improved": 0.0 if base_score is None else best - base_score, "seconds": seconds}
+
+
 def ablation_table(base_run: dict, records: dict[str, dict]) -> pd.DataFrame:
-    """The improved run and each variant: best validation balanced accuracy, its epoch, the change, the time."""
-    base_score, base_epoch = _best(base_run["history"])
-    rows = [{"variant": f"{BASE_MODEL} (as chosen)", "question": "", "best val balanced accuracy": base_score,
-             "at epoch": base_epoch, "last-epoch val balanced accuracy": base_run["history"]["val_balanced_accuracy"][-1],
-             "change vs improved": 0.0, "seconds": base_run.get("train_seconds")}]
+    """The improved run and each variant: best validation balanced accuracy, its epoch, where the run
+    settled (mean of its last epochs), the change of the best against improved, and the time."""
+    base_score, _ = _best(base_run["history"])
+    rows = {f"{BASE_MODEL} (as chosen)": _row("", base_run["history"], base_run.get("train_seconds"))}
     for ablation, record in records.items():
-        score, epoch = _best(record["history"])
-        rows.append({"variant": ablation, "question": record["question"], "best val balanced accuracy": score,
-                     "at epoch": epoch,
-                     "last-epoch val balanced accuracy": record["history"]["val_balanced_accuracy"][-1],
-                     "change vs improved": score - base_score, "seconds": record["train_seconds"]})
-    return pd.DataFrame(rows).set_index("variant")
+        rows[ablation] = _row(record["question"], record["history"], record["train_seconds"], base_score)
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")

@@ -32,6 +32,7 @@ AUGMENTATIONS = {
     "seed_blog": "random rotation (±10%), zoom (±10%) and horizontal flip (the seed blog)",
     "strong": "flips, rotation, zoom, translation, brightness, contrast and random greyscale",
     "photometric": "horizontal flip, brightness, contrast and random greyscale (no geometric warp)",
+    "closeup": "photometric, plus zooming in by up to 50% (MAHLI-like close-ups from Mastcam frames)",
 }
 
 
@@ -64,6 +65,11 @@ def augmentation_layers(name: str, seed: int) -> list[keras.layers.Layer]:
             layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
             layers.RandomContrast(0.3, seed=seed + 5),
             TrainingOnlyRandomGrayscale(factor=0.2, seed=seed + 6),
+        ]
+    if name == "closeup":
+        # Validation and test are mostly MAHLI close-ups; train is mostly wide Mastcam frames.
+        return augmentation_layers("photometric", seed) + [
+            layers.RandomZoom((-0.5, 0.0), fill_mode="reflect", seed=seed + 7),
         ]
     raise KeyError(f"unknown augmentation {name!r}; choose from {sorted(AUGMENTATIONS)}")
 

@@ -132,6 +132,26 @@ def infer_batched(files: list[str], model_path: str | None, size: int, batch_siz
     return {"images_per_s": len(files) / seconds, "seconds": seconds, "failed": int((table["error"] != "").sum())}
 
 
+def _interleaved(measurements: dict[str, tuple], rounds: int) -> dict[str, dict]:
+    """Each measurement ``rounds`` times, alternating their order, and the median round of each.
+
+    A shared machine drifts (CPU credits, neighbours): running A then B once would credit the drift
+    to B. Alternating A B / B A and taking medians spreads it over both.
+    """
+    runs: dict[str, list[dict]] = {name: [] for name in measurements}
+    for round_number in range(rounds):
+        order = list(measurements) if round_number % 2 == 0 else list(reversed(measurements))
+        for name in order:
+            runs[name].append(_isolated(*measurements[name]))
+    summary = {}
+    for name, results in runs.items():
+        speeds = [result["images_per_s"] for result in results]
+        median = results[int(np.argsort(speeds)[len(speeds) // 2])]
+        summary[name] = {**median, "rounds_images_per_s": [round(speed, 1) for speed in speeds],
+                         "peak_rss_gib": max(result["peak_rss_gib"] for result in results)}
+    return summary
+
+
 def last_full_run(report_dir: Path) -> dict:
     """Wall time per notebook and peak kernel memory of the last run logged in ``report_dir``."""
     log_path = Path(report_dir) / "run_log.json"
@@ -148,7 +168,8 @@ def last_full_run(report_dir: Path) -> dict:
 def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images: int = 640, train_steps: int = 60,
                   infer_images: int = 1000, train_size: int = 256, batch_size: int = 32,
                   infer_batch_size: int = 256, model_path: str | None = None, infer_size: int = 128,
-                  full_report: Path = config.REPORTS_DIR / "full", out: Path | None = None) -> dict:
+                  train_rounds: int = 3, full_report: Path = config.REPORTS_DIR / "full",
+                  out: Path | None = None) -> dict:
     """Measure everything, write the JSON (``out``) and return it."""
     train = index[index["split"] == "train"].head(train_images)
     files = [str(paths.images_root / p) for p in train["path"]]
@@ -156,17 +177,21 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
     cached = study.split_arrays(paths, train.assign(split="bench"), "bench", train_size, progress=False)[0]
     with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as handle:
         np.save(handle, cached)
-    try:
-        seed_train = _isolated(train_seed_pipeline, files, labels, train_size, batch_size, train_steps)
-        project_train = _isolated(train_project_pipeline, handle.name, labels, batch_size, train_steps)
-        from .training import cpu_supports_bfloat16
+    from .training import cpu_supports_bfloat16
 
-        project_bf16 = None
-        if cpu_supports_bfloat16():
-            project_bf16 = _isolated(train_project_pipeline, handle.name, labels, batch_size, train_steps,
-                                     "mixed_bfloat16")
+    trainings = {
+        "train_seed_pipeline": (train_seed_pipeline, files, labels, train_size, batch_size, train_steps),
+        "train_project_pipeline": (train_project_pipeline, handle.name, labels, batch_size, train_steps),
+    }
+    if cpu_supports_bfloat16():
+        trainings["train_project_pipeline_bfloat16"] = (
+            train_project_pipeline, handle.name, labels, batch_size, train_steps, "mixed_bfloat16")
+    try:
+        timed = _interleaved(trainings, train_rounds)
     finally:
         os.unlink(handle.name)
+    seed_train, project_train = timed["train_seed_pipeline"], timed["train_project_pipeline"]
+    project_bf16 = timed.get("train_project_pipeline_bfloat16")
     test = index[index["split"] == "test"].head(infer_images)
     infer_files = [str(paths.images_root / p) for p in test["path"]]
     per_image = _isolated(infer_per_image, infer_files, model_path, infer_size)
@@ -182,7 +207,8 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
         "inference_images_per_s": round(batched["images_per_s"], 1),
         "full_profile_minutes": full.get("total_minutes"),
         "peak_rss_gib": full.get("peak_rss_gib"),
-        "settings": {"train_images": len(files), "train_steps": train_steps, "train_size": train_size,
+        "settings": {"train_images": len(files), "train_steps": train_steps, "train_rounds": train_rounds,
+                     "train_size": train_size,
                      "batch_size": batch_size, "infer_images": len(infer_files), "infer_batch_size": infer_batch_size,
                      "inference_model": model_path or f"improved (untrained weights) at {infer_size}px"},
         "measurements": {"train_seed_pipeline": seed_train, "train_project_pipeline": project_train,
@@ -209,7 +235,8 @@ def bench_markdown(result: dict) -> str:
     full = result.get("full_profile") or {}
     lines += [
         "",
-        f"Training pipeline ratio (project / seed, both float32): **{result['train_pipeline_ratio']}×**"
+        f"Training pipeline ratio (project / seed, both float32; median of "
+        f"{result['settings'].get('train_rounds', 1)} rounds in alternating order): **{result['train_pipeline_ratio']}×**"
         + (f"; with the full profile's bfloat16 policy: **{result['train_setup_ratio_bfloat16']}×**"
            if result.get("train_setup_ratio_bfloat16") else "") + "; batched inference: "
         f"**{result['inference_images_per_s']} images/s**, **{result['inference_ratio']}×** the per-image loop "
@@ -234,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--train-images", type=int, default=640)
     parser.add_argument("--train-steps", type=int, default=60, help="timed batches per training pipeline (3 epochs of 640 images)")
+    parser.add_argument("--train-rounds", type=int, default=3,
+                        help="times each training pipeline is measured, in alternating order (median kept)")
     parser.add_argument("--infer-images", type=int, default=1000)
     parser.add_argument("--model", help="model for the inference measurements (default: newest in models/)")
     parser.add_argument("--out", type=Path, default=config.REPORTS_DIR / "bench.json")
@@ -248,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             model_path = None
     paths, index = study.load_index(args.data_dir)
     result = run_benchmark(paths, index, train_images=args.train_images, train_steps=args.train_steps,
-                           infer_images=args.infer_images, model_path=model_path, out=args.out)
+                           train_rounds=args.train_rounds, infer_images=args.infer_images, model_path=model_path,
+                           out=args.out)
     print(table(result).to_string())
     print(json.dumps({key: value for key, value in result.items() if key not in ("measurements", "full_profile")},
                      indent=2))

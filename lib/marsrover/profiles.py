@@ -15,7 +15,7 @@ ALL_MODELS = ["seed_notebook", "seed_blog", "improved", "transfer"]
 # The names of marsrover.ablation.ABLATIONS (kept here so the runner needs no TensorFlow; a test checks).
 ALL_ABLATIONS = ["geometric_augmentation", "flip_only", "no_batch_norm", "flatten_dense_head", "group_norm",
                  "per_image_scaling", "no_class_weighting", "constant_learning_rate", "weight_averaging",
-                 "full_resolution_stem"]
+                 "closeup_zoom", "full_resolution_stem"]
 
 _COMMON: dict[str, Any] = {
     "seed": 42,
@@ -26,7 +26,8 @@ _COMMON: dict[str, Any] = {
     "models": ALL_MODELS,
     "refit": ["best_on_val"],  # refitted on train+val for the epochs chosen on val ("best_on_val": the winner)
     # Variants of the improved recipe, each trained on train and judged on val (marsrover.ablation).
-    "ablations": ["geometric_augmentation", "flip_only", "no_batch_norm", "flatten_dense_head"],
+    "ablations": ["geometric_augmentation", "flip_only", "closeup_zoom", "no_batch_norm", "flatten_dense_head",
+                  "no_class_weighting"],
     "leakage_model": "seed_notebook",  # also trained on the seed blog's random 80/20 split
     "transfer_weights": "imagenet",  # None: the transfer architecture from random weights
     "mixed_precision": False,  # float16 on a GPU
