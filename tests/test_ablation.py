@@ -3,10 +3,11 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from marsrover import ablation, models, profiles
-from marsrover.study import best_on_validation, kept_val_balanced_accuracy, resolve_refit
+from marsrover.study import best_on_validation, forward_validation_index, kept_val_balanced_accuracy, resolve_refit
 
 
 def test_the_profiles_know_every_ablation_by_name():
@@ -70,3 +71,23 @@ def test_best_on_val_refits_the_winner_on_validation_and_ties_go_to_the_first_na
     assert resolve_refit(["best_on_val", "improved", "seed_notebook"], runs) == ["improved", "seed_notebook"]
     assert resolve_refit([], runs) == []
     assert best_on_validation({"seed_blog": 0.5, "improved": 0.5, "transfer": 0.4}) == "improved"
+
+
+def _index(val_sols):
+    rows = [("train", 1), ("train", 2)] + [("val", sol) for sol in val_sols] + [("test", 99)]
+    return pd.DataFrame(rows, columns=["split", "sol"])
+
+
+def test_forward_validation_trains_on_the_earlier_validation_sols_and_judges_on_the_later_ones():
+    index = _index([10, 10, 11, 12, 12, 12, 13, 14])
+    forward = forward_validation_index(index)
+    # Half of validation's 8 images is reached within sol 12, so sols 10-12 train and 13-14 judge.
+    assert list(forward.loc[forward["split"] == "val_early", "sol"]) == [10, 10, 11, 12, 12, 12]
+    assert list(forward.loc[forward["split"] == "val", "sol"]) == [13, 14]
+    assert (forward["split"] == "train").sum() == 2 and (forward["split"] == "test").sum() == 1
+    assert list(index["split"]).count("val") == 8, "the study's own index is left as it was"
+
+
+def test_forward_validation_needs_at_least_two_validation_sols():
+    assert forward_validation_index(_index([10, 10, 10])) is None
+    assert forward_validation_index(_index([])) is None

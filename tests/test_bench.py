@@ -50,3 +50,10 @@ def test_the_readme_section_shows_the_table_ratios_and_machine():
     text = bench.bench_markdown(result)
     assert "| train_seed_pipeline | 10.0 | 1.0 | 1.0 |" in text
     assert "**2.5×**" in text and "**420.0 images/s**" in text and "41.0 minutes" in text and "2 CPU cores" in text
+
+
+def test_paths_inside_the_project_are_recorded_relative_to_it(tmp_path):
+    from marsrover import config
+
+    assert config.display_path(config.PROJECT_ROOT / "models" / "improved.keras") == "models/improved.keras"
+    assert config.display_path(tmp_path / "elsewhere.keras") == str(tmp_path / "elsewhere.keras")

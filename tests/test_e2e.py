@@ -90,6 +90,16 @@ def test_each_run_is_saved_with_its_record(smoke_report):
     assert refit["config"]["val_images"] == 0 and refit["config"]["fit_on"] == "train+val"
 
 
+def test_the_refit_length_comes_from_forward_validation_which_is_never_scored_on_test(smoke_report):
+    metrics = json.loads((smoke_report / "metrics.json").read_text())
+    forward_run = metrics["best_on_val"] + "_forward"
+    forward = json.loads((smoke_report / "selection" / f"{forward_run}.json").read_text())
+    assert forward["config"]["fit_on"] == "train+val_early" and forward["config"]["val_images"] >= 10
+    refit = json.loads((smoke_report / "runs" / f"{metrics['best_on_val']}_refit.json").read_text())
+    assert refit["config"]["epochs_chosen_by"].startswith("best epoch of forward validation")
+    assert forward_run not in metrics["models"] and not (smoke_report / "models" / f"{forward_run}.keras").exists()
+
+
 def test_every_ablation_is_trained_on_train_and_judged_on_val(smoke_report):
     from marsrover.profiles import get_profile
 

@@ -98,7 +98,8 @@ METRICS = {
         "improved": {"kind": "train only", "val": {"n": 1640, "accuracy": 0.93, "balanced_accuracy": 0.92},
                      "test": {"n": 1305, "accuracy": 0.95, "balanced_accuracy": 0.94, "roc_auc": 0.99,
                               "ci95": {"accuracy": [0.94, 0.96], "balanced_accuracy": [0.93, 0.95]}}},
-        "improved_refit": {"kind": "refit on train+val", "epochs": 9, "train_seconds": 285.7, "val": {"n": 1640, "accuracy": 0.99, "balanced_accuracy": 0.99},
+        "improved_refit": {"kind": "refit on train+val", "epochs": 9, "image_size": 128,
+                           "epochs_chosen_by": "best epoch of forward validation", "train_seconds": 285.7, "val": {"n": 1640, "accuracy": 0.99, "balanced_accuracy": 0.99},
                            "test": {"n": 1305, "accuracy": 0.981, "balanced_accuracy": 0.972, "roc_auc": 0.998,
                                     "macro_f1": 0.97, "pr_auc": 0.99, "brier": 0.02,
                                     "recall": {"Rover": 0.99, "Surface": 0.95},
@@ -134,6 +135,7 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert card.startswith("# Model card: improved_refit") and "abc123" in card
     assert "| balanced accuracy | 97.2% (96.0%–98.0%) |" in card and "Intended use" in card and "Limits" in card
     assert "75.0% accuracy" in card
+    assert "refit on train+val, at\n128 px, for 9 epochs (best epoch of forward validation)" in card
 
 
 def test_the_headline_model_is_exported_under_its_name_and_training_commit(tmp_path):

@@ -210,7 +210,8 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
         "settings": {"train_images": len(files), "train_steps": train_steps, "train_rounds": train_rounds,
                      "train_size": train_size,
                      "batch_size": batch_size, "infer_images": len(infer_files), "infer_batch_size": infer_batch_size,
-                     "inference_model": model_path or f"improved (untrained weights) at {infer_size}px"},
+                     "inference_model": config.display_path(model_path) if model_path
+                     else f"improved (untrained weights) at {infer_size}px"},
         "measurements": {"train_seed_pipeline": seed_train, "train_project_pipeline": project_train,
                          **({"train_project_pipeline_bfloat16": project_bf16} if project_bf16 else {}),
                          "infer_per_image": per_image, "infer_batched": batched},

@@ -101,3 +101,11 @@ def mirror_dir() -> Path | None:
     """The local mirror folder named by ``MARSROVER_MIRROR``, if any."""
     value = os.environ.get(MIRROR_ENV)
     return Path(value).expanduser().resolve() if value else None
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the project root when it lies inside it (for reports read on other machines)."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)

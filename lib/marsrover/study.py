@@ -54,6 +54,8 @@ def split_arrays(paths: config.DataPaths, index: pd.DataFrame, split: str, size:
 
 REFIT_SUFFIX = "_refit"
 RANDOM_SPLIT_SUFFIX = "_random_split"
+FORWARD_SUFFIX = "_forward"
+SELECTION_RUNS = "selection"  # records of runs that only choose a setting; never scored on test
 
 
 def random_split_index(index: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -65,8 +67,30 @@ def random_split_index(index: pd.DataFrame, seed: int) -> pd.DataFrame:
                      ignore_index=True)
 
 
+def forward_validation_index(index: pd.DataFrame, held_fraction: float = 0.5) -> pd.DataFrame | None:
+    """Forward validation inside the validation split, the way the refit is used: trained up to a sol,
+    judged on the sols after it.
+
+    The validation split's earliest sols, up to the one that brings them to ``1 - held_fraction`` of its
+    images, are relabelled ``val_early`` (to train on, beside train); the later sols stay ``val``. Whole
+    sols stay on one side. None when the validation split has too few sols to cut.
+    """
+    val = index[index["split"] == "val"]
+    per_sol = val.groupby("sol").size().sort_index()
+    if len(per_sol) < 2:
+        return None
+    cut = int(np.argmax(per_sol.cumsum().to_numpy() >= len(val) * (1 - held_fraction)))
+    early_sols = per_sol.index[:cut + 1]
+    if len(early_sols) == len(per_sol):
+        return None
+    forward = index.copy()
+    forward.loc[(forward["split"] == "val") & forward["sol"].isin(early_sols), "split"] = "val_early"
+    return forward
+
+
 def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_splits, val_split, size, epochs,
-                  batch_size, seed, jit_compile, weights) -> dict:
+                  batch_size, seed, jit_compile, weights, records: str = "runs", config_notes: dict | None = None
+                  ) -> dict:
     from .training import release_models, save_run, train
 
     print(f"\n=== {run_name}: {name} at {size}px on {'+'.join(fit_splits)} ===")
@@ -78,11 +102,37 @@ def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_spl
     val_data = split_arrays(paths, index, val_split, size) if val_split else None
     result = train(name, fit_data, val_data, image_size=size, epochs=epochs, batch_size=batch_size,
                    seed=seed, jit_compile=jit_compile, weights=weights, run_name=run_name)
-    result.config["fit_on"] = "+".join(fit_splits)
-    save_run(result, output_dir)
+    result.config.update({"fit_on": "+".join(fit_splits), **(config_notes or {})})
+    save_run(result, output_dir, records=records, save_model=records == "runs")
     del result, fit_data, val_data
     release_models()
-    return reporting.load_json(Path(output_dir) / "runs" / f"{run_name}.json")
+    return reporting.load_json(Path(output_dir) / records / f"{run_name}.json")
+
+
+def refit_epochs(name: str, train_only_run: dict, paths, index, output_dir, *, size: int,
+                 epochs: int | None, **common) -> tuple[int, str, dict | None]:
+    """How many epochs to refit ``name`` on train+val, how that number was chosen, and the record of
+    the run that chose it (None when the train-only run's own best epoch was used).
+
+    The train-only run's best epoch measures a jump from train's early sols to validation's later ones;
+    the refit instead trains on every sol up to the test split's. So a forward-validation run (see
+    :func:`forward_validation_index`) trains the model on train plus the earlier validation sols and
+    picks the best epoch on the later ones; its record goes to ``selection/``, not ``runs/``, so it is
+    never scored on test. Without enough validation sols, the train-only run's best epoch is used.
+    """
+    forward_index = forward_validation_index(index)
+    if forward_index is None:
+        train_only = train_only_run["config"]
+        return (train_only["best_epoch_on_val"] or train_only["epochs"],
+                "best epoch of the train-only run on validation (too few validation sols to split)", None)
+    held = forward_index[forward_index["split"] == "val"]
+    how = (f"best epoch of forward validation: trained on train + validation sols up to "
+           f"{int(forward_index.loc[forward_index['split'] == 'val_early', 'sol'].max())}, "
+           f"judged on validation sols {int(held['sol'].min())}-{int(held['sol'].max())}")
+    forward = _fit_and_save(name, name + FORWARD_SUFFIX, paths, forward_index, output_dir,
+                            fit_splits=["train", "val_early"], val_split="val", size=size, epochs=epochs,
+                            records=SELECTION_RUNS, config_notes={"purpose": "refit length: " + how}, **common)
+    return forward["config"]["best_epoch_on_val"] or forward["config"]["epochs"], how, forward
 
 
 BEST_ON_VAL = "best_on_val"
@@ -126,8 +176,9 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
     """Every training run of the study, saved under ``models/`` and ``runs/``.
 
     1. Each model on the train split, watching the validation split (selection happens there only).
-    2. Each model in ``refit`` again on train+val, for the number of epochs that was best on val;
-       ``"best_on_val"`` in ``refit`` stands for the model that step 1 found best on validation.
+    2. Each model in ``refit`` again on train+val, for the number of epochs chosen on val by forward
+       validation (:func:`refit_epochs`); ``"best_on_val"`` in ``refit`` stands for the model that
+       step 1 found best on validation.
     3. ``leakage_model`` on the seed blog's random 80/20 split of train+val, to measure how much a
        random split flatters the validation score.
     A pretrained model whose weights cannot be loaded is recorded as skipped, with the reason.
@@ -153,11 +204,15 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
         if "skipped" in runs.get(name, {"skipped": True}):
             print(f"No refit of {name}: it was not trained above")
             continue
-        best_epochs = runs[name]["config"]["best_epoch_on_val"] or runs[name]["config"]["epochs"]
         size = runs[name]["config"]["image_size"]
+        chosen_epochs, how, forward = refit_epochs(name, runs[name], paths, index, output_dir, size=size,
+                                                   epochs=epochs, **common)
+        if forward:
+            runs[name + FORWARD_SUFFIX] = forward
+        print(f"Refit of {name}: {chosen_epochs} epochs, the {how}")
         runs[name + REFIT_SUFFIX] = _fit_and_save(
             name, name + REFIT_SUFFIX, paths, index, output_dir, fit_splits=["train", "val"], val_split=None,
-            size=size, epochs=best_epochs, **common)
+            size=size, epochs=chosen_epochs, config_notes={"epochs_chosen_by": how}, **common)
     if leakage_model:
         size = image_size or get_spec(leakage_model).image_size
         runs[leakage_model + RANDOM_SPLIT_SUFFIX] = _fit_and_save(
@@ -241,6 +296,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             run_index = random_index
         scores[run], predictions[run] = {"kind": _run_kind(run), "image_size": size,
                                          "epochs": record["config"].get("epochs"),
+                                         **({"epochs_chosen_by": record["config"]["epochs_chosen_by"]}
+                                            if "epochs_chosen_by" in record["config"] else {}),
                                          "train_seconds": record.get("train_seconds")}, {}
         for split in ("val", "test"):
             key = (run_index is random_index, split, size)

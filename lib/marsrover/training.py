@@ -226,15 +226,18 @@ def release_models() -> None:
     gc.collect()
 
 
-def save_run(result: TrainingResult, output_dir: Path) -> dict[str, Path]:
-    """Write ``models/<name>.keras`` and ``runs/<name>.json`` (history, config, timing, env)."""
+def save_run(result: TrainingResult, output_dir: Path, *, records: str = "runs",
+             save_model: bool = True) -> dict[str, Path]:
+    """Write ``models/<name>.keras`` (unless not ``save_model``) and ``<records>/<name>.json``
+    (history, config, timing, env)."""
     output_dir = Path(output_dir)
     name = result.config["run"]
     model_path = output_dir / "models" / f"{name}.keras"
-    run_path = output_dir / "runs" / f"{name}.json"
-    model_path.parent.mkdir(parents=True, exist_ok=True)
+    run_path = output_dir / records / f"{name}.json"
     run_path.parent.mkdir(parents=True, exist_ok=True)
-    result.model.save(model_path)
+    if save_model:
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        result.model.save(model_path)
     record = {
         "config": result.config,
         "history": result.history,
@@ -243,5 +246,5 @@ def save_run(result: TrainingResult, output_dir: Path) -> dict[str, Path]:
         "environment": run_environment(),
     }
     run_path.write_text(json.dumps(record, indent=2))
-    print(f"Saved {model_path} and {run_path}")
-    return {"model": model_path, "run": run_path}
+    print(f"Saved {model_path} and {run_path}" if save_model else f"Saved {run_path}")
+    return {"model": model_path, "run": run_path} if save_model else {"run": run_path}
