@@ -74,6 +74,9 @@ def test_metrics_cover_every_run_on_val_and_test(smoke_report):
             low, high = scores["ci95"]["balanced_accuracy"]
             assert low <= scores["balanced_accuracy"] <= high
             assert sum(map(sum, scores["confusion_matrix"])) == scores["n"]
+        groups = splits["test"]["largest_error_groups"]  # where the test errors are, beside training support
+        assert groups and all(group["trained_on"] >= 0 and " · " in group["group"] for group in groups), name
+        assert [group["errors"] for group in groups] == sorted((group["errors"] for group in groups), reverse=True)
     assert metrics["baselines"]["majority class"]["test"]["answer"] == "Rover"
     assert set(metrics["notebook_seconds"]) == {nb.name for nb in discover_notebooks()}
     assert metrics["versions"]["tensorflow"]

@@ -14,6 +14,7 @@ from marsrover.evaluation import (
     breakdown,
     coverage_curve,
     curves,
+    errors_against_training,
     majority_baseline,
     most_confident_errors,
     predict_surface_probability,
@@ -201,6 +202,21 @@ def test_breakdown_counts_images_labels_and_errors_per_group(predictions):
     assert table.loc["Mastcam left", "errors"] == 1 and table.loc["Mastcam left", "false_rover"] == 1
     assert table.loc["Mastcam right", "accuracy"] == 0.0
     assert table["n"].sum() == len(predictions) and table["errors"].sum() == 3
+
+
+def test_errors_are_grouped_by_class_and_instrument_beside_the_images_trained_on(predictions):
+    test = predictions.assign(msl_name=["wheel", "wheel", "ground", "ground", "ground", "wheel", "drill"])
+    training = pd.DataFrame({"msl_name": ["wheel", "wheel", "ground", "ground", "ground"],
+                             "instrument": ["MAHLI", "MAHLI", "MAHLI", "Mastcam left", "Mastcam right"]})
+    table = errors_against_training(test, training)
+    assert table.index.name == "group" and table["n"].sum() == len(test)
+    assert table["errors"].tolist() == [1, 1, 1, 0, 0] and table.index[2] == "wheel · Mastcam right"  # most first, then bigger
+    assert table.loc["wheel · MAHLI"].to_dict() == {"n": 2, "errors": 1, "accuracy": 0.5,
+                                                    "share_of_errors": pytest.approx(1 / 3), "trained_on": 2}
+    assert table.loc["wheel · Mastcam right", "trained_on"] == 0  # never seen in training
+    assert table.loc["drill · MAHLI", "errors"] == 0 and table["share_of_errors"].sum() == pytest.approx(1)
+    no_errors = errors_against_training(test.assign(predicted=test["label"]), training.head(0))
+    assert (no_errors["share_of_errors"] == 0).all() and (no_errors["trained_on"] == 0).all()
 
 
 def test_sol_ranges_label_blocks_of_sols(predictions):

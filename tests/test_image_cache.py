@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from marsrover import dataset
+from marsrover import config, dataset, study
 from marsrover.image_cache import cache_key, cached_images
 
 
@@ -24,3 +25,26 @@ def test_the_cache_key_changes_with_size_content_and_order(tiny_images_root):
     changed.loc[0, "sha256"] = "0" * 64
     assert cache_key(changed, 64) != key
     assert cache_key(index.copy(), 64) == key
+
+
+@pytest.mark.parametrize("redraw", [lambda index: study.random_split_index(index, seed=0),
+                                    study.forward_validation_index], ids=["random 80/20", "forward validation"])
+def test_redrawn_splits_are_sliced_from_the_official_caches_not_decoded_again(tiny_images_root, tmp_path,
+                                                                              monkeypatch, redraw):
+    index = dataset.build_index(tiny_images_root, progress=False)
+    paths = config.DataPaths(tmp_path / "data")
+    monkeypatch.setattr(config.DataPaths, "images_root", property(lambda self: tiny_images_root))
+    by_id = {}
+    for split in ("train", "val", "test"):
+        images, _ = study.split_arrays(paths, index, split, 24, progress=False)
+        by_id.update(zip(index.loc[index["split"] == split, "id"], images))
+    cache_files = sorted(paths.cache.glob("*.npy"))
+    monkeypatch.setattr("marsrover.image_cache.load_image", lambda *a: (_ for _ in ()).throw(AssertionError))
+
+    redrawn = redraw(index)
+    for split in redrawn["split"].unique():
+        images, labels = study.split_arrays(paths, redrawn, split, 24, progress=False)
+        rows = redrawn[redrawn["split"] == split]
+        np.testing.assert_array_equal(images, np.stack([by_id[image_id] for image_id in rows["id"]]))
+        np.testing.assert_array_equal(labels, rows["label"].to_numpy())
+    assert sorted(paths.cache.glob("*.npy")) == cache_files

@@ -99,11 +99,18 @@ METRICS = {
                      "test": {"n": 1305, "accuracy": 0.95, "balanced_accuracy": 0.94, "roc_auc": 0.99,
                               "ci95": {"accuracy": [0.94, 0.96], "balanced_accuracy": [0.93, 0.95]}}},
         "improved_refit": {"kind": "refit on train+val", "epochs": 9, "image_size": 128,
-                           "epochs_chosen_by": "best epoch of forward validation", "train_seconds": 285.7, "val": {"n": 1640, "accuracy": 0.99, "balanced_accuracy": 0.99},
+                           "epochs_chosen_by": "best epoch of forward validation", "train_seconds": 285.7,
+                           "val": {"n": 1640, "accuracy": 0.99, "balanced_accuracy": 0.99,
+                                   "note": "the validation split was part of this run's training data"},
                            "test": {"n": 1305, "accuracy": 0.981, "balanced_accuracy": 0.972, "roc_auc": 0.998,
                                     "macro_f1": 0.97, "pr_auc": 0.99, "brier": 0.02,
                                     "recall": {"Rover": 0.99, "Surface": 0.95},
                                     "at_confidence": {"threshold": 0.9, "coverage": 0.9, "accuracy": 0.995},
+                                    "largest_error_groups": [
+                                        {"group": "wheel · Mastcam left", "n": 156, "errors": 18,
+                                         "accuracy": 0.885, "share_of_errors": 0.72, "trained_on": 5},
+                                        {"group": "ground · MAHLI", "n": 40, "errors": 0, "accuracy": 1.0,
+                                         "share_of_errors": 0.0, "trained_on": 300}],
                                     "ci95": {"accuracy": [0.973, 0.988], "balanced_accuracy": [0.96, 0.98]}}},
     },
     "baselines": {"majority class": {"val": {"accuracy": 0.6, "balanced_accuracy": 0.5},
@@ -136,6 +143,18 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert "| balanced accuracy | 97.2% (96.0%–98.0%) |" in card and "Intended use" in card and "Limits" in card
     assert "75.0% accuracy" in card
     assert "refit on train+val, at\n128 px, for 9 epochs (best epoch of forward validation)" in card
+    assert "| wheel · Mastcam left | 156 | 18 (72.0%) | 5 |" in card  # where the errors are, beside training support
+    assert "ground · MAHLI" not in card  # a group without errors is not listed
+
+
+def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_training_data(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
+    log = {"profile": "full", "commit": "abc123", "started": "today", "total_seconds": 60, "notebooks": []}
+    page = reporting.write_index(tmp_path, log).read_text()
+    assert "refit on train+val, 128 px, 9 epochs\n(best epoch of forward validation)" in page
+    assert "<td>99.0%<sup>1</sup></td>" in page  # the refit's validation score carries a footnote
+    assert "<sup>1</sup> The validation split was part of this run's training data." in page
+    assert page.count("<sup>") == 2
 
 
 def test_the_headline_model_is_exported_under_its_name_and_training_commit(tmp_path):

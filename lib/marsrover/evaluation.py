@@ -260,3 +260,23 @@ def most_confident_errors(predictions: pd.DataFrame, k: int = 12) -> pd.DataFram
     p = wrong["p_surface"].astype(float)
     wrong["confidence"] = np.where(predicted[wrong.index] == 1, p, 1 - p)
     return wrong.sort_values("confidence", ascending=False, kind="stable").head(k)
+
+
+def errors_against_training(predictions: pd.DataFrame, training: pd.DataFrame,
+                            by: tuple[str, ...] = ("msl_name", "instrument")) -> pd.DataFrame:
+    """Test errors per group of ``by`` beside how many images of that group the model trained on.
+
+    Under a shifted split, errors piled up in a group that training barely covers say what data is
+    missing rather than what the model lacks. One row per group seen in ``predictions`` (index
+    ``group``, e.g. ``"wheel · Mastcam left"``), most errors first: ``n``, ``errors``, ``accuracy``,
+    ``share_of_errors`` (of all the run's errors) and ``trained_on`` (rows of ``training`` in that group).
+    """
+    def group(frame: pd.DataFrame) -> pd.Series:
+        return frame[list(by)].astype(str).agg(" · ".join, axis=1).rename("group")
+
+    table = breakdown(predictions.assign(group=group(predictions)), "group")[["n", "errors", "accuracy"]]
+    total_errors = int(table["errors"].sum())
+    table["share_of_errors"] = table["errors"] / total_errors if total_errors else 0.0
+    trained = group(training).value_counts() if len(training) else pd.Series(dtype=int)
+    table["trained_on"] = trained.reindex(table.index).fillna(0).astype(int)
+    return table.sort_values(["errors", "n"], ascending=False, kind="stable")

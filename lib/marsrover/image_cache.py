@@ -28,12 +28,16 @@ def cache_key(index: pd.DataFrame, size: int) -> str:
 
 
 def cached_images(index: pd.DataFrame, images_root: Path, size: int, cache_dir: Path, *,
-                  progress: bool = True, workers: int | None = None) -> np.ndarray:
-    """All images of ``index`` as one ``(n, size, size, 3)`` uint8 array, in index order."""
+                  progress: bool = True, workers: int | None = None, mmap: bool = False) -> np.ndarray:
+    """All images of ``index`` as one ``(n, size, size, 3)`` uint8 array, in index order.
+
+    ``mmap=True`` maps an existing cache file read-only instead of reading it whole, for callers that
+    take a few rows of it.
+    """
     cache_dir = Path(cache_dir)
     path = cache_dir / f"images-{size}px-{len(index)}-{cache_key(index, size)}.npy"
     if path.exists():
-        return np.load(path)
+        return np.load(path, mmap_mode="r" if mmap else None)
     files = [Path(images_root) / p for p in index["path"]]
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
 

@@ -85,15 +85,18 @@ total {{ "%.1f"|format(total_seconds / 60) }} min</p>
 
 <h2>Headline</h2>
 {% if metrics.models %}
-<p>Headline model: <b>{{ metrics.headline }}</b> (chosen on the validation split; the test split is scored once).
-Test split: {{ metrics.models[metrics.headline].test.n }} images.</p>
+{% set head = metrics.models[metrics.headline] %}
+<p>Headline model: <b>{{ metrics.headline }}</b> (chosen on the validation split; the test split is scored once):
+{{ head.kind }}, {{ head.image_size }} px, {{ head.epochs }} epochs{% if head.epochs_chosen_by %}
+({{ head.epochs_chosen_by }}){% endif %}. Test split: {{ head.test.n }} images.</p>
 <table><tr><th>model</th>{% for split in ["val", "test"] %}<th>{{ split }} accuracy</th><th>{{ split }} balanced accuracy</th>{% endfor %}</tr>
 {% for name, scores in metrics.models.items() %}<tr><td>{{ name }}{% if name == metrics.headline %} ★{% endif %}</td>
-{% for split in ["val", "test"] %}<td>{{ pct(scores[split].accuracy) }}</td><td>{{ pct(scores[split].balanced_accuracy) }}</td>{% endfor %}</tr>
+{% for split in ["val", "test"] %}<td>{{ pct(scores[split].accuracy) }}{% if scores[split].note %}<sup>{{ notes.index(scores[split].note) + 1 }}</sup>{% endif %}</td><td>{{ pct(scores[split].balanced_accuracy) }}</td>{% endfor %}</tr>
 {% endfor %}
 {% for name, scores in metrics.get("baselines", {}).items() %}<tr class="note"><td>{{ name }}</td>
 {% for split in ["val", "test"] %}<td>{{ pct(scores[split].accuracy) }}</td><td>{{ pct(scores[split].balanced_accuracy) }}</td>{% endfor %}</tr>
 {% endfor %}</table>
+{% for note in notes %}<p class="note"><sup>{{ loop.index }}</sup> {{ note[0]|upper }}{{ note[1:] }}.</p>{% endfor %}
 {% else %}<p class="note">No metrics yet: notebook 06 has not run in this folder.</p>{% endif %}
 {% for figure, caption in figures %}<figure><img src="{{ figure }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>{% endfor %}
 
@@ -114,8 +117,12 @@ def write_index(output_dir: Path, log: dict) -> Path:
     figures = [(f"figures/{name}.png", caption) for name, caption in HEADLINE_FIGURES.items()
                if (output_dir / "figures" / f"{name}.png").exists()]
     failed = next((run["error"] for run in log["notebooks"] if run["status"] == "failed"), "")
+    metrics = load_json(output_dir / METRICS_FILE)
+    # Footnotes for scores that are not what they seem (e.g. a refit's validation score is on its training data).
+    notes = list(dict.fromkeys(scores[split]["note"] for scores in metrics.get("models", {}).values()
+                               for split in ("val", "test") if scores.get(split, {}).get("note")))
     page = _INDEX_TEMPLATE.render(
-        metrics=load_json(output_dir / METRICS_FILE), figures=figures, failed=failed,
+        metrics=metrics, figures=figures, failed=failed, notes=notes,
         pct=lambda value: "–" if value is None else f"{100 * value:.1f}%", **log,
     )
     path = output_dir / "index.html"
@@ -194,6 +201,19 @@ def update_readme(readme: Path, metrics: dict, run_log: dict | None = None) -> b
     return replace_section(readme, README_BEGIN, README_END, results_markdown(metrics, run_log))
 
 
+def _error_groups_markdown(test: dict) -> str:
+    """The model card's bullet on the MSL class and instrument with most test errors, beside its training support."""
+    groups = [group for group in test.get("largest_error_groups", []) if group["errors"]]
+    if not groups:
+        return ""
+    rows = "\n".join(f"  | {g['group']} | {g['n']} | {g['errors']} ({_pct(g['share_of_errors'])}) | {g['trained_on']} |"
+                     for g in groups)
+    return ("- **Where its test errors are**, by MSL class and instrument, beside the images of each it was trained on\n"
+            "  (notebook 06 has the whole table):\n\n"
+            "  | class · instrument | test images | errors (share of all) | trained on |\n"
+            f"  | --- | --- | --- | --- |\n{rows}\n")
+
+
 def write_model_card(report_dir: Path, metrics: dict) -> Path:
     """``MODEL_CARD.md`` beside the report: use, data, metrics with intervals, limits."""
     headline = metrics["headline"]
@@ -241,7 +261,7 @@ same split. Model selection used the validation split only; the test split was s
 - **Browse images only**: small JPEGs; full-resolution frames are resized the same way but were never tested.
 - **Sun images** count as Rover (the data set's mapping), although they show neither.
 - A random 80/20 split (the seed's protocol) overstates accuracy: see the leakage study in notebook 06.
-"""
+{_error_groups_markdown(test)}"""
     path = Path(report_dir) / "MODEL_CARD.md"
     path.write_text(card, encoding="utf-8")
     return path

@@ -46,15 +46,32 @@ def load_index(data_dir: str | Path | None = None, *, max_images_per_split: int 
 
 def split_arrays(paths: config.DataPaths, index: pd.DataFrame, split: str, size: int, *,
                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of one split at one size, from the on-disk cache."""
+    """(images, labels) of one split at one size, from the on-disk cache.
+
+    An index whose splits were redrawn (the random 80/20 split, forward validation) keeps each row's
+    official split in ``original_split``; such rows are sliced out of their official split's cached
+    array rather than decoded again into a cache file of their own.
+    """
     rows = index[index["split"] == split].reset_index(drop=True)
-    images = cached_images(rows, paths.images_root, size, paths.cache, progress=progress)
+    if ORIGINAL_SPLIT not in index:
+        return cached_images(rows, paths.images_root, size, paths.cache, progress=progress), rows["label"].to_numpy()
+    official = index[ORIGINAL_SPLIT].fillna(index["split"])
+    wanted = rows[ORIGINAL_SPLIT].fillna(rows["split"]).to_numpy()
+    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
+    for source in pd.unique(wanted):
+        source_rows = index[official == source].reset_index(drop=True)  # official order: the cache's key
+        source_images = cached_images(source_rows, paths.images_root, size, paths.cache, progress=progress,
+                                      mmap=True)
+        position = pd.Series(np.arange(len(source_rows)), index=source_rows["id"])
+        take = wanted == source
+        images[take] = source_images[position[rows.loc[take, "id"]].to_numpy()]
     return images, rows["label"].to_numpy()
 
 
 REFIT_SUFFIX = "_refit"
 RANDOM_SPLIT_SUFFIX = "_random_split"
 FORWARD_SUFFIX = "_forward"
+ORIGINAL_SPLIT = "original_split"  # set by indexes whose splits were redrawn (see leakage.random_split)
 SELECTION_RUNS = "selection"  # records of runs that only choose a setting; never scored on test
 
 
@@ -84,6 +101,7 @@ def forward_validation_index(index: pd.DataFrame, held_fraction: float = 0.5) ->
     if len(early_sols) == len(per_sol):
         return None
     forward = index.copy()
+    forward[ORIGINAL_SPLIT] = forward["split"]
     forward.loc[(forward["split"] == "val") & forward["sol"].isin(early_sols), "split"] = "val_early"
     return forward
 
@@ -262,6 +280,18 @@ def _run_kind(run: str) -> str:
     return "train only"
 
 
+def training_rows(index: pd.DataFrame, run: str, seed: int) -> pd.DataFrame:
+    """The index rows that run ``run`` was fitted on (its kind says which)."""
+    kind = _run_kind(run)
+    if kind.startswith("random"):
+        pooled = random_split_index(index, seed)
+        return pooled[pooled["split"] == "train"]
+    return index[index["split"].isin(["train", "val"] if kind == "refit on train+val" else ["train"])]
+
+
+ERROR_GROUPS_KEPT = 3  # the groups with most test errors, per run, in metrics.json
+
+
 def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *, profile: str, seed: int,
                 bootstrap_samples: int = 1000) -> StudyScores:
     """Score every saved run on val and test, fit temperatures on val, choose the headline, save metrics.
@@ -271,7 +301,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     the headline, since it has seen sols closer to the test split. The test split only reports.
     """
     from .calibration import apply_temperature, expected_calibration_error, fit_temperature
-    from .evaluation import at_confidence, binary_metrics, majority_baseline, predict_surface_probability
+    from .evaluation import (at_confidence, binary_metrics, errors_against_training, majority_baseline,
+                             predict_surface_probability)
     from .inference import load_model
     from .provenance import run_environment
 
@@ -313,6 +344,9 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             rows["p_surface"] = probabilities
             rows["predicted"] = (probabilities >= 0.5).astype(int)
             predictions[run][split] = rows
+        error_groups = errors_against_training(predictions[run]["test"], training_rows(index, run, seed))
+        scores[run]["test"]["largest_error_groups"] = json.loads(
+            error_groups.head(ERROR_GROUPS_KEPT).reset_index().to_json(orient="records"))
         if scores[run]["kind"] == "train only":
             # Temperature scaling is fitted on validation, so only for runs that did not train on it.
             temperature = fit_temperature(predictions[run]["val"]["label"], predictions[run]["val"]["p_surface"])
@@ -459,6 +493,13 @@ def breakdown_table(scores: StudyScores, by: str) -> pd.DataFrame:
                 for run in scores.predictions}
     counts = breakdown(with_sol_range(scores.test_predictions(scores.headline)), by)[["n", "n_rover", "n_surface"]]
     return counts.join(pd.DataFrame(accuracy)).sort_values("n", ascending=False)
+
+
+def errors_against_training_table(scores: StudyScores, index: pd.DataFrame, run: str, seed: int) -> pd.DataFrame:
+    """Run ``run``'s test errors per MSL class and instrument, beside the images of each it trained on."""
+    from .evaluation import errors_against_training
+
+    return errors_against_training(scores.test_predictions(run), training_rows(index, run, seed))
 
 
 def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, max_distance: int,
