@@ -217,6 +217,9 @@ def test_errors_are_grouped_by_class_and_instrument_beside_the_images_trained_on
     assert table.loc["drill · MAHLI", "errors"] == 0 and table["share_of_errors"].sum() == pytest.approx(1)
     no_errors = errors_against_training(test.assign(predicted=test["label"]), training.head(0))
     assert (no_errors["share_of_errors"] == 0).all() and (no_errors["trained_on"] == 0).all()
+    unnamed = errors_against_training(test.assign(instrument=None), training, by="instrument")
+    assert list(unnamed.index) == ["unknown"] and unnamed.loc["unknown", "errors"] == 3  # a missing value is a group
+    assert errors_against_training(test.head(0), training).empty
 
 
 def test_sol_ranges_label_blocks_of_sols(predictions):

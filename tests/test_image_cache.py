@@ -27,11 +27,14 @@ def test_the_cache_key_changes_with_size_content_and_order(tiny_images_root):
     assert cache_key(index.copy(), 64) == key
 
 
-@pytest.mark.parametrize("redraw", [lambda index: study.random_split_index(index, seed=0),
-                                    study.forward_validation_index], ids=["random 80/20", "forward validation"])
+@pytest.mark.parametrize("redraw, per_split", [
+    (lambda index: study.random_split_index(index, seed=0), None),
+    (study.forward_validation_index, None),
+    (study.forward_validation_index, 2),  # a profile's subsample: the official caches are of the subsample
+], ids=["random 80/20", "forward validation", "forward validation, subsampled"])
 def test_redrawn_splits_are_sliced_from_the_official_caches_not_decoded_again(tiny_images_root, tmp_path,
-                                                                              monkeypatch, redraw):
-    index = dataset.build_index(tiny_images_root, progress=False)
+                                                                              monkeypatch, redraw, per_split):
+    index = dataset.subsample(dataset.build_index(tiny_images_root, progress=False), per_split, 0)
     paths = config.DataPaths(tmp_path / "data")
     monkeypatch.setattr(config.DataPaths, "images_root", property(lambda self: tiny_images_root))
     by_id = {}

@@ -263,7 +263,7 @@ def most_confident_errors(predictions: pd.DataFrame, k: int = 12) -> pd.DataFram
 
 
 def errors_against_training(predictions: pd.DataFrame, training: pd.DataFrame,
-                            by: tuple[str, ...] = ("msl_name", "instrument")) -> pd.DataFrame:
+                            by: str | tuple[str, ...] = ("msl_name", "instrument")) -> pd.DataFrame:
     """Test errors per group of ``by`` beside how many images of that group the model trained on.
 
     Under a shifted split, errors piled up in a group that training barely covers say what data is
@@ -271,8 +271,12 @@ def errors_against_training(predictions: pd.DataFrame, training: pd.DataFrame,
     ``group``, e.g. ``"wheel · Mastcam left"``), most errors first: ``n``, ``errors``, ``accuracy``,
     ``share_of_errors`` (of all the run's errors) and ``trained_on`` (rows of ``training`` in that group).
     """
+    columns = [by] if isinstance(by, str) else list(by)
+
     def group(frame: pd.DataFrame) -> pd.Series:
-        return frame[list(by)].astype(str).agg(" · ".join, axis=1).rename("group")
+        values = frame[columns].astype(object).where(frame[columns].notna(), "unknown")
+        return pd.Series([" · ".join(map(str, row)) for row in values.itertuples(index=False)],
+                         index=frame.index, name="group", dtype=object)
 
     table = breakdown(predictions.assign(group=group(predictions)), "group")[["n", "errors", "accuracy"]]
     total_errors = int(table["errors"].sum())

@@ -32,7 +32,7 @@ def cached_images(index: pd.DataFrame, images_root: Path, size: int, cache_dir: 
     """All images of ``index`` as one ``(n, size, size, 3)`` uint8 array, in index order.
 
     ``mmap=True`` maps an existing cache file read-only instead of reading it whole, for callers that
-    take a few rows of it.
+    copy some of its rows out (a redrawn split).
     """
     cache_dir = Path(cache_dir)
     path = cache_dir / f"images-{size}px-{len(index)}-{cache_key(index, size)}.npy"

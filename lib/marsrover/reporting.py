@@ -85,13 +85,11 @@ total {{ "%.1f"|format(total_seconds / 60) }} min</p>
 
 <h2>Headline</h2>
 {% if metrics.models %}
-{% set head = metrics.models[metrics.headline] %}
-<p>Headline model: <b>{{ metrics.headline }}</b> (chosen on the validation split; the test split is scored once):
-{{ head.kind }}, {{ head.image_size }} px, {{ head.epochs }} epochs{% if head.epochs_chosen_by %}
-({{ head.epochs_chosen_by }}){% endif %}. Test split: {{ head.test.n }} images.</p>
+<p>Headline model: <b>{{ metrics.headline }}</b> (chosen on the validation split; the test split is scored once){{ trained }}.
+Test split: {{ metrics.models[metrics.headline].test.n }} images.</p>
 <table><tr><th>model</th>{% for split in ["val", "test"] %}<th>{{ split }} accuracy</th><th>{{ split }} balanced accuracy</th>{% endfor %}</tr>
 {% for name, scores in metrics.models.items() %}<tr><td>{{ name }}{% if name == metrics.headline %} ★{% endif %}</td>
-{% for split in ["val", "test"] %}<td>{{ pct(scores[split].accuracy) }}{% if scores[split].note %}<sup>{{ notes.index(scores[split].note) + 1 }}</sup>{% endif %}</td><td>{{ pct(scores[split].balanced_accuracy) }}</td>{% endfor %}</tr>
+{% for split in ["val", "test"] %}{% set mark = "<sup>%d</sup>"|format(notes.index(scores[split].note) + 1) if scores[split].note else "" %}<td>{{ pct(scores[split].accuracy) }}{{ mark }}</td><td>{{ pct(scores[split].balanced_accuracy) }}{{ mark }}</td>{% endfor %}</tr>
 {% endfor %}
 {% for name, scores in metrics.get("baselines", {}).items() %}<tr class="note"><td>{{ name }}</td>
 {% for split in ["val", "test"] %}<td>{{ pct(scores[split].accuracy) }}</td><td>{{ pct(scores[split].balanced_accuracy) }}</td>{% endfor %}</tr>
@@ -111,6 +109,17 @@ total {{ "%.1f"|format(total_seconds / 60) }} min</p>
 """)
 
 
+def _how_trained(metrics: dict) -> str:
+    """``": refit on train+val, 128 px, 6 epochs (how chosen)"`` for the headline, from what metrics.json has."""
+    scores = metrics.get("models", {}).get(metrics.get("headline"), {})
+    parts = [scores.get("kind"), scores.get("image_size") and f"{scores['image_size']} px",
+             scores.get("epochs") and f"{scores['epochs']} epochs"]
+    text = ", ".join(str(part) for part in parts if part)
+    if text and scores.get("epochs_chosen_by"):
+        text += f"\n({scores['epochs_chosen_by']})"
+    return f": {text}" if text else ""
+
+
 def write_index(output_dir: Path, log: dict) -> Path:
     """``index.html``: the headline metrics, the key figures and links to every notebook."""
     output_dir = Path(output_dir)
@@ -122,7 +131,7 @@ def write_index(output_dir: Path, log: dict) -> Path:
     notes = list(dict.fromkeys(scores[split]["note"] for scores in metrics.get("models", {}).values()
                                for split in ("val", "test") if scores.get(split, {}).get("note")))
     page = _INDEX_TEMPLATE.render(
-        metrics=metrics, figures=figures, failed=failed, notes=notes,
+        metrics=metrics, figures=figures, failed=failed, notes=notes, trained=_how_trained(metrics),
         pct=lambda value: "–" if value is None else f"{100 * value:.1f}%", **log,
     )
     path = output_dir / "index.html"

@@ -49,25 +49,35 @@ def split_arrays(paths: config.DataPaths, index: pd.DataFrame, split: str, size:
     """(images, labels) of one split at one size, from the on-disk cache.
 
     An index whose splits were redrawn (the random 80/20 split, forward validation) keeps each row's
-    official split in ``original_split``; such rows are sliced out of their official split's cached
-    array rather than decoded again into a cache file of their own.
+    official split in ``original_split`` and the official splits' row order; such rows are copied out
+    of their official split's cached array rather than decoded again into a cache file of their own.
     """
     rows = index[index["split"] == split].reset_index(drop=True)
+    labels = rows["label"].to_numpy()
     if ORIGINAL_SPLIT not in index:
-        return cached_images(rows, paths.images_root, size, paths.cache, progress=progress), rows["label"].to_numpy()
-    official = index[ORIGINAL_SPLIT].fillna(index["split"])
-    wanted = rows[ORIGINAL_SPLIT].fillna(rows["split"]).to_numpy()
-    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-    for source in pd.unique(wanted):
-        source_rows = index[official == source].reset_index(drop=True)  # official order: the cache's key
-        source_images = cached_images(source_rows, paths.images_root, size, paths.cache, progress=progress,
-                                      mmap=True)
-        position = pd.Series(np.arange(len(source_rows)), index=source_rows["id"])
-        take = wanted == source
-        images[take] = source_images[position[rows.loc[take, "id"]].to_numpy()]
-    return images, rows["label"].to_numpy()
+        return cached_images(rows, paths.images_root, size, paths.cache, progress=progress), labels
+    official = index[ORIGINAL_SPLIT].fillna(index["split"]).to_numpy()
+    cache_row = index.groupby(official, sort=False).cumcount().to_numpy()  # place in its official split's cache
+    chosen = (index["split"] == split).to_numpy()
+    sources, source_rows = official[chosen], cache_row[chosen]
+    images = None
+    for source in pd.unique(sources):
+        official_rows = index[official == source].reset_index(drop=True)
+        if len(official_rows) == len(rows) and (sources == source).all() \
+                and (source_rows == np.arange(len(rows))).all():  # the official split itself, in order
+            return cached_images(official_rows, paths.images_root, size, paths.cache, progress=progress), labels
+        cached = cached_images(official_rows, paths.images_root, size, paths.cache, progress=progress, mmap=True)
+        images = np.empty((len(rows), size, size, 3), dtype=np.uint8) if images is None else images
+        take = np.flatnonzero(sources == source)
+        for start in range(0, len(take), _COPY_CHUNK):  # indexing a memory map copies: keep each copy small
+            part = take[start:start + _COPY_CHUNK]
+            images[part] = cached[source_rows[part]]
+    if images is None:  # no rows in this split
+        images = np.empty((0, size, size, 3), dtype=np.uint8)
+    return images, labels
 
 
+_COPY_CHUNK = 256
 REFIT_SUFFIX = "_refit"
 RANDOM_SPLIT_SUFFIX = "_random_split"
 FORWARD_SUFFIX = "_forward"
@@ -280,13 +290,9 @@ def _run_kind(run: str) -> str:
     return "train only"
 
 
-def training_rows(index: pd.DataFrame, run: str, seed: int) -> pd.DataFrame:
-    """The index rows that run ``run`` was fitted on (its kind says which)."""
-    kind = _run_kind(run)
-    if kind.startswith("random"):
-        pooled = random_split_index(index, seed)
-        return pooled[pooled["split"] == "train"]
-    return index[index["split"].isin(["train", "val"] if kind == "refit on train+val" else ["train"])]
+def training_rows(run_index: pd.DataFrame, run: str) -> pd.DataFrame:
+    """The rows of ``run_index`` (the index run ``run`` was trained with) that it was fitted on."""
+    return run_index[run_index["split"].isin(["train", "val"] if run.endswith(REFIT_SUFFIX) else ["train"])]
 
 
 ERROR_GROUPS_KEPT = 3  # the groups with most test errors, per run, in metrics.json
@@ -344,7 +350,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             rows["p_surface"] = probabilities
             rows["predicted"] = (probabilities >= 0.5).astype(int)
             predictions[run][split] = rows
-        error_groups = errors_against_training(predictions[run]["test"], training_rows(index, run, seed))
+        error_groups = errors_against_training(predictions[run]["test"], training_rows(run_index, run))
         scores[run]["test"]["largest_error_groups"] = json.loads(
             error_groups.head(ERROR_GROUPS_KEPT).reset_index().to_json(orient="records"))
         if scores[run]["kind"] == "train only":
@@ -499,7 +505,8 @@ def errors_against_training_table(scores: StudyScores, index: pd.DataFrame, run:
     """Run ``run``'s test errors per MSL class and instrument, beside the images of each it trained on."""
     from .evaluation import errors_against_training
 
-    return errors_against_training(scores.test_predictions(run), training_rows(index, run, seed))
+    run_index = random_split_index(index, seed) if run.endswith(RANDOM_SPLIT_SUFFIX) else index
+    return errors_against_training(scores.test_predictions(run), training_rows(run_index, run))
 
 
 def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, max_distance: int,
