@@ -75,7 +75,9 @@ def test_metrics_cover_every_run_on_val_and_test(smoke_report):
             assert low <= scores["balanced_accuracy"] <= high
             assert sum(map(sum, scores["confusion_matrix"])) == scores["n"]
         groups = splits["test"]["largest_error_groups"]  # where the test errors are, beside training support
-        assert groups and all(group["trained_on"] >= 0 and " · " in group["group"] for group in groups), name
+        assert bool(groups) == (splits["test"]["accuracy"] < 1), name  # only groups with errors are listed
+        assert all(group["errors"] > 0 and group["trained_on"] >= 0 and " · " in group["group"]
+                   for group in groups), name
         assert [group["errors"] for group in groups] == sorted((group["errors"] for group in groups), reverse=True)
     assert metrics["baselines"]["majority class"]["test"]["answer"] == "Rover"
     assert set(metrics["notebook_seconds"]) == {nb.name for nb in discover_notebooks()}

@@ -222,6 +222,21 @@ def test_errors_are_grouped_by_class_and_instrument_beside_the_images_trained_on
     assert errors_against_training(test.head(0), training).empty
 
 
+def test_metrics_json_keeps_the_largest_error_groups_that_have_errors_as_plain_rounded_values(predictions):
+    from marsrover.study import largest_error_groups
+
+    test = predictions.assign(msl_name=["wheel", "wheel", "ground", "ground", "ground", "wheel", "drill"])
+    table = errors_against_training(test, test.head(2))
+    kept = largest_error_groups(table, kept=5)
+    assert [group["group"] for group in kept] == list(table.index[:3])  # the two error-free groups are left out
+    assert kept[2] == {"group": "wheel · Mastcam right", "n": 1, "errors": 1, "accuracy": 0.0,
+                       "share_of_errors": 0.3333, "trained_on": 0}
+    assert {group["group"]: group["trained_on"] for group in kept}["wheel · MAHLI"] == 2
+    assert json.loads(json.dumps(kept)) == kept  # plain ints, floats and strings
+    assert largest_error_groups(table, kept=1) == kept[:1]
+    assert largest_error_groups(errors_against_training(test.assign(predicted=test["label"]), test)) == []
+
+
 def test_sol_ranges_label_blocks_of_sols(predictions):
     ranges = sol_ranges(predictions["sol"])
     assert ranges.tolist() == ["0000-0099", "0000-0099", "0100-0199", "0200-0299", "1200-1299",

@@ -157,6 +157,22 @@ def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_tr
     assert page.count("<sup>") == 3
 
 
+def test_the_index_page_shows_a_dash_for_missing_splits_and_survives_a_headline_without_scores(tmp_path):
+    metrics = {"headline": "lost_run", "models": {"seed_blog": {"kind": "train only", "val": {"accuracy": 0.5},
+                                                                "test": None}},
+               "baselines": {"majority class": {"test": {"accuracy": 0.75, "balanced_accuracy": 0.5}}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    log = {"profile": "smoke", "commit": "abc123", "started": "today", "total_seconds": 60, "notebooks": []}
+    page = reporting.write_index(tmp_path, log).read_text()
+    assert "<b>lost_run</b>" in page and "Test split:" not in page  # no scores to count the test split from
+    assert "<td>seed_blog</td>\n<td>50.0%</td><td>–</td><td>–</td><td>–</td>" in page
+    assert '<tr class="note"><td>majority class</td>\n<td>–</td><td>–</td><td>75.0%</td><td>50.0%</td>' in page
+    (tmp_path / "metrics.json").write_text(json.dumps({**metrics, "headline": "seed_blog"}))  # scores, no test
+    assert "<b>seed_blog</b>" in reporting.write_index(tmp_path, log).read_text()
+    (tmp_path / "metrics.json").write_text(json.dumps({"models": {}}))
+    assert "No metrics yet" in reporting.write_index(tmp_path, log).read_text()
+
+
 def test_the_headline_model_is_exported_under_its_name_and_training_commit(tmp_path):
     from marsrover.study import export_headline
 

@@ -17,6 +17,8 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
+ORIGINAL_SPLIT = "original_split"  # the official split of each row, in indexes whose splits were redrawn
+
 
 def random_split(index: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 42,
                  pool: tuple[str, ...] | None = ("train", "val")) -> pd.DataFrame:
@@ -32,7 +34,7 @@ def random_split(index: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 
         raise ValueError(f"no images in splits {pool}")
     _, val_index = train_test_split(rows.index, test_size=val_fraction, random_state=seed,
                                     stratify=rows["label"])
-    rows["original_split"] = rows["split"]
+    rows[ORIGINAL_SPLIT] = rows["split"]
     rows["split"] = "train"
     rows.loc[val_index, "split"] = "val"
     return rows

@@ -84,15 +84,12 @@ total {{ "%.1f"|format(total_seconds / 60) }} min</p>
 {% if failed %}<p class="failed">The run failed: {{ failed }}</p>{% endif %}
 
 <h2>Headline</h2>
-{% if metrics.models %}
-<p>Headline model: <b>{{ metrics.headline }}</b> (chosen on the validation split; the test split is scored once){{ trained }}.
-Test split: {{ metrics.models[metrics.headline].test.n }} images.</p>
+{% if rows %}
+<p>Headline model: <b>{{ metrics.headline or "–" }}</b> (chosen on the validation split; the test split is scored once){{ trained }}.
+{% if headline_n is not none %}Test split: {{ headline_n }} images.{% endif %}</p>
 <table><tr><th>model</th>{% for split in ["val", "test"] %}<th>{{ split }} accuracy</th><th>{{ split }} balanced accuracy</th>{% endfor %}</tr>
-{% for name, scores in metrics.models.items() %}<tr><td>{{ name }}{% if name == metrics.headline %} ★{% endif %}</td>
-{% for split in ["val", "test"] %}{% set mark = "<sup>%d</sup>"|format(notes.index(scores[split].note) + 1) if scores[split].note else "" %}<td>{{ pct(scores[split].accuracy) }}{{ mark }}</td><td>{{ pct(scores[split].balanced_accuracy) }}{{ mark }}</td>{% endfor %}</tr>
-{% endfor %}
-{% for name, scores in metrics.get("baselines", {}).items() %}<tr class="note"><td>{{ name }}</td>
-{% for split in ["val", "test"] %}<td>{{ pct(scores[split].accuracy) }}</td><td>{{ pct(scores[split].balanced_accuracy) }}</td>{% endfor %}</tr>
+{% for row in rows %}<tr{% if row.baseline %} class="note"{% endif %}><td>{{ row.name }}{% if row.headline %} ★{% endif %}</td>
+{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 {% for note in notes %}<p class="note"><sup>{{ loop.index }}</sup> {{ note[0]|upper }}{{ note[1:] }}.</p>{% endfor %}
 {% else %}<p class="note">No metrics yet: notebook 06 has not run in this folder.</p>{% endif %}
@@ -120,6 +117,21 @@ def _how_trained(metrics: dict) -> str:
     return f": {text}" if text else ""
 
 
+def _score_rows(metrics: dict, notes: list[str]) -> list[dict]:
+    """The index page's table rows: runs then baselines, "–" where a split or score is missing."""
+    rows = []
+    for baseline, group in ((False, metrics.get("models", {})), (True, metrics.get("baselines", {}))):
+        for name, scores in group.items():
+            cells = []
+            for split in ("val", "test"):
+                values = scores.get(split) or {}
+                mark = f"<sup>{notes.index(values['note']) + 1}</sup>" if values.get("note") in notes else ""
+                cells += [_pct(values.get("accuracy")) + mark, _pct(values.get("balanced_accuracy")) + mark]
+            rows.append({"name": name, "headline": name == metrics.get("headline"), "baseline": baseline,
+                         "cells": cells})
+    return rows
+
+
 def write_index(output_dir: Path, log: dict) -> Path:
     """``index.html``: the headline metrics, the key figures and links to every notebook."""
     output_dir = Path(output_dir)
@@ -127,12 +139,14 @@ def write_index(output_dir: Path, log: dict) -> Path:
                if (output_dir / "figures" / f"{name}.png").exists()]
     failed = next((run["error"] for run in log["notebooks"] if run["status"] == "failed"), "")
     metrics = load_json(output_dir / METRICS_FILE)
+    models = metrics.get("models", {})
     # Footnotes for scores that are not what they seem (e.g. a refit's validation score is on its training data).
-    notes = list(dict.fromkeys(scores[split]["note"] for scores in metrics.get("models", {}).values()
-                               for split in ("val", "test") if scores.get(split, {}).get("note")))
+    notes = list(dict.fromkeys((scores.get(split) or {}).get("note") for scores in models.values()
+                               for split in ("val", "test") if (scores.get(split) or {}).get("note")))
     page = _INDEX_TEMPLATE.render(
         metrics=metrics, figures=figures, failed=failed, notes=notes, trained=_how_trained(metrics),
-        pct=lambda value: "–" if value is None else f"{100 * value:.1f}%", **log,
+        rows=_score_rows(metrics, notes) if models else [],
+        headline_n=((models.get(metrics.get("headline")) or {}).get("test") or {}).get("n"), **log,
     )
     path = output_dir / "index.html"
     path.write_text(page, encoding="utf-8")

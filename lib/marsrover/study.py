@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import acquisition, config, dataset, reporting
 from .image_cache import cached_images
+from .leakage import ORIGINAL_SPLIT, random_split
 
 
 def output_folder(output_dir: str | Path | None, profile: str) -> Path:
@@ -54,26 +55,22 @@ def split_arrays(paths: config.DataPaths, index: pd.DataFrame, split: str, size:
     """
     rows = index[index["split"] == split].reset_index(drop=True)
     labels = rows["label"].to_numpy()
-    if ORIGINAL_SPLIT not in index:
-        return cached_images(rows, paths.images_root, size, paths.cache, progress=progress), labels
-    official = index[ORIGINAL_SPLIT].fillna(index["split"]).to_numpy()
-    cache_row = index.groupby(official, sort=False).cumcount().to_numpy()  # place in its official split's cache
+    official = index[ORIGINAL_SPLIT].fillna(index["split"]).to_numpy() if ORIGINAL_SPLIT in index else None
     chosen = (index["split"] == split).to_numpy()
+    if official is None or (chosen.any() and (official[chosen] == split).all()
+                            and chosen.sum() == (official == split).sum()):
+        # An official split (or one a redrawn index left whole): its own cache file, loaded whole.
+        return cached_images(rows, paths.images_root, size, paths.cache, progress=progress), labels
+    cache_row = index.groupby(official, sort=False).cumcount().to_numpy()  # place in its official split's cache
     sources, source_rows = official[chosen], cache_row[chosen]
-    images = None
+    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)  # stays empty for a split with no rows
     for source in pd.unique(sources):
         official_rows = index[official == source].reset_index(drop=True)
-        if len(official_rows) == len(rows) and (sources == source).all() \
-                and (source_rows == np.arange(len(rows))).all():  # the official split itself, in order
-            return cached_images(official_rows, paths.images_root, size, paths.cache, progress=progress), labels
         cached = cached_images(official_rows, paths.images_root, size, paths.cache, progress=progress, mmap=True)
-        images = np.empty((len(rows), size, size, 3), dtype=np.uint8) if images is None else images
         take = np.flatnonzero(sources == source)
         for start in range(0, len(take), _COPY_CHUNK):  # indexing a memory map copies: keep each copy small
             part = take[start:start + _COPY_CHUNK]
             images[part] = cached[source_rows[part]]
-    if images is None:  # no rows in this split
-        images = np.empty((0, size, size, 3), dtype=np.uint8)
     return images, labels
 
 
@@ -81,14 +78,11 @@ _COPY_CHUNK = 256
 REFIT_SUFFIX = "_refit"
 RANDOM_SPLIT_SUFFIX = "_random_split"
 FORWARD_SUFFIX = "_forward"
-ORIGINAL_SPLIT = "original_split"  # set by indexes whose splits were redrawn (see leakage.random_split)
 SELECTION_RUNS = "selection"  # records of runs that only choose a setting; never scored on test
 
 
 def random_split_index(index: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The seed blog's protocol: train and val pooled, then split 80/20 at random (test kept aside)."""
-    from .leakage import random_split
-
     pooled = index[index["split"].isin(["train", "val"])]
     return pd.concat([random_split(pooled, val_fraction=0.2, seed=seed), index[index["split"] == "test"]],
                      ignore_index=True)
@@ -117,8 +111,8 @@ def forward_validation_index(index: pd.DataFrame, held_fraction: float = 0.5) ->
 
 
 def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_splits, val_split, size, epochs,
-                  batch_size, seed, jit_compile, weights, records: str = "runs", config_notes: dict | None = None
-                  ) -> dict:
+                  batch_size, seed, jit_compile, weights, records: str = "runs", save_model: bool = True,
+                  config_notes: dict | None = None) -> dict:
     from .training import release_models, save_run, train
 
     print(f"\n=== {run_name}: {name} at {size}px on {'+'.join(fit_splits)} ===")
@@ -131,7 +125,7 @@ def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_spl
     result = train(name, fit_data, val_data, image_size=size, epochs=epochs, batch_size=batch_size,
                    seed=seed, jit_compile=jit_compile, weights=weights, run_name=run_name)
     result.config.update({"fit_on": "+".join(fit_splits), **(config_notes or {})})
-    save_run(result, output_dir, records=records, save_model=records == "runs")
+    save_run(result, output_dir, records=records, save_model=save_model)
     del result, fit_data, val_data
     release_models()
     return reporting.load_json(Path(output_dir) / records / f"{run_name}.json")
@@ -159,7 +153,8 @@ def refit_epochs(name: str, train_only_run: dict, paths, index, output_dir, *, s
            f"judged on validation sols {int(held['sol'].min())}-{int(held['sol'].max())}")
     forward = _fit_and_save(name, name + FORWARD_SUFFIX, paths, forward_index, output_dir,
                             fit_splits=["train", "val_early"], val_split="val", size=size, epochs=epochs,
-                            records=SELECTION_RUNS, config_notes={"purpose": "refit length: " + how}, **common)
+                            records=SELECTION_RUNS, save_model=False,  # it only chooses the refit's length
+                            config_notes={"purpose": "refit length: " + how}, **common)
     return forward["config"]["best_epoch_on_val"] or forward["config"]["epochs"], how, forward
 
 
@@ -273,6 +268,7 @@ class StudyScores:
     metrics: dict
     predictions: dict[str, dict[str, pd.DataFrame]]  # run -> split -> index rows with p_surface, predicted
     temperatures: dict[str, float]
+    error_groups: dict[str, pd.DataFrame]  # run -> test errors per MSL class and instrument (errors_against_training)
 
     @property
     def headline(self) -> str:
@@ -298,6 +294,17 @@ def training_rows(run_index: pd.DataFrame, run: str) -> pd.DataFrame:
 ERROR_GROUPS_KEPT = 3  # the groups with most test errors, per run, in metrics.json
 
 
+def largest_error_groups(table: pd.DataFrame, kept: int = ERROR_GROUPS_KEPT) -> list[dict]:
+    """The ``kept`` groups of an errors-against-training table with most errors, as JSON-ready records.
+
+    Groups without errors are left out (a perfect run lists none); shares and accuracies keep 4 decimals.
+    """
+    rows = table[table["errors"] > 0].head(kept).reset_index()
+    return [{key: round(float(value), 4) if isinstance(value, float) else
+             int(value) if isinstance(value, np.integer) else value for key, value in row.items()}
+            for row in rows.to_dict(orient="records")]
+
+
 def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *, profile: str, seed: int,
                 bootstrap_samples: int = 1000) -> StudyScores:
     """Score every saved run on val and test, fit temperatures on val, choose the headline, save metrics.
@@ -317,7 +324,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     runs = sorted((output_dir / "runs").glob("*.json"))
     if not runs:
         raise FileNotFoundError(f"no training runs in {output_dir / 'runs'}: run notebook 05 first")
-    scores, predictions, temperatures, skipped = {}, {}, {}, {}
+    scores, predictions, temperatures, error_groups, skipped = {}, {}, {}, {}, {}
     arrays: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     for run_path in runs:
         record = reporting.load_json(run_path)
@@ -350,9 +357,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             rows["p_surface"] = probabilities
             rows["predicted"] = (probabilities >= 0.5).astype(int)
             predictions[run][split] = rows
-        error_groups = errors_against_training(predictions[run]["test"], training_rows(run_index, run))
-        scores[run]["test"]["largest_error_groups"] = json.loads(
-            error_groups.head(ERROR_GROUPS_KEPT).reset_index().to_json(orient="records"))
+        error_groups[run] = errors_against_training(predictions[run]["test"], training_rows(run_index, run))
+        scores[run]["test"]["largest_error_groups"] = largest_error_groups(error_groups[run])
         if scores[run]["kind"] == "train only":
             # Temperature scaling is fitted on validation, so only for runs that did not train on it.
             temperature = fit_temperature(predictions[run]["val"]["label"], predictions[run]["val"]["p_surface"])
@@ -381,7 +387,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     predictions_dir.mkdir(exist_ok=True)
     for run, splits in predictions.items():
         splits["test"].to_csv(predictions_dir / f"{run}_test.csv", index=False)
-    return StudyScores(metrics, predictions, temperatures)
+    return StudyScores(metrics, predictions, temperatures, error_groups)
 
 
 def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.MODELS_DIR) -> Path:
@@ -499,14 +505,6 @@ def breakdown_table(scores: StudyScores, by: str) -> pd.DataFrame:
                 for run in scores.predictions}
     counts = breakdown(with_sol_range(scores.test_predictions(scores.headline)), by)[["n", "n_rover", "n_surface"]]
     return counts.join(pd.DataFrame(accuracy)).sort_values("n", ascending=False)
-
-
-def errors_against_training_table(scores: StudyScores, index: pd.DataFrame, run: str, seed: int) -> pd.DataFrame:
-    """Run ``run``'s test errors per MSL class and instrument, beside the images of each it trained on."""
-    from .evaluation import errors_against_training
-
-    run_index = random_split_index(index, seed) if run.endswith(RANDOM_SPLIT_SUFFIX) else index
-    return errors_against_training(scores.test_predictions(run), training_rows(run_index, run))
 
 
 def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, max_distance: int,
