@@ -21,7 +21,8 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
                                  full_report=report, out=out)
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result))
-    for key in ("train_pipeline_ratio", "inference_ratio", "inference_images_per_s", "cpu_count", "commit"):
+    for key in ("train_pipeline_ratio", "inference_ratio", "inference_images_per_s", "cpu_count", "commit", "machine",
+                "platform"):
         assert written[key], key
     assert written["full_profile_minutes"] == 30.0 and written["peak_rss_gib"] == 3.5
     for measurement in written["measurements"].values():
@@ -40,7 +41,8 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
 
 def test_the_readme_section_shows_the_table_ratios_and_machine():
     result = {
-        "commit": "abc", "cpu_count": 2, "train_pipeline_ratio": 2.5, "inference_ratio": 9.1,
+        "commit": "abc", "cpu_count": 2, "machine": "riscv64", "platform": "Linux-9.9-test",
+        "train_pipeline_ratio": 2.5, "inference_ratio": 9.1,
         "inference_images_per_s": 420.0, "settings": {"inference_model": "models/improved.keras"},
         "full_profile": {"total_minutes": 41.0, "peak_rss_gib": 3.1},
         "measurements": {name: {"images_per_s": 10.0, "seconds": 1.0, "peak_rss_gib": 1.0}
@@ -50,6 +52,7 @@ def test_the_readme_section_shows_the_table_ratios_and_machine():
     text = bench.bench_markdown(result)
     assert "| train_seed_pipeline | 10.0 | 1.0 | 1.0 |" in text
     assert "**2.5×**" in text and "**420.0 images/s**" in text and "41.0 minutes" in text and "2 CPU cores" in text
+    assert "on riscv64 with 2 CPU cores (Linux-9.9-test)" in text  # the machine it ran on, not the reader's
 
 
 def test_paths_inside_the_project_are_recorded_relative_to_it(tmp_path):

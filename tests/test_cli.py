@@ -116,6 +116,25 @@ def test_predict_of_a_missing_path_is_an_error(tiny_model, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def test_predict_of_a_folder_without_images_is_an_error(tiny_model, tmp_path, capsys):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("not an image")
+    assert cli.main(["predict", str(tmp_path / "docs"), "--model", str(tiny_model)]) == 1
+    assert "no images in" in capsys.readouterr().err
+
+
+def test_predict_gives_a_named_file_that_is_not_an_image_a_row_with_its_error(tiny_model, images, tmp_path):
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(images / "readme.txt"), "--model", str(tiny_model), "--out", str(out)]) == 2
+    (row,) = read_predictions(out).itertuples()
+    assert row.label == "" and row.error != ""
+
+
+def test_predict_refuses_a_folder_as_its_output_before_classifying(tiny_model, images, tmp_path, capsys):
+    assert cli.main(["predict", str(images), "--model", str(tiny_model), "--out", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err
+
+
 def test_bad_options_are_refused_by_argparse(tiny_model, images):
     for bad in (["--threshold", "1.5"], ["--batch-size", "0"]):
         with pytest.raises(SystemExit) as exit_info:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -121,4 +122,6 @@ def test_new_images_are_classified_from_a_sample_laid_out_like_fetch_raw(smoke_r
     table = pd.read_csv(smoke_report / "new_images_predictions.csv")
     assert len(table) == 24 and table["label"].isin(["Rover", "Surface"]).all()
     assert set(table["instrument"]) <= {"MAHLI", "Mastcam left", "Mastcam right"}
+    headline = json.loads((smoke_report / "metrics.json").read_text())["headline"]
+    assert [Path(model).name for model in table["model"].unique()] == [f"{headline}.keras"]  # the file, not its Keras name
     assert not (smoke_report / "new_images_sample").exists()  # archive images never go into reports/

@@ -237,6 +237,22 @@ def test_metrics_json_keeps_the_largest_error_groups_that_have_errors_as_plain_r
     assert largest_error_groups(errors_against_training(test.assign(predicted=test["label"]), test)) == []
 
 
+def test_one_runs_worst_groups_are_shown_with_every_runs_accuracy_on_them(predictions):
+    from marsrover.study import error_groups_across_runs
+
+    test = predictions.assign(msl_name=["wheel", "wheel", "ground", "ground", "ground", "wheel", "drill"])
+    index = pd.concat([test.assign(split="test"), test.head(3).assign(split="train"), test.head(1).assign(split="val")])
+    perfect = test.assign(predicted=test["label"])
+    tables = {"a": errors_against_training(test, test), "b": errors_against_training(perfect, test)}
+    table = error_groups_across_runs(tables, "a", index, kept=5)
+    assert list(table.index) == list(tables["a"].index[:3])  # a's groups with errors, most first
+    assert list(table.columns) == ["train images", "val images", "test images", "a accuracy", "b accuracy"]
+    assert table.loc["wheel · MAHLI"].tolist() == [2, 1, 2, 0.5, 1.0]
+    assert table.loc["wheel · Mastcam right"].tolist() == [0, 0, 1, 0.0, 1.0]  # no train or val image: zeros
+    assert error_groups_across_runs(tables, "a", index, kept=1).index.tolist() == table.index[:1].tolist()
+    assert error_groups_across_runs(tables, "b", index).empty  # a perfect run has no groups to show
+
+
 def test_sol_ranges_label_blocks_of_sols(predictions):
     ranges = sol_ranges(predictions["sol"])
     assert ranges.tolist() == ["0000-0099", "0000-0099", "0100-0199", "0200-0299", "1200-1299",

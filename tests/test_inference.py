@@ -107,9 +107,10 @@ def test_discover_expands_globs_including_recursive_ones_and_skips_duplicates(mi
     assert both[0] == mixed["rgb"] and len(both) == len(mixed)
 
 
-def test_discover_ignores_named_files_that_are_not_images_and_reports_missing_paths(mixed, tmp_path):
+def test_discover_keeps_files_named_on_their_own_and_reports_missing_paths(mixed, tmp_path):
     root = mixed["rgb"].parent
-    assert inference.discover_images([root / "notes.txt"]) == []
+    assert inference.discover_images([root / "notes.txt"]) == [root / "notes.txt"]  # tried, so its error is shown
+    assert root / "notes.txt" not in inference.discover_images([root, str(root / "*")])  # folders and globs: images
     with pytest.raises(FileNotFoundError, match="nowhere.jpg.*nothing-\\*.png"):
         inference.discover_images([tmp_path / "nowhere.jpg", str(tmp_path / "nothing-*.png")])
 

@@ -69,6 +69,17 @@ def test_main_exits_non_zero_when_a_notebook_fails(toy_notebooks, tmp_path, monk
     assert runner.main(["--profile", "smoke", "--output-dir", str(tmp_path / "r"), "--from", "02"]) == 1
 
 
+def test_marsrover_study_takes_the_same_options_as_run_all(toy_notebooks, tmp_path, monkeypatch):
+    from marsrover import cli
+
+    monkeypatch.setattr(runner.config, "NOTEBOOKS_DIR", toy_notebooks)
+    out = tmp_path / "r"
+    assert cli.main(["study", "--profile", "smoke", "--output-dir", str(out), "--only", "03"]) == 0
+    assert sorted(path.name for path in out.glob("*.ipynb")) == ["03_third.ipynb"]
+    with pytest.raises(SystemExit):  # one way of choosing notebooks at a time
+        cli.main(["study", "--only", "01", "--from", "02"])
+
+
 def test_a_partial_rerun_keeps_earlier_entries_and_merges_timings_into_metrics(tmp_path):
     reporting.save_metrics(tmp_path, {"headline": "m", "models": {}})
     reporting.write_run_log(tmp_path, {"notebooks": [
@@ -145,6 +156,7 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert "refit on train+val, at\n128 px, for 9 epochs (best epoch of forward validation)" in card
     assert "| wheel · Mastcam left | 156 | 18 (72.0%) | 5 |" in card  # where the errors are, beside training support
     assert "ground · MAHLI" not in card  # a group without errors is not listed
+    assert "after test scores had been seen" in card  # the one rule changed late is owned up to
 
 
 def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_training_data(tmp_path):
@@ -155,6 +167,7 @@ def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_tr
     assert page.count("<td>99.0%<sup>1</sup></td>") == 2  # the refit's validation scores carry a footnote
     assert "<sup>1</sup> The validation split was part of this run's training data." in page
     assert page.count("<sup>") == 3
+    assert "<b>transfer</b> was skipped. could not load 'imagenet' weights." in page  # a model left out says why
 
 
 def test_the_index_page_shows_a_dash_for_missing_splits_and_survives_a_headline_without_scores(tmp_path):
@@ -190,3 +203,14 @@ def test_the_headline_model_is_exported_under_its_name_and_training_commit(tmp_p
     (report / "runs" / "improved_refit.json").unlink()
     assert export_headline(report, {"headline": "improved_refit", "commit": "scored2"}, models_dir).name == \
         "improved_refit-scored2.keras"
+
+
+def test_each_distinct_score_note_is_one_numbered_footnote_in_order_of_appearance(tmp_path):
+    on_training = {"accuracy": 0.99, "balanced_accuracy": 0.99, "note": "seen in training"}
+    metrics = {"headline": "a", "models": {"a": {"val": on_training, "test": {"accuracy": 0.9}},
+                                           "b": {"val": on_training, "test": {"accuracy": 0.8, "note": "tiny split"}}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    log = {"profile": "smoke", "commit": "abc123", "started": "today", "total_seconds": 60, "notebooks": []}
+    page = reporting.write_index(tmp_path, log).read_text()
+    assert page.count("<td>99.0%<sup>1</sup></td>") == 4 and page.count("<sup>2</sup>") == 3  # two cells and the footnote
+    assert page.index("<sup>1</sup> Seen in training.") < page.index("<sup>2</sup> Tiny split.")

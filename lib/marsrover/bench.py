@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import tempfile
 import time
@@ -199,6 +200,7 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
     full = last_full_run(full_report)
     result = {
         "commit": git_commit(), "cpu_count": os.cpu_count(),
+        "machine": platform.machine(), "platform": platform.platform(),
         "train_pipeline_ratio": round(project_train["images_per_s"] / seed_train["images_per_s"], 2),
         # The project's pipeline plus its CPU bfloat16 policy against the seed's (float32) setup; None without bf16.
         "train_setup_ratio_bfloat16": round(project_bf16["images_per_s"] / seed_train["images_per_s"], 2)
@@ -227,9 +229,7 @@ BENCH_BEGIN, BENCH_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def bench_markdown(result: dict) -> str:
-    """The benchmark as the README shows it: the table, the ratios and the machine."""
-    import platform
-
+    """The benchmark as the README shows it: the table, the ratios and the machine it ran on."""
     lines = ["| measurement | images/s | seconds | peak RSS (GiB) |", "| --- | --- | --- | --- |"]
     for name, row in table(result).iterrows():
         lines.append(f"| {name} | {row['images/s']} | {row['seconds']} | {row['peak RSS (GiB)']} |")
@@ -243,8 +243,8 @@ def bench_markdown(result: dict) -> str:
         f"**{result['inference_images_per_s']} images/s**, **{result['inference_ratio']}×** the per-image loop "
         f"({result['settings']['inference_model']}). Last full profile: "
         f"{full.get('total_minutes', '–')} minutes, peak kernel memory {full.get('peak_rss_gib', '–')} GiB.",
-        f"Measured at commit `{result['commit']}` on {platform.machine()} with {result['cpu_count']} CPU cores "
-        f"({platform.platform()}); `reports/bench.json` has every figure.",
+        f"Measured at commit `{result['commit']}` on {result.get('machine', '–')} with {result['cpu_count']} CPU "
+        f"cores ({result.get('platform', 'platform not recorded')}); `reports/bench.json` has every figure.",
     ]
     return "\n".join(lines)
 

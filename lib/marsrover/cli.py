@@ -28,10 +28,9 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .runner import main as run_all
+    from .runner import run_from_arguments
 
-    forwarded = ["--profile", args.profile] + (["--output-dir", str(args.output_dir)] if args.output_dir else [])
-    return run_all(forwarded)
+    return run_from_arguments(args)
 
 
 def _model_and_files(args: argparse.Namespace, exclude=()):
@@ -43,6 +42,9 @@ def _model_and_files(args: argparse.Namespace, exclude=()):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, unless asked for
 
     files = inference.discover_images(args.paths, exclude=exclude)
+    if not files:
+        raise FileNotFoundError(f"no images in {', '.join(map(str, args.paths))} "
+                                "(folders and globs are searched for .jpg, .jpeg and .png files)")
     model_path = Path(args.model) if args.model else inference.find_default_model()
     model = inference.load_model(model_path)
     height, width = inference.model_image_size(model)
@@ -53,6 +55,8 @@ def _model_and_files(args: argparse.Namespace, exclude=()):
 def _predict(args: argparse.Namespace) -> int:
     from . import inference
 
+    if Path(args.out).is_dir():  # found now, not after classifying every image
+        return _fail(f"--out {args.out} is a folder; give a file name for the CSV")
     try:
         model, model_path, files = _model_and_files(args)
     except (FileNotFoundError, ValueError) as error:
@@ -139,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--rebuild-index", action="store_true", help="re-check every image even if indexed")
     data.set_defaults(handler=_data)
 
+    from .runner import add_study_arguments
+
     run = commands.add_parser("study", help="run every notebook and render the report (as run_all.py)")
-    run.add_argument("--profile", default="full", choices=["smoke", "full", "gpu"])
-    run.add_argument("--output-dir", type=Path)
-    run.set_defaults(handler=_study)
+    add_study_arguments(run).set_defaults(handler=_study)
 
     predict = commands.add_parser(
         "predict", help="classify images as Rover or Surface and write a CSV",

@@ -262,6 +262,14 @@ def most_confident_errors(predictions: pd.DataFrame, k: int = 12) -> pd.DataFram
     return wrong.sort_values("confidence", ascending=False, kind="stable").head(k)
 
 
+def group_names(frame: pd.DataFrame, by: str | tuple[str, ...] = ("msl_name", "instrument")) -> pd.Series:
+    """Each row's group, e.g. ``"wheel · Mastcam left"``; a missing value reads ``unknown``."""
+    columns = [by] if isinstance(by, str) else list(by)
+    values = frame[columns].astype(object).where(frame[columns].notna(), "unknown")
+    return pd.Series([" · ".join(map(str, row)) for row in values.itertuples(index=False)],
+                     index=frame.index, name="group", dtype=object)
+
+
 def errors_against_training(predictions: pd.DataFrame, training: pd.DataFrame,
                             by: str | tuple[str, ...] = ("msl_name", "instrument")) -> pd.DataFrame:
     """Test errors per group of ``by`` beside how many images of that group the model trained on.
@@ -271,16 +279,9 @@ def errors_against_training(predictions: pd.DataFrame, training: pd.DataFrame,
     ``group``, e.g. ``"wheel · Mastcam left"``), most errors first: ``n``, ``errors``, ``accuracy``,
     ``share_of_errors`` (of all the run's errors) and ``trained_on`` (rows of ``training`` in that group).
     """
-    columns = [by] if isinstance(by, str) else list(by)
-
-    def group(frame: pd.DataFrame) -> pd.Series:
-        values = frame[columns].astype(object).where(frame[columns].notna(), "unknown")
-        return pd.Series([" · ".join(map(str, row)) for row in values.itertuples(index=False)],
-                         index=frame.index, name="group", dtype=object)
-
-    table = breakdown(predictions.assign(group=group(predictions)), "group")[["n", "errors", "accuracy"]]
+    table = breakdown(predictions.assign(group=group_names(predictions, by)), "group")[["n", "errors", "accuracy"]]
     total_errors = int(table["errors"].sum())
     table["share_of_errors"] = table["errors"] / total_errors if total_errors else 0.0
-    trained = group(training).value_counts() if len(training) else pd.Series(dtype=int)
+    trained = group_names(training, by).value_counts() if len(training) else pd.Series(dtype=int)
     table["trained_on"] = trained.reindex(table.index).fillna(0).astype(int)
     return table.sort_values(["errors", "n"], ascending=False, kind="stable")

@@ -143,8 +143,9 @@ def _walk(folder: Path, exclude: Sequence[Path]) -> list[Path]:
 def discover_images(paths: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Image files named by ``paths``: files, folders (searched recursively) and glob patterns.
 
-    Only ``.jpg``, ``.jpeg`` and ``.png`` files (any letter case) are kept, named files included.
-    Folders listed in ``exclude`` (e.g. the output folder of a sort) are not searched. Order:
+    Folders and glob patterns yield ``.jpg``, ``.jpeg`` and ``.png`` files (any letter case); a file
+    named on its own is always kept, whatever its extension, so that one that is not an image gets a
+    row with its error instead of vanishing. Folders listed in ``exclude`` (e.g. the output folder of a sort) are not searched. Order:
     as given, each folder sorted; every file once. A path that names nothing raises
     ``FileNotFoundError`` listing every such path.
     """
@@ -157,8 +158,7 @@ def discover_images(paths: Iterable[str | os.PathLike], *, exclude: Iterable[str
         if path.is_dir():
             found += _walk(path, excluded)
         elif path.is_file():
-            if _is_image_name(path):
-                found.append(path)
+            found.append(path)
         elif _GLOB_CHARS & set(text):
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not matches:

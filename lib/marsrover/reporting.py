@@ -92,6 +92,7 @@ total {{ "%.1f"|format(total_seconds / 60) }} min</p>
 {% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</table>
 {% for note in notes %}<p class="note"><sup>{{ loop.index }}</sup> {{ note[0]|upper }}{{ note[1:] }}.</p>{% endfor %}
+{% for run, reason in (metrics.skipped or {}).items() %}<p class="note">Not in the table: <b>{{ run }}</b> was skipped. {{ reason }}</p>{% endfor %}
 {% else %}<p class="note">No metrics yet: notebook 06 has not run in this folder.</p>{% endif %}
 {% for figure, caption in figures %}<figure><img src="{{ figure }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>{% endfor %}
 
@@ -117,19 +118,27 @@ def _how_trained(metrics: dict) -> str:
     return f": {text}" if text else ""
 
 
-def _score_rows(metrics: dict, notes: list[str]) -> list[dict]:
-    """The index page's table rows: runs then baselines, "–" where a split or score is missing."""
-    rows = []
+def _score_table(metrics: dict) -> tuple[list[dict], list[str]]:
+    """The index page's table rows (runs, then baselines) and their footnotes.
+
+    A missing split or score shows as "–". A score with a ``note`` (e.g. a refit's validation score,
+    which is on its own training data) gets a footnote mark; each distinct note is listed once.
+    """
+    rows, notes = [], []
     for baseline, group in ((False, metrics.get("models", {})), (True, metrics.get("baselines", {}))):
         for name, scores in group.items():
             cells = []
             for split in ("val", "test"):
                 values = scores.get(split) or {}
-                mark = f"<sup>{notes.index(values['note']) + 1}</sup>" if values.get("note") in notes else ""
+                mark = ""
+                if values.get("note"):
+                    if values["note"] not in notes:
+                        notes.append(values["note"])
+                    mark = f"<sup>{notes.index(values['note']) + 1}</sup>"
                 cells += [_pct(values.get("accuracy")) + mark, _pct(values.get("balanced_accuracy")) + mark]
             rows.append({"name": name, "headline": name == metrics.get("headline"), "baseline": baseline,
                          "cells": cells})
-    return rows
+    return rows, notes
 
 
 def write_index(output_dir: Path, log: dict) -> Path:
@@ -140,12 +149,9 @@ def write_index(output_dir: Path, log: dict) -> Path:
     failed = next((run["error"] for run in log["notebooks"] if run["status"] == "failed"), "")
     metrics = load_json(output_dir / METRICS_FILE)
     models = metrics.get("models", {})
-    # Footnotes for scores that are not what they seem (e.g. a refit's validation score is on its training data).
-    notes = list(dict.fromkeys((scores.get(split) or {}).get("note") for scores in models.values()
-                               for split in ("val", "test") if (scores.get(split) or {}).get("note")))
+    rows, notes = _score_table(metrics) if models else ([], [])
     page = _INDEX_TEMPLATE.render(
-        metrics=metrics, figures=figures, failed=failed, notes=notes, trained=_how_trained(metrics),
-        rows=_score_rows(metrics, notes) if models else [],
+        metrics=metrics, figures=figures, failed=failed, notes=notes, trained=_how_trained(metrics), rows=rows,
         headline_n=((models.get(metrics.get("headline")) or {}).get("test") or {}).get("n"), **log,
     )
     path = output_dir / "index.html"
@@ -275,14 +281,19 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {scores
 
 The majority answer ("{metrics['baselines']['majority class']['test'].get('answer')}") scores
 {_pct(metrics['baselines']['majority class']['test']['accuracy'])} accuracy and 50% balanced accuracy on the
-same split. Model selection used the validation split only; the test split was scored once per final model.
+same split. Models, epochs and design choices were selected on the validation split only, and the test split
+was scored once per final model. One caveat: the rule that sets the refit's number of epochs (forward
+validation, on validation sols only) replaced an earlier rule after test scores had been seen; notebook 06
+says so beside the targets.
 
 ## Limits
 - **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
   close-ups and the test split is 75% Rover. Scores on other instruments (Navcam, Hazcam, Mars 2020's cameras)
   or other rovers are unknown; label a sample with the notebook-02 labeler and let notebook 06 score it.
 - **Browse images only**: small JPEGs; full-resolution frames are resized the same way but were never tested.
-- **Sun images** count as Rover (the data set's mapping), although they show neither.
+- **No sun images.** The class list has a *sun* class, but no image in any split carries it: the model has
+  never seen the sun, and this project's mapping (everything but drill holes, ground and horizon is Rover)
+  would file such a picture under Rover.
 - A random 80/20 split (the seed's protocol) overstates accuracy: see the leakage study in notebook 06.
 {_error_groups_markdown(test)}"""
     path = Path(report_dir) / "MODEL_CARD.md"

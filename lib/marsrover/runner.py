@@ -11,10 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import nbformat
-import papermill
-from nbconvert import HTMLExporter
-
 from . import config, reporting
 from .provenance import git_commit
 from .profiles import PROFILES, get_profile
@@ -49,12 +45,17 @@ def select_notebooks(notebooks: list[Path], *, only: list[str] | None = None,
 
 def notebook_parameters(notebook: Path, values: dict) -> dict:
     """The subset of ``values`` that the notebook's ``parameters`` cell declares."""
+    import papermill
+
     declared = papermill.inspect_notebook(str(notebook))
     return {name: values[name] for name in declared if name in values}
 
 
 def render_html(executed: Path) -> Path:
     """The executed notebook as one self-contained HTML file beside it."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
     exporter = HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     html_path = executed.with_suffix(".html")
@@ -81,6 +82,8 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
               start: str | None = None, data_dir: Path | None = None,
               notebooks_dir: Path | None = None) -> list[NotebookRun]:
     """Execute the selected notebooks in order; stop at the first failure (later ones need it)."""
+    import papermill
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it: TensorFlow's C++ chatter off
     output_dir = Path(output_dir or config.REPORTS_DIR / profile).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -154,22 +157,30 @@ def render_only(profile: str, output_dir: Path | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="run_all.py", description=__doc__)
+def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``run_all.py``, shared with ``marsrover study``."""
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full",
                         help="parameter set: smoke (CI, minutes), full (the CPU study), gpu (Colab)")
-    parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (e.g. 05 06)")
-    parser.add_argument("--from", dest="start", metavar="NN", help="run this notebook and all after it")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (e.g. 05 06)")
+    which.add_argument("--from", dest="start", metavar="NN", help="run this notebook and all after it")
     parser.add_argument("--output-dir", type=Path, help="where executed notebooks and HTML go "
                         "(default: reports/<profile>)")
     parser.add_argument("--data-dir", type=Path, help="the data folder (default: data/ or $MARSROVER_DATA_DIR)")
     parser.add_argument("--render-only", action="store_true",
                         help="execute nothing: re-render the HTML, index, model card and README results")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_from_arguments(args: argparse.Namespace) -> int:
+    """Run (or only re-render) the study as ``args`` say; 1 when a notebook failed."""
     if args.render_only:
         return render_only(args.profile, args.output_dir)
-    if args.only and args.start:
-        parser.error("use --only or --from, not both")
     runs = run_study(args.profile, output_dir=args.output_dir, only=args.only, start=args.start,
                      data_dir=args.data_dir)
     return 1 if any(run.status == "failed" for run in runs) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_study_arguments(argparse.ArgumentParser(prog="run_all.py", description=__doc__))
+    return run_from_arguments(parser.parse_args(argv))

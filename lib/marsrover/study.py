@@ -305,6 +305,25 @@ def largest_error_groups(table: pd.DataFrame, kept: int = ERROR_GROUPS_KEPT) -> 
             for row in rows.to_dict(orient="records")]
 
 
+def error_groups_across_runs(error_groups: dict[str, pd.DataFrame], run: str, index: pd.DataFrame,
+                             kept: int = 5) -> pd.DataFrame:
+    """The ``kept`` groups where ``run`` errs most: images per split of ``index``, every run's accuracy.
+
+    If other runs score well on a group from the same training images, the recipe, not only missing
+    data, is behind ``run``'s errors there; the validation count says whether validation could have
+    shown it.
+    """
+    from .evaluation import group_names
+
+    groups = error_groups[run][error_groups[run]["errors"] > 0].head(kept).index
+    counts = pd.crosstab(group_names(index), index["split"])
+    table = counts.reindex(index=groups, columns=list(config.SPLITS), fill_value=0).astype(int)
+    table = table.rename(columns=lambda split: f"{split} images")
+    for name, errors in error_groups.items():
+        table[f"{name} accuracy"] = errors["accuracy"].reindex(groups)
+    return table
+
+
 def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *, profile: str, seed: int,
                 bootstrap_samples: int = 1000) -> StudyScores:
     """Score every saved run on val and test, fit temperatures on val, choose the headline, save metrics.
@@ -412,18 +431,27 @@ def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.M
 
 
 def runs_table(runs: dict[str, dict]) -> pd.DataFrame:
-    """One row per training run: what it was fitted on, for how long, and what validation said."""
+    """One row per training run: what it was fitted on, for how long, and what validation said.
+
+    ``val BA of kept weights`` is the score that picks the model to refit. A run that keeps its best
+    epoch is judged by the maximum of a noisy curve, an optimistic number; the mean of the last
+    epochs shows where each run settled.
+    """
+    from .ablation import SETTLED_EPOCHS
+
     rows = []
     for run_name, run in runs.items():
         config_ = run.get("config", {})
-        history = run.get("history", {})
-        val_balanced = history.get("val_balanced_accuracy")
+        val_balanced = run.get("history", {}).get("val_balanced_accuracy")
         rows.append({
             "run": run_name, "model": config_.get("model"), "fit on": config_.get("fit_on"),
             "image size": config_.get("image_size"), "epochs": config_.get("epochs"),
             "kept weights": config_.get("kept_weights"), "train images": config_.get("train_images"),
             "seconds": run.get("train_seconds"), "seconds per epoch": run.get("seconds_per_epoch"),
-            "best val balanced accuracy": max(val_balanced) if val_balanced else None,
+            "val BA of kept weights": kept_val_balanced_accuracy(run),
+            "best val BA": max(val_balanced) if val_balanced else None,
+            f"val BA, mean of last {SETTLED_EPOCHS} epochs":
+                float(np.mean(val_balanced[-SETTLED_EPOCHS:])) if val_balanced else None,
             "skipped": run.get("skipped", "")[:120],
         })
     return pd.DataFrame(rows).set_index("run")
@@ -596,7 +624,8 @@ def classify_new_images(model_path: Path, folder: Path, *, low: float = 0.2, hig
     from .rawfeeds import read_metadata
     from .sorting import folder_for
 
-    predictions = classify_files(load_model(model_path), discover_images([folder]), progress=False)
+    predictions = classify_files(load_model(model_path), discover_images([folder]), progress=False,
+                                 model_name=config.display_path(model_path))  # the file, not the Keras name
     predictions["sorted_into"] = [folder_for(p, low, high) if p == p else "" for p in predictions["p_surface"]]
     metadata = read_metadata(folder)
     metadata["path"] = [str(Path(p).resolve()) for p in metadata["local_path"]]
