@@ -36,7 +36,10 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
         assert written["train_setup_ratio_bfloat16"] > 0
     else:
         assert written["train_setup_ratio_bfloat16"] is None
-    assert list(bench.table(result).columns) == ["images/s", "seconds", "peak RSS (GiB)"]
+    for name in ("train_seed_pipeline", "train_project_pipeline"):  # up to the last step, and until fit returned
+        assert 0 < written["measurements"][name]["seconds"] <= written["measurements"][name]["seconds_with_teardown"]
+    assert list(bench.table(result).columns) == ["images/s", "seconds", "seconds incl. iterator deletion",
+                                              "peak RSS (GiB)"]
 
 
 def test_the_readme_section_shows_the_table_ratios_and_machine():
@@ -50,7 +53,7 @@ def test_the_readme_section_shows_the_table_ratios_and_machine():
                                       "infer_batched")},
     }
     text = bench.bench_markdown(result)
-    assert "| train_seed_pipeline | 10.0 | 1.0 | 1.0 |" in text
+    assert "| train_seed_pipeline | 10.0 | 1.0 | – | 1.0 |" in text
     assert "**2.5×**" in text and "**420.0 images/s**" in text and "41.0 minutes" in text and "2 CPU cores" in text
     assert "on riscv64 with 2 CPU cores (Linux-9.9-test)" in text  # the machine it ran on, not the reader's
 

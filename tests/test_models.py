@@ -124,8 +124,13 @@ def test_the_input_pipeline_keeps_order_without_shuffling_and_rejects_mismatched
         make_dataset(images, labels[:9], batch_size=3, shuffle=False)
 
 
+def test_the_input_pipeline_does_not_autotune_so_ending_an_epoch_never_waits_for_the_tuner():
+    images, labels = _tiny_arrays(n=10)
+    dataset = make_dataset(images, labels, batch_size=3, shuffle=True)
+    assert dataset.options().autotune.enabled is False
+    assert dataset.map(lambda x, y: (x, y)).options().autotune.enabled is False  # kept by derived datasets
 
-def test_the_input_pipeline_frees_its_images_with_the_dataset_and_keeps_them_while_in_use():
+
     images, labels = _tiny_arrays(n=12)
     images[:, 0, 0, 0] = np.arange(12)
     # Only the derived dataset refers to the arrays: reading it must still work.
