@@ -20,7 +20,7 @@ def test_the_profiles_know_every_ablation_by_name():
 def test_each_variant_differs_from_improved_in_exactly_what_it_names(name):
     base, variant = models.get_spec("improved"), ablation.variant_spec(name)
     changed = {field for field in ("augmentation", "input_scaling", "class_weighting", "schedule", "body_options",
-                                   "ema_momentum")
+                                   "ema_momentum", "instrument_balance")
                if getattr(base, field) != getattr(variant, field)}
     assert changed == set(ablation.ABLATIONS[name].changes)
     assert (variant.epochs, variant.image_size, variant.learning_rate) == (base.epochs, base.image_size,
@@ -91,3 +91,17 @@ def test_forward_validation_trains_on_the_earlier_validation_sols_and_judges_on_
 def test_forward_validation_needs_at_least_two_validation_sols():
     assert forward_validation_index(_index([10, 10, 10])) is None
     assert forward_validation_index(_index([])) is None
+
+
+def test_the_instrument_balanced_variant_weights_each_image_by_its_training_group(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (12, 32, 32, 3)).astype("uint8"), np.arange(12) % 2
+    groups = np.array(["Mastcam left · Surface"] * 9 + ["MAHLI · Surface"] * 3)
+    records = ablation.run_ablations(["instrument_balance"], (images, labels), (images[:6], labels[:6]), tmp_path,
+                                     image_size=32, epochs=1, batch_size=4, seed=1, train_groups=groups)
+    weights = records["instrument_balance"]["config"]["group_weights"]
+    assert weights["MAHLI · Surface"] == pytest.approx(3 ** 0.5 * weights["Mastcam left · Surface"], rel=1e-3)
+    assert records["instrument_balance"]["config"]["class_weight"] is None  # the group weights replace it
+    with pytest.raises(ValueError, match="pass train_groups, one group per training image"):
+        ablation.run_ablations(["instrument_balance"], (images, labels), (images[:6], labels[:6]), tmp_path,
+                               image_size=32, epochs=1, batch_size=4, seed=1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from marsrover import models
-from marsrover.training import make_dataset, release_models, train
+from marsrover.training import instrument_balance_weights, make_dataset, release_models, train
 
 
 @pytest.mark.parametrize("name", sorted(models.MODEL_SPECS))
@@ -200,3 +200,23 @@ def test_freeing_finished_runs_keeps_the_chosen_numeric_policy():
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_the_input_pipeline_carries_each_images_own_sample_weight_when_given_one():
+    images, labels = _tiny_arrays(n=10)
+    images[:, 0, 0, 0] = np.arange(10)
+    weights = np.arange(10, dtype="float32") / 10
+    batches = list(make_dataset(images, labels, batch_size=4, shuffle=True, seed=3, sample_weights=weights))
+    assert all(len(batch) == 3 for batch in batches)
+    for xs, _, ws in batches:
+        np.testing.assert_allclose(ws.numpy(), xs.numpy()[:, 0, 0, 0] / 10)
+    with pytest.raises(ValueError, match="10 labels but 9 sample weights"):
+        make_dataset(images, labels, batch_size=4, shuffle=False, sample_weights=weights[:9])
+
+
+def test_instrument_balance_weights_are_the_square_root_of_group_balancing_with_mean_one():
+    groups = np.array(["MAHLI · Surface"] * 1 + ["Mastcam left · Surface"] * 4 + ["MAHLI · Rover"] * 4)
+    weights = instrument_balance_weights(groups)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[0] == pytest.approx(2 * weights[1])  # 4x rarer group: sqrt(4) = 2x the weight
+    np.testing.assert_allclose(weights[1:5], weights[5:])  # same-sized groups weigh the same

@@ -42,6 +42,9 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation("per_image_scaling", "pixels / 255, or each image standardised (exposure-invariant)?",
                  {"input_scaling": "per_image"}),
         Ablation("no_class_weighting", "class-weighted loss, or plain cross-entropy?", {"class_weighting": False}),
+        Ablation("instrument_balance", "a loss balanced over the labels, or over instrument x label groups "
+                 "(square-root weights, so train's 52 MAHLI Surface images count ~3.5x, not 12x)?",
+                 {"class_weighting": False, "instrument_balance": True}),
         Ablation("constant_learning_rate", "cosine decay, or a constant learning rate?", {"schedule": "constant"}),
         Ablation("weight_averaging", "the raw weights, or an exponential moving average of them (momentum 0.99)?",
                  {"ema_momentum": 0.99}),
@@ -76,8 +79,11 @@ def variant_spec(ablation: str) -> ModelSpec:
 def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
                   val_data: tuple[np.ndarray, np.ndarray], output_dir: Path, *, image_size: int | None = None,
                   epochs: int | None = None, batch_size: int | None = None, seed: int = 42,
-                  jit_compile: bool = False) -> dict[str, dict]:
-    """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time)."""
+                  jit_compile: bool = False, train_groups: np.ndarray | None = None) -> dict[str, dict]:
+    """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time).
+
+    ``train_groups`` (each training image's instrument x label group) is needed by ``instrument_balance``.
+    """
     from .provenance import run_environment
     from .training import release_models, train
 
@@ -90,7 +96,8 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
         spec = variant_spec(ablation)
         print(f"\n=== ablation {ablation}: {ABLATIONS[ablation].question} ===")
         result = train(spec.name, train_data, val_data, image_size=image_size, epochs=epochs,
-                       batch_size=batch_size, seed=seed, jit_compile=jit_compile, weights=None, verbose=0)
+                       batch_size=batch_size, seed=seed, jit_compile=jit_compile, weights=None, verbose=0,
+                       train_groups=train_groups)
         record = {"ablation": ablation, "question": ABLATIONS[ablation].question,
                   "changes": ABLATIONS[ablation].changes, "config": result.config, "history": result.history,
                   "train_seconds": round(result.seconds, 2), "environment": run_environment()}

@@ -31,6 +31,9 @@ class ModelSpec:
     learning_rate: float = 1e-3
     schedule: str = "constant"  # or "cosine": cosine decay of the learning rate over all epochs
     class_weighting: bool = False  # weight the loss so both labels count equally
+    # weight each training image so that instrument x label groups count more evenly (training.train's
+    # train_groups); used instead of class_weighting
+    instrument_balance: bool = False
     restore_best: bool = False  # keep the epoch with the best validation balanced accuracy
     ema_momentum: float | None = None  # validate and keep an exponential moving average of the weights
     pretrained: bool = False  # the body takes a `weights` argument (keras.applications)

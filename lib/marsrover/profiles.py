@@ -14,7 +14,7 @@ from typing import Any
 ALL_MODELS = ["seed_notebook", "seed_blog", "improved", "transfer"]
 # The names of marsrover.ablation.ABLATIONS (kept here so the runner needs no TensorFlow; a test checks).
 ALL_ABLATIONS = ["geometric_augmentation", "flip_only", "no_batch_norm", "flatten_dense_head", "group_norm",
-                 "per_image_scaling", "no_class_weighting", "constant_learning_rate", "weight_averaging",
+                 "per_image_scaling", "no_class_weighting", "instrument_balance", "constant_learning_rate", "weight_averaging",
                  "closeup_zoom", "full_resolution_stem"]
 
 _COMMON: dict[str, Any] = {

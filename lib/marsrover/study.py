@@ -74,6 +74,12 @@ def split_arrays(paths: config.DataPaths, index: pd.DataFrame, split: str, size:
     return images, labels
 
 
+def split_groups(index: pd.DataFrame, split: str) -> np.ndarray:
+    """Each image's instrument x label group (e.g. ``MAHLI · Surface``), in :func:`split_arrays`' order."""
+    rows = index[index["split"] == split]
+    return (rows["instrument"].astype(str) + " · " + rows["label_name"].astype(str)).to_numpy()
+
+
 _COPY_CHUNK = 256
 REFIT_SUFFIX = "_refit"
 RANDOM_SPLIT_SUFFIX = "_random_split"
@@ -123,7 +129,8 @@ def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_spl
         del parts
     val_data = split_arrays(paths, index, val_split, size) if val_split else None
     result = train(name, fit_data, val_data, image_size=size, epochs=epochs, batch_size=batch_size,
-                   seed=seed, jit_compile=jit_compile, weights=weights, run_name=run_name)
+                   seed=seed, jit_compile=jit_compile, weights=weights, run_name=run_name,
+                   train_groups=np.concatenate([split_groups(index, split) for split in fit_splits]))
     result.config.update({"fit_on": "+".join(fit_splits), **(config_notes or {})})
     save_run(result, output_dir, records=records, save_model=save_model)
     del result, fit_data, val_data
@@ -255,7 +262,8 @@ def run_ablations(ablations: list[str], paths: config.DataPaths, index: pd.DataF
         return {}
     size = image_size or get_spec(BASE_MODEL).image_size
     return run(ablations, split_arrays(paths, index, "train", size), split_arrays(paths, index, "val", size),
-               output_dir, image_size=size, epochs=epochs, batch_size=batch_size, seed=seed, jit_compile=jit_compile)
+               output_dir, image_size=size, epochs=epochs, batch_size=batch_size, seed=seed, jit_compile=jit_compile,
+               train_groups=split_groups(index, "train"))
 
 
 SEED_CLAIM = {"description": "seed blog (random 80/20 split)", "val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}}

@@ -82,13 +82,14 @@ def _pipeline_options() -> tf.data.Options:
 class _ArraySource:
     """The arrays one dataset gathers its batches from."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
+    def __init__(self, images: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None):
+        self.images, self.labels, self.weights = images, labels, weights
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool,
-                 seed: int = 42) -> tf.data.Dataset:
-    """Batches of (float32 images in [0, 255], int labels) gathered from in-memory uint8 arrays.
+                 seed: int = 42, sample_weights: np.ndarray | None = None) -> tf.data.Dataset:
+    """Batches of (float32 images in [0, 255], int labels) gathered from in-memory uint8 arrays; with
+    ``sample_weights``, (images, labels, weights), which Keras applies to each image's loss.
 
     Only indices pass through tf.data (shuffled, batched); each batch is gathered from the NumPy
     array itself. ``from_tensor_slices`` would copy the whole array into a tensor, and a shuffle
@@ -102,22 +103,29 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, shu
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     shape = (None, *images.shape[1:])
-    source = _ArraySource(images, labels)
+    weighted = sample_weights is not None
+    if weighted:
+        sample_weights = np.asarray(sample_weights, dtype="float32")
+        if len(sample_weights) != len(labels):
+            raise ValueError(f"{len(labels)} labels but {len(sample_weights)} sample weights")
+    source = _ArraySource(images, labels, sample_weights)
     weak_source = weakref.ref(source)
 
-    def gather(batch_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def gather(batch_indices: np.ndarray) -> tuple[np.ndarray, ...]:
         arrays = weak_source()
         if arrays is None:
             raise RuntimeError("the images behind this dataset were freed with the dataset object; "
                                "keep the dataset returned by make_dataset alive while reading it")
-        return arrays.images[batch_indices], arrays.labels[batch_indices]
+        batch = (arrays.images[batch_indices], arrays.labels[batch_indices])
+        return batch + (arrays.weights[batch_indices],) if weighted else batch
 
     def to_tensors(batch_indices):
-        batch_images, batch_labels = tf.numpy_function(gather, [batch_indices], [tf.uint8, tf.int32],
-                                                       stateful=False)
-        batch_images = tf.ensure_shape(batch_images, shape)
+        dtypes = [tf.uint8, tf.int32] + ([tf.float32] if weighted else [])
+        batch_images, batch_labels, *batch_weights = tf.numpy_function(gather, [batch_indices], dtypes,
+                                                                       stateful=False)
+        batch_images = tf.cast(tf.ensure_shape(batch_images, shape), tf.float32)
         batch_labels = tf.ensure_shape(batch_labels, (None,))
-        return tf.cast(batch_images, tf.float32), batch_labels
+        return (batch_images, batch_labels, *[tf.ensure_shape(w, (None,)) for w in batch_weights])
 
     dataset = tf.data.Dataset.range(len(images))
     if shuffle:
@@ -166,6 +174,20 @@ def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
+def instrument_balance_weights(groups: np.ndarray) -> np.ndarray:
+    """Per-image loss weights under which each group (instrument x label) counts more evenly.
+
+    The fully balancing weight is N / (G * n_group); its square root is used, scaled to mean 1. The
+    training split's instrument predicts its label (Mastcam frames mostly Surface, MAHLI frames mostly
+    Rover, the reverse of validation and test); full weights would count its 52 MAHLI Surface images
+    12 times each, which a model memorises.
+    """
+    groups = np.asarray(groups)
+    _, group_of_image, group_sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    weights = np.sqrt(len(groups) / (len(group_sizes) * group_sizes[group_of_image]))
+    return (weights / weights.mean()).astype("float32")
+
+
 @dataclass
 class TrainingResult:
     model: keras.Model
@@ -177,8 +199,12 @@ class TrainingResult:
 def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
           val_data: tuple[np.ndarray, np.ndarray] | None = None, *, image_size: int | None = None,
           epochs: int | None = None, batch_size: int | None = None, seed: int = 42, jit_compile: bool = False,
-          weights: str | None = "imagenet", run_name: str | None = None, verbose: int = 2) -> TrainingResult:
+          weights: str | None = "imagenet", run_name: str | None = None, verbose: int = 2,
+          train_groups: np.ndarray | None = None) -> TrainingResult:
     """Build model ``name`` and fit it with its recipe (Adam, sparse cross-entropy).
+
+    ``train_groups`` names each training image's instrument x label group; recipes with
+    ``instrument_balance`` weight the loss by it (:func:`instrument_balance_weights`) and need it.
 
     With ``val_data``, the validation balanced accuracy is tracked every epoch and recorded with the
     best epoch; specs with ``restore_best`` keep that epoch's weights (selection on validation only).
@@ -203,13 +229,22 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
         jit_compile=jit_compile,
     )
     class_weight = balanced_class_weights(train_data[1]) if spec.class_weighting else None
+    sample_weights, group_weights = None, {}
+    if spec.instrument_balance:
+        if train_groups is None or len(train_groups) != len(train_data[1]):
+            raise ValueError(f"{name} weights its loss by instrument x label group: pass train_groups, one group "
+                             f"per training image ({len(train_data[1])}), not "
+                             f"{'none' if train_groups is None else len(train_groups)}")
+        sample_weights = instrument_balance_weights(train_groups)
+        group_weights = {str(group): round(float(weight), 3) for group, weight in zip(train_groups, sample_weights)}
     callbacks = []
     if use_ema:  # the averaged weights are the ones validated, kept at the best epoch, and returned
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if val_data is not None and spec.restore_best:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_balanced_accuracy", mode="max",
                                                        patience=epochs, restore_best_weights=True))
-    train_ds = make_dataset(*train_data, batch_size=batch_size, shuffle=True, seed=seed)
+    train_ds = make_dataset(*train_data, batch_size=batch_size, shuffle=True, seed=seed,
+                            sample_weights=sample_weights)
     val_ds = make_dataset(*val_data, batch_size=EVAL_BATCH_SIZE, shuffle=False) if val_data is not None else None
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, callbacks=callbacks,
@@ -224,6 +259,7 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
         "learning_rate": spec.learning_rate, "schedule": spec.schedule, "optimizer": "Adam",
         "ema_momentum": spec.ema_momentum,
         "augmentation": spec.augmentation, "class_weight": class_weight,
+        **({"group_weights": group_weights} if group_weights else {}),  # instrument_balance's weight per group
         "weights": weights if spec.pretrained else None,
         "best_epoch_on_val": best_epoch, "kept_weights": f"epoch {best_epoch} (best on val)"
         if callbacks and best_epoch else f"epoch {epochs} (last)",
