@@ -76,8 +76,9 @@ def split_arrays(paths: config.DataPaths, index: pd.DataFrame, split: str, size:
 
 def split_groups(index: pd.DataFrame, split: str) -> np.ndarray:
     """Each image's instrument x label group (e.g. ``MAHLI · Surface``), in :func:`split_arrays`' order."""
-    rows = index[index["split"] == split]
-    return (rows["instrument"].astype(str) + " · " + rows["label_name"].astype(str)).to_numpy()
+    from .evaluation import group_names
+
+    return group_names(index[index["split"] == split], ("instrument", "label_name")).to_numpy()
 
 
 _COPY_CHUNK = 256
