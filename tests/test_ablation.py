@@ -40,14 +40,15 @@ def test_an_ablation_that_changes_nothing_is_refused_and_unknown_ones_are_named(
 def test_run_ablations_writes_one_record_per_variant_and_the_table_compares_with_improved(tmp_path):
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 255, (12, 32, 32, 3)).astype("uint8"), np.arange(12) % 2
-    records = ablation.run_ablations(["flip_only", "no_class_weighting"], (images, labels), (images[:6], labels[:6]),
-                                     tmp_path, image_size=32, epochs=2, batch_size=4, seed=1)
-    assert sorted(p.name for p in (tmp_path / "ablations").iterdir()) == ["flip_only.json", "no_class_weighting.json"]
+    groups = np.array(["MAHLI · Rover", "Mastcam left · Surface"] * 6)
+    records = ablation.run_ablations(["flip_only", "unweighted_loss"], (images, labels), (images[:6], labels[:6]),
+                                     tmp_path, image_size=32, epochs=2, batch_size=4, seed=1, train_groups=groups)
+    assert sorted(p.name for p in (tmp_path / "ablations").iterdir()) == ["flip_only.json", "unweighted_loss.json"]
     saved = json.loads((tmp_path / "ablations" / "flip_only.json").read_text())
     assert saved["config"]["augmentation"] == "flip" and len(saved["history"]["val_balanced_accuracy"]) == 2
     base = {"history": {"val_balanced_accuracy": [0.5, 0.75]}, "train_seconds": 3.0}
     table = ablation.ablation_table(base, records)
-    assert list(table.index) == ["improved (as chosen)", "flip_only", "no_class_weighting"]
+    assert list(table.index) == ["improved (as chosen)", "flip_only", "unweighted_loss"]
     for name, record in records.items():
         best = max(record["history"]["val_balanced_accuracy"])
         assert table.loc[name, "change vs improved"] == pytest.approx(best - 0.75)
@@ -93,15 +94,20 @@ def test_forward_validation_needs_at_least_two_validation_sols():
     assert forward_validation_index(_index([])) is None
 
 
-def test_the_instrument_balanced_variant_weights_each_image_by_its_training_group(tmp_path):
+def test_improved_weights_each_image_by_its_training_group_and_the_label_only_variant_by_its_label(tmp_path):
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 255, (12, 32, 32, 3)).astype("uint8"), np.arange(12) % 2
     groups = np.array(["Mastcam left · Surface"] * 9 + ["MAHLI · Surface"] * 3)
-    records = ablation.run_ablations(["instrument_balance"], (images, labels), (images[:6], labels[:6]), tmp_path,
-                                     image_size=32, epochs=1, batch_size=4, seed=1, train_groups=groups)
-    weights = records["instrument_balance"]["config"]["group_weights"]
+    records = ablation.run_ablations(["flip_only", "label_weighting", "unweighted_loss"], (images, labels),
+                                     (images[:6], labels[:6]), tmp_path, image_size=32, epochs=1, batch_size=4,
+                                     seed=1, train_groups=groups)
+    weights = records["flip_only"]["config"]["group_weights"]  # flip_only keeps improved's loss
     assert weights["MAHLI · Surface"] == pytest.approx(3 ** 0.5 * weights["Mastcam left · Surface"], rel=1e-3)
-    assert records["instrument_balance"]["config"]["class_weight"] is None  # the group weights replace it
+    assert records["flip_only"]["config"]["class_weight"] is None  # the group weights replace it
+    assert records["label_weighting"]["config"]["class_weight"] == {0: 1.0, 1: 1.0}
+    assert "group_weights" not in records["label_weighting"]["config"]
+    assert records["unweighted_loss"]["config"]["class_weight"] is None
+    assert "group_weights" not in records["unweighted_loss"]["config"]
     with pytest.raises(ValueError, match="pass train_groups, one group per training image"):
-        ablation.run_ablations(["instrument_balance"], (images, labels), (images[:6], labels[:6]), tmp_path,
+        ablation.run_ablations(["flip_only"], (images, labels), (images[:6], labels[:6]), tmp_path,
                                image_size=32, epochs=1, batch_size=4, seed=1)

@@ -93,6 +93,9 @@ def _tiny_arrays(seed=0, n=16, size=32):
     return images, labels
 
 
+TINY_GROUPS = np.array(["MAHLI · Rover", "Mastcam left · Surface"] * 8)  # one per image of _tiny_arrays()
+
+
 def test_the_input_pipeline_batches_float_images_with_int_labels():
     images, labels = _tiny_arrays()
     batches = list(make_dataset(images, labels, batch_size=5, shuffle=True, seed=1))
@@ -157,7 +160,7 @@ def test_one_training_step_runs_and_records_history_and_config():
 def test_training_is_deterministic_on_cpu_given_a_seed():
     def weights(seed):
         result = train("improved", _tiny_arrays(0), _tiny_arrays(1, n=8), image_size=32, epochs=2,
-                       batch_size=8, seed=seed, verbose=0)
+                       batch_size=8, seed=seed, verbose=0, train_groups=TINY_GROUPS)
         return [w.copy() for w in result.model.get_weights()]
 
     first, second, other = weights(7), weights(7), weights(8)
@@ -170,7 +173,8 @@ def test_weight_averaging_returns_the_averaged_weights_not_the_last_step():
     from marsrover.ablation import variant_spec
 
     spec = variant_spec("weight_averaging")
-    result = train(spec.name, _tiny_arrays(0), None, image_size=32, epochs=2, batch_size=8, seed=5, verbose=0)
+    result = train(spec.name, _tiny_arrays(0), None, image_size=32, epochs=2, batch_size=8, seed=5, verbose=0,
+                   train_groups=TINY_GROUPS)
     averages = result.model.optimizer._model_variables_moving_average
     assert result.config["ema_momentum"] == 0.99
     for weight, average in zip(result.model.trainable_weights, averages):

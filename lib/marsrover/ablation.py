@@ -41,10 +41,11 @@ ABLATIONS: dict[str, Ablation] = {
                  {"body_options": {"norm": "group"}}),
         Ablation("per_image_scaling", "pixels / 255, or each image standardised (exposure-invariant)?",
                  {"input_scaling": "per_image"}),
-        Ablation("no_class_weighting", "class-weighted loss, or plain cross-entropy?", {"class_weighting": False}),
-        Ablation("instrument_balance", "a loss balanced over the labels, or over instrument x label groups "
-                 "(square-root weights, so train's 52 MAHLI Surface images count ~3.5x, not 12x)?",
-                 {"class_weighting": False, "instrument_balance": True}),
+        Ablation("unweighted_loss", "a loss balanced over instrument x label groups, or plain cross-entropy?",
+                 {"instrument_balance": False}),
+        Ablation("label_weighting", "a loss balanced over instrument x label groups, or over the labels only "
+                 "(the usual class weighting; train's instrument then still predicts its label)?",
+                 {"class_weighting": True, "instrument_balance": False}),
         Ablation("constant_learning_rate", "cosine decay, or a constant learning rate?", {"schedule": "constant"}),
         Ablation("weight_averaging", "the raw weights, or an exponential moving average of them (momentum 0.99)?",
                  {"ema_momentum": 0.99}),
@@ -82,7 +83,8 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
                   jit_compile: bool = False, train_groups: np.ndarray | None = None) -> dict[str, dict]:
     """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time).
 
-    ``train_groups`` (each training image's instrument x label group) is needed by ``instrument_balance``.
+    ``train_groups`` (each training image's instrument x label group) is needed by the improved recipe's
+    instrument-balanced loss.
     """
     from .provenance import run_environment
     from .training import release_models, train

@@ -41,6 +41,13 @@ class ModelSpec:
     body_options: dict = field(default_factory=dict)  # keyword arguments of build_body (ablations vary them)
     input_scaling: str = "unit"  # "unit": pixels / 255; "per_image": each image to zero mean, unit variance
 
+    @property
+    def loss_weighting(self) -> str:
+        """How the training loss is weighted, in words."""
+        if self.instrument_balance:
+            return "instrument x label groups"
+        return "labels" if self.class_weighting else "none"
+
 
 def _seed_blog_body(x):
     # The blog: four conv layers, each followed by max pooling and dropout; two dense layers.
@@ -117,12 +124,12 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         ModelSpec("seed_notebook", "the seed notebook's CNN: 2 conv layers (8, 32), dense 128",
                   image_size=256, augmentation="flip", epochs=15, build_body=_seed_notebook_body),
         ModelSpec("improved", "this project's CNN: strided stem, 4 conv+batch-norm+pool blocks, global pooling",
-                  image_size=128, augmentation="photometric", epochs=15, schedule="cosine", class_weighting=True,
+                  image_size=128, augmentation="photometric", epochs=15, schedule="cosine", instrument_balance=True,
                   restore_best=True, build_body=_improved_body,
                   body_options={"widths": (32, 64, 128, 256), "norm": "batch", "head": "global_average",
                                 "stem_strides": 2}),
         ModelSpec("transfer", "EfficientNetB0 with frozen ImageNet weights and a new two-class head",
-                  image_size=128, augmentation="photometric", epochs=10, schedule="cosine", class_weighting=True,
+                  image_size=128, augmentation="photometric", epochs=10, schedule="cosine", instrument_balance=True,
                   restore_best=True, pretrained=True, build_body=_transfer_body),
     )
 }
@@ -205,5 +212,5 @@ def model_table(names: list[str], image_size: int | None = None, *, seed: int = 
             model.summary(expand_nested=False)
         rows.append({"model": name, "description": spec.description, "input": f"{model.input_shape[1]} px",
                      "augmentation": spec.augmentation, "epochs": spec.epochs, "schedule": spec.schedule,
-                     "class weighting": spec.class_weighting, **count_parameters(model), "note": note})
+                     "loss weighting": spec.loss_weighting, **count_parameters(model), "note": note})
     return pd.DataFrame(rows).set_index("model")

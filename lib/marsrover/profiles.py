@@ -14,7 +14,7 @@ from typing import Any
 ALL_MODELS = ["seed_notebook", "seed_blog", "improved", "transfer"]
 # The names of marsrover.ablation.ABLATIONS (kept here so the runner needs no TensorFlow; a test checks).
 ALL_ABLATIONS = ["geometric_augmentation", "flip_only", "no_batch_norm", "flatten_dense_head", "group_norm",
-                 "per_image_scaling", "no_class_weighting", "instrument_balance", "constant_learning_rate", "weight_averaging",
+                 "per_image_scaling", "unweighted_loss", "label_weighting", "constant_learning_rate", "weight_averaging",
                  "closeup_zoom", "full_resolution_stem"]
 
 _COMMON: dict[str, Any] = {
@@ -27,7 +27,7 @@ _COMMON: dict[str, Any] = {
     "refit": ["best_on_val"],  # refitted on train+val for the epochs chosen on val ("best_on_val": the winner)
     # Variants of the improved recipe, each trained on train and judged on val (marsrover.ablation).
     "ablations": ["geometric_augmentation", "flip_only", "closeup_zoom", "no_batch_norm", "flatten_dense_head",
-                  "no_class_weighting"],
+                  "unweighted_loss", "label_weighting"],
     "leakage_model": "seed_notebook",  # also trained on the seed blog's random 80/20 split
     "transfer_weights": "imagenet",  # None: the transfer architecture from random weights
     "mixed_precision": False,  # float16 on a GPU

@@ -282,13 +282,16 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {scores
 The majority answer ("{metrics['baselines']['majority class']['test'].get('answer')}") scores
 {_pct(metrics['baselines']['majority class']['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split. Models, epochs and design choices were selected on the validation split only, and the test split
-was scored once per final model. One caveat: the rule that sets the refit's number of epochs (forward
-validation, on validation sols only) replaced an earlier rule after test scores had been seen; notebook 06
-says so beside the targets.
+was scored once per final model. Two caveats, both stated in notebook 06 beside the targets: the rule that
+sets the refit's number of epochs (forward validation, on validation sols only) replaced an earlier rule
+after test scores had been seen, and the loss balanced over instrument × label groups was suggested by an
+earlier run's test errors, then chosen on validation.
 
 ## Limits
 - **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
-  close-ups and the test split is 75% Rover. Scores on other instruments (Navcam, Hazcam, Mars 2020's cameras)
+  close-ups and the test split is 75% Rover. In train the instrument predicts the label (Mastcam frames mostly
+  Surface, only 52 MAHLI Surface images); the training loss weights instrument × label groups against that
+  shortcut, but does not remove it. Scores on other instruments (Navcam, Hazcam, Mars 2020's cameras)
   or other rovers are unknown; label a sample with the notebook-02 labeler and let notebook 06 score it.
 - **Browse images only**: small JPEGs; full-resolution frames are resized the same way but were never tested.
 - **No sun images.** The class list has a *sun* class, but no image in any split carries it: the model has
