@@ -1,5 +1,6 @@
 """Ablations change one choice of the improved recipe and are judged on validation only."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -27,6 +28,11 @@ def test_each_variant_differs_from_improved_in_exactly_what_it_names(name):
                                                                           base.learning_rate)
     model = models.build_model(variant.name, 32)
     assert model.output_shape == (None, 2)
+
+
+def test_a_recipe_weights_its_loss_one_way_only():
+    with pytest.raises(ValueError, match="class_weighting and instrument_balance both weight the loss"):
+        dataclasses.replace(models.get_spec("improved"), class_weighting=True)
 
 
 def test_an_ablation_that_changes_nothing_is_refused_and_unknown_ones_are_named(monkeypatch):
@@ -96,7 +102,7 @@ def test_forward_validation_needs_at_least_two_validation_sols():
 
 def test_improved_weights_each_image_by_its_training_group_and_the_label_only_variant_by_its_label(tmp_path):
     rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 255, (12, 32, 32, 3)).astype("uint8"), np.arange(12) % 2
+    images, labels = rng.integers(0, 255, (12, 32, 32, 3)).astype("uint8"), (np.arange(12) % 3 == 0).astype(int)
     groups = np.array(["Mastcam left · Surface"] * 9 + ["MAHLI · Surface"] * 3)
     records = ablation.run_ablations(["flip_only", "label_weighting", "unweighted_loss"], (images, labels),
                                      (images[:6], labels[:6]), tmp_path, image_size=32, epochs=1, batch_size=4,
@@ -104,7 +110,7 @@ def test_improved_weights_each_image_by_its_training_group_and_the_label_only_va
     weights = records["flip_only"]["config"]["group_weights"]  # flip_only keeps improved's loss
     assert weights["MAHLI · Surface"] == pytest.approx(3 ** 0.5 * weights["Mastcam left · Surface"], rel=1e-3)
     assert records["flip_only"]["config"]["class_weight"] is None  # the group weights replace it
-    assert records["label_weighting"]["config"]["class_weight"] == {0: 1.0, 1: 1.0}
+    assert records["label_weighting"]["config"]["class_weight"] == {0: 0.75, 1: 1.5}  # 8 Rover, 4 Surface
     assert "group_weights" not in records["label_weighting"]["config"]
     assert records["unweighted_loss"]["config"]["class_weight"] is None
     assert "group_weights" not in records["unweighted_loss"]["config"]

@@ -111,6 +111,7 @@ METRICS = {
                               "ci95": {"accuracy": [0.94, 0.96], "balanced_accuracy": [0.93, 0.95]}}},
         "improved_refit": {"kind": "refit on train+val", "epochs": 9, "image_size": 128,
                            "epochs_chosen_by": "best epoch of forward validation", "train_seconds": 285.7,
+                           "group_weights": {"MAHLI · Surface": 1.17, "Mastcam left · Surface": 0.81},
                            "val": {"n": 1640, "accuracy": 0.99, "balanced_accuracy": 0.99,
                                    "note": "the validation split was part of this run's training data"},
                            "test": {"n": 1305, "accuracy": 0.981, "balanced_accuracy": 0.972, "roc_auc": 0.998,
@@ -156,7 +157,21 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert "refit on train+val, at\n128 px, for 9 epochs (best epoch of forward validation)" in card
     assert "| wheel · Mastcam left | 156 | 18 (72.0%) | 5 |" in card  # where the errors are, beside training support
     assert "ground · MAHLI" not in card  # a group without errors is not listed
-    assert "after test scores had been seen" in card  # the one rule changed late is owned up to
+    assert "after test scores had been seen" in card  # the rules changed late are owned up to
+    assert "suggested by an\nearlier run's test errors" in card
+    assert "group of the images it was fitted on against that shortcut (MAHLI · Surface 1.17, " in card
+
+
+def test_the_model_card_says_how_the_headline_loss_met_the_instrument_shortcut(tmp_path):
+    def limits(**loss):
+        scores = {key: value for key, value in METRICS["models"]["improved_refit"].items() if key != "group_weights"}
+        metrics = {**METRICS, "models": {"improved_refit": {**scores, **loss}}}
+        return reporting.write_model_card(tmp_path, metrics).read_text().split("## Limits")[1]
+
+    assert "(MAHLI · Surface 1.17, Mastcam left · Surface 0.81)" in limits(
+        group_weights={"Mastcam left · Surface": 0.81, "MAHLI · Surface": 1.17})
+    assert "balanced the two labels only" in limits(class_weight={"0": 1.6, "1": 0.7})
+    assert "was not weighted" in limits()
 
 
 def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_training_data(tmp_path):

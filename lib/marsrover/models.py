@@ -41,6 +41,10 @@ class ModelSpec:
     body_options: dict = field(default_factory=dict)  # keyword arguments of build_body (ablations vary them)
     input_scaling: str = "unit"  # "unit": pixels / 255; "per_image": each image to zero mean, unit variance
 
+    def __post_init__(self):
+        if self.class_weighting and self.instrument_balance:
+            raise ValueError(f"{self.name}: class_weighting and instrument_balance both weight the loss; choose one")
+
     @property
     def loss_weighting(self) -> str:
         """How the training loss is weighted, in words."""

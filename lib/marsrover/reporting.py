@@ -243,6 +243,18 @@ def _error_groups_markdown(test: dict) -> str:
             f"  | --- | --- | --- | --- |\n{rows}\n")
 
 
+def _loss_weighting_markdown(scores: dict) -> str:
+    """How the headline's training loss answered the instrument shortcut, from its run's configuration."""
+    if scores.get("group_weights"):
+        weights = ", ".join(f"{group} {weight:.2f}" for group, weight in
+                            sorted(scores["group_weights"].items(), key=lambda item: -item[1]))
+        return (" Its training loss weighted each instrument × label group of the images it was fitted on "
+                f"against that shortcut ({weights}), which weakens it but does not remove it.")
+    if scores.get("class_weight"):
+        return " Its training loss balanced the two labels only, which leaves that shortcut open."
+    return " Its training loss was not weighted, which leaves that shortcut open."
+
+
 def write_model_card(report_dir: Path, metrics: dict) -> Path:
     """``MODEL_CARD.md`` beside the report: use, data, metrics with intervals, limits."""
     headline = metrics["headline"]
@@ -290,8 +302,7 @@ earlier run's test errors, then chosen on validation.
 ## Limits
 - **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
   close-ups and the test split is 75% Rover. In train the instrument predicts the label (Mastcam frames mostly
-  Surface, only 52 MAHLI Surface images); the training loss weights instrument × label groups against that
-  shortcut, but does not remove it. Scores on other instruments (Navcam, Hazcam, Mars 2020's cameras)
+  Surface, only 52 MAHLI Surface images).{_loss_weighting_markdown(scores)} Scores on other instruments (Navcam, Hazcam, Mars 2020's cameras)
   or other rovers are unknown; label a sample with the notebook-02 labeler and let notebook 06 score it.
 - **Browse images only**: small JPEGs; full-resolution frames are resized the same way but were never tested.
 - **No sun images.** The class list has a *sun* class, but no image in any split carries it: the model has

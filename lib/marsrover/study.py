@@ -370,6 +370,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
                                          "epochs": record["config"].get("epochs"),
                                          **({"epochs_chosen_by": record["config"]["epochs_chosen_by"]}
                                             if "epochs_chosen_by" in record["config"] else {}),
+                                         **{key: record["config"][key] for key in ("group_weights", "class_weight")
+                                            if record["config"].get(key)},  # how its loss was weighted
                                          "train_seconds": record.get("train_seconds")}, {}
         for split in ("val", "test"):
             key = (run_index is random_index, split, size)
