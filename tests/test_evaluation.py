@@ -253,6 +253,25 @@ def test_one_runs_worst_groups_are_shown_with_every_runs_accuracy_on_them(predic
     assert error_groups_across_runs(tables, "b", index).empty  # a perfect run has no groups to show
 
 
+def test_validation_groups_show_per_group_accuracy_of_train_only_runs_beside_balanced_accuracy(predictions):
+    from marsrover.study import StudyScores, validation_groups_table
+
+    val = predictions.assign(label_name=predictions["label"].map({0: "Rover", 1: "Surface"}))
+    always_rover = val.assign(predicted=0)
+    metrics = {"headline": "a_refit", "models": {
+        "a": {"kind": "train only", "val": {"balanced_accuracy": 0.7}},
+        "a_refit": {"kind": "refit on train+val", "val": {"balanced_accuracy": 1.0}},
+        "b": {"kind": "train only", "val": {"balanced_accuracy": 0.5}}}}
+    scores = StudyScores(metrics, {"a": {"val": val}, "a_refit": {"val": val}, "b": {"val": always_rover}}, {}, {})
+    table = validation_groups_table(scores)
+    assert list(table.columns) == ["n", "a", "b"]  # the refit trained on validation: left out
+    assert table.loc["MAHLI · Rover", ["n", "a", "b"]].tolist() == [3, 2 / 3, 1.0]
+    assert table.loc["Mastcam left · Surface", ["n", "a", "b"]].tolist() == [2, 0.5, 0.0]
+    assert table.loc["mean of the groups", "b"] == pytest.approx((1 + 0 + 0 + 1) / 4)
+    assert table.loc["worst group", "a"] == 0.0  # Mastcam right · Rover: its one image called Surface
+    assert table.loc["balanced accuracy (selection metric)"].tolist()[1:] == [0.7, 0.5]
+
+
 def test_sol_ranges_label_blocks_of_sols(predictions):
     ranges = sol_ranges(predictions["sol"])
     assert ranges.tolist() == ["0000-0099", "0000-0099", "0100-0199", "0200-0299", "1200-1299",

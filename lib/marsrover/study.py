@@ -546,6 +546,29 @@ def breakdown_table(scores: StudyScores, by: str) -> pd.DataFrame:
     return counts.join(pd.DataFrame(accuracy)).sort_values("n", ascending=False)
 
 
+def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
+    """Validation accuracy of each train-only run per instrument x label group, and their mean.
+
+    Balanced accuracy averages the two labels; a run can win it on one group (MAHLI Surface) while
+    losing every Rover group, which the test split (75% Rover) punishes. This shows that trade on
+    validation, the split choices are made on. Refits trained on validation and are left out.
+    """
+    from .evaluation import breakdown, group_names
+
+    runs = [run for run, splits in scores.metrics["models"].items() if splits["kind"] == "train only"]
+    if not runs:
+        return pd.DataFrame()
+    first = scores.predictions[runs[0]]["val"]
+    table = breakdown(first.assign(group=group_names(first, ("instrument", "label_name"))), "group")[["n"]]
+    for run in runs:
+        val = scores.predictions[run]["val"]
+        table[run] = breakdown(val.assign(group=group_names(val, ("instrument", "label_name"))), "group")["accuracy"]
+    summary = pd.DataFrame({run: [table[run].mean(), table[run].min(),
+                                  scores.metrics["models"][run]["val"]["balanced_accuracy"]] for run in runs},
+                           index=["mean of the groups", "worst group", "balanced accuracy (selection metric)"])
+    return pd.concat([table, summary])
+
+
 def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, max_distance: int,
                    progress: bool = True) -> pd.DataFrame:
     """Near-duplicates shared between training and evaluation images under each protocol."""
