@@ -270,6 +270,7 @@ def test_validation_groups_show_per_group_accuracy_of_train_only_runs_beside_bal
     assert table.loc["mean of the groups", "b"] == pytest.approx((1 + 0 + 0 + 1) / 4)
     assert table.loc["worst group", "a"] == 0.0  # Mastcam right · Rover: its one image called Surface
     assert table.loc["balanced accuracy (selection metric)"].tolist()[1:] == [0.7, 0.5]
+    assert table["n"].dtype == "Int64" and table["n"].isna().sum() == 3  # counts stay whole; summaries have none
 
 
 def test_sol_ranges_label_blocks_of_sols(predictions):

@@ -558,15 +558,17 @@ def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
     runs = [run for run, splits in scores.metrics["models"].items() if splits["kind"] == "train only"]
     if not runs:
         return pd.DataFrame()
-    first = scores.predictions[runs[0]]["val"]
-    table = breakdown(first.assign(group=group_names(first, ("instrument", "label_name"))), "group")[["n"]]
-    for run in runs:
-        val = scores.predictions[run]["val"]
-        table[run] = breakdown(val.assign(group=group_names(val, ("instrument", "label_name"))), "group")["accuracy"]
+    def by_group(val: pd.DataFrame) -> pd.DataFrame:
+        return breakdown(val.assign(group=group_names(val, ("instrument", "label_name"))), "group")
+
+    per_group = {run: by_group(scores.predictions[run]["val"]) for run in runs}
+    table = per_group[runs[0]][["n"]].join(pd.DataFrame({run: per_group[run]["accuracy"] for run in runs}))
     summary = pd.DataFrame({run: [table[run].mean(), table[run].min(),
                                   scores.metrics["models"][run]["val"]["balanced_accuracy"]] for run in runs},
                            index=["mean of the groups", "worst group", "balanced accuracy (selection metric)"])
-    return pd.concat([table, summary])
+    table = pd.concat([table, summary])
+    table["n"] = table["n"].astype("Int64")  # the summary rows have no count
+    return table
 
 
 def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, max_distance: int,
