@@ -84,6 +84,7 @@ def split_groups(index: pd.DataFrame, split: str) -> np.ndarray:
 _COPY_CHUNK = 256
 REFIT_SUFFIX = "_refit"
 RANDOM_SPLIT_SUFFIX = "_random_split"
+TRAIN_ONLY = "train only"  # the kind of run that competes for the headline, chosen on validation
 FORWARD_SUFFIX = "_forward"
 SELECTION_RUNS = "selection"  # records of runs that only choose a setting; never scored on test
 
@@ -292,7 +293,7 @@ def _run_kind(run: str) -> str:
         return "refit on train+val"
     if run.endswith(RANDOM_SPLIT_SUFFIX):
         return "random 80/20 split (leakage study)"
-    return "train only"
+    return TRAIN_ONLY
 
 
 def training_rows(run_index: pd.DataFrame, run: str) -> pd.DataFrame:
@@ -389,7 +390,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             predictions[run][split] = rows
         error_groups[run] = errors_against_training(predictions[run]["test"], training_rows(run_index, run))
         scores[run]["test"]["largest_error_groups"] = largest_error_groups(error_groups[run])
-        if scores[run]["kind"] == "train only":
+        if scores[run]["kind"] == TRAIN_ONLY:
             # Temperature scaling is fitted on validation, so only for runs that did not train on it.
             temperature = fit_temperature(predictions[run]["val"]["label"], predictions[run]["val"]["p_surface"])
             temperatures[run] = temperature
@@ -401,7 +402,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             scores[run]["val"]["note"] = "the validation split was part of this run's training data"
         if scores[run]["kind"].startswith("random"):
             scores[run]["val"]["note"] = "validation = the random 20% of train+val, as in the seed blog"
-    candidates = [run for run in scores if scores[run]["kind"] == "train only"]
+    candidates = [run for run in scores if scores[run]["kind"] == TRAIN_ONLY]
     best = best_on_validation({run: scores[run]["val"]["balanced_accuracy"] for run in candidates})
     headline = best + REFIT_SUFFIX if best + REFIT_SUFFIX in scores else best
     baselines = {"majority class": {split: majority_baseline(index.loc[index["split"] == split, "label"])
@@ -555,9 +556,10 @@ def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
     """
     from .evaluation import breakdown, group_names
 
-    runs = [run for run, splits in scores.metrics["models"].items() if splits["kind"] == "train only"]
+    runs = [run for run, splits in scores.metrics["models"].items() if splits["kind"] == TRAIN_ONLY]
     if not runs:
         return pd.DataFrame()
+
     def by_group(val: pd.DataFrame) -> pd.DataFrame:
         return breakdown(val.assign(group=group_names(val, ("instrument", "label_name"))), "group")
 
