@@ -9,6 +9,7 @@ from sklearn import metrics as skm
 from marsrover import plots
 from marsrover.evaluation import (
     at_confidence,
+    average_predictions,
     binary_metrics,
     bootstrap_ci,
     breakdown,
@@ -271,6 +272,52 @@ def test_validation_groups_show_per_group_accuracy_of_train_only_runs_beside_bal
     assert table.loc["worst group", "a"] == 0.0  # Mastcam right · Rover: its one image called Surface
     assert table.loc["balanced accuracy (selection metric)"].tolist()[1:] == [0.7, 0.5]
     assert table["n"].dtype == "Int64" and table["n"].isna().sum() == 3  # counts stay whole; summaries have none
+
+
+def test_an_ensemble_averages_p_surface_over_runs_on_the_same_images(predictions):
+    other = predictions.assign(p_surface=[0.3, 0.0, 0.5, 0.9, 0.7, 0.05, 0.4])
+    averaged = average_predictions([predictions, other])
+    np.testing.assert_allclose(averaged["p_surface"], [0.2, 0.4, 0.6, 0.6, 0.8, 0.5, 0.4])
+    assert averaged["predicted"].tolist() == [0, 0, 1, 1, 1, 1, 0]  # 0.5 counts as Surface, as for a run
+    assert averaged["instrument"].tolist() == predictions["instrument"].tolist()
+    assert predictions["p_surface"].iloc[0] == 0.1  # the members' rows are left as they were
+    with pytest.raises(ValueError, match="same images in the same order"):
+        average_predictions([predictions, other.iloc[::-1]])
+    with pytest.raises(ValueError, match="no predictions"):
+        average_predictions([])
+
+
+def test_every_average_of_train_only_runs_is_scored_and_ranked_on_validation_beside_the_runs(predictions):
+    from marsrover.study import StudyScores, ensembles_table, score_ensembles
+
+    val = predictions.assign(label_name=predictions["label"].map({0: "Rover", 1: "Surface"}))
+    truth = val["label"].to_numpy()
+    # a and b each get a different image wrong with confidence 0.6; their average gets both right
+    a = val.assign(p_surface=np.where(truth == 1, 0.9, 0.1))
+    b = a.copy()
+    a.loc[0, "p_surface"], b.loc[2, "p_surface"] = 0.6, 0.4
+    c = val.assign(p_surface=0.9)  # always Surface
+    runs = {name: {"val": frame.assign(predicted=(frame["p_surface"] >= 0.5).astype(int)),
+                   "test": frame.assign(predicted=(frame["p_surface"] >= 0.5).astype(int))}
+            for name, frame in {"a": a, "b": b, "c": c}.items()}
+    ensembles, averaged = score_ensembles(["b", "a", "c"], runs, bootstrap_samples=20, seed=0)
+    assert list(ensembles) == ["a + b", "a + c", "b + c", "a + b + c"]
+    assert ensembles["a + b"]["members"] == ["a", "b"] and ensembles["a + b"]["kind"] == "average of train-only runs"
+    assert ensembles["a + b"]["val"]["accuracy"] == 1.0 and ensembles["a + b"]["test"]["n"] == len(val)
+    assert set(averaged["a + b + c"]) == {"val", "test"}
+
+    models = {name: {"kind": "train only", **{split: binary_metrics(frame[split]["label"], frame[split]["p_surface"],
+                                                                       n_boot=20) for split in ("val", "test")}}
+              for name, frame in runs.items()}
+    models["a_refit"] = {**models["a"], "kind": "refit on train+val"}
+    scores = StudyScores({"headline": "a_refit", "models": models, "ensembles": ensembles},
+                         {**runs, "a_refit": runs["a"]}, {}, {}, averaged)
+    table = ensembles_table(scores)
+    assert "a_refit" not in table.index  # it trained on validation, which ranks the candidates
+    assert table.index[0] == "a + b" and table["val balanced accuracy"].is_monotonic_decreasing
+    assert table.loc["a", "models averaged"] == 1 and table.loc["a + b + c", "models averaged"] == 3
+    assert table.loc["c", "val worst group"] == 0.0  # every Rover group called Surface
+    assert table.loc["a + b", ["val mean of the groups", "test accuracy"]].tolist() == [1.0, 1.0]
 
 
 def test_sol_ranges_label_blocks_of_sols(predictions):

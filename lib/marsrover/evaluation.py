@@ -262,6 +262,24 @@ def most_confident_errors(predictions: pd.DataFrame, k: int = 12) -> pd.DataFram
     return wrong.sort_values("confidence", ascending=False, kind="stable").head(k)
 
 
+def average_predictions(frames: list[pd.DataFrame], threshold: float = 0.5) -> pd.DataFrame:
+    """An ensemble's predictions: the mean of several runs' P(Surface) on the same images.
+
+    Every frame must list the same images (``id``) in the same order, as one split of one index does;
+    the result keeps the first frame's other columns, with ``p_surface`` averaged and ``predicted`` anew.
+    """
+    if not frames:
+        raise ValueError("no predictions to average")
+    ids = frames[0]["id"].to_numpy()
+    for frame in frames[1:]:
+        if not np.array_equal(frame["id"].to_numpy(), ids):
+            raise ValueError("the predictions to average must list the same images in the same order")
+    averaged = frames[0].copy()
+    averaged["p_surface"] = np.mean([frame["p_surface"].to_numpy(dtype=float) for frame in frames], axis=0)
+    averaged["predicted"] = (averaged["p_surface"] >= threshold).astype(int)
+    return averaged
+
+
 def group_names(frame: pd.DataFrame, by: str | tuple[str, ...] = ("msl_name", "instrument")) -> pd.Series:
     """Each row's group, e.g. ``"wheel · Mastcam left"``; a missing value reads ``unknown``."""
     columns = [by] if isinstance(by, str) else list(by)

@@ -7,7 +7,8 @@ Notebook 01 calls :func:`acquire`; every later notebook calls :func:`load_index`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +280,7 @@ class StudyScores:
     predictions: dict[str, dict[str, pd.DataFrame]]  # run -> split -> index rows with p_surface, predicted
     temperatures: dict[str, float]
     error_groups: dict[str, pd.DataFrame]  # run -> test errors per MSL class and instrument (errors_against_training)
+    ensemble_predictions: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)  # as predictions
 
     @property
     def headline(self) -> str:
@@ -332,6 +334,32 @@ def error_groups_across_runs(error_groups: dict[str, pd.DataFrame], run: str, in
     for name, errors in error_groups.items():
         table[f"{name} accuracy"] = errors["accuracy"].reindex(groups)
     return table
+
+
+ENSEMBLE_JOIN = " + "
+
+
+def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFrame]], *,
+                    bootstrap_samples: int = 1000, seed: int = 42) -> tuple[dict, dict]:
+    """Every average of two or more of ``runs`` (P(Surface) averaged), scored on val and test like a run.
+
+    Returns the scores (name -> members, val, test; names join the members with " + ") and the
+    averaged predictions (name -> split -> rows). Only train-only runs make sense here: validation
+    must be unseen by every member for its score to choose between the averages and the single runs.
+    """
+    from .evaluation import average_predictions, binary_metrics
+
+    scores, averaged = {}, {}
+    for size in range(2, len(runs) + 1):
+        for members in combinations(sorted(runs), size):
+            name = ENSEMBLE_JOIN.join(members)
+            averaged[name], scores[name] = {}, {"members": list(members), "kind": "average of train-only runs"}
+            for split in ("val", "test"):
+                rows = average_predictions([predictions[member][split] for member in members])
+                averaged[name][split] = rows
+                scores[name][split] = binary_metrics(rows["label"].to_numpy(), rows["p_surface"].to_numpy(),
+                                                     n_boot=bootstrap_samples, seed=seed)
+    return scores, averaged
 
 
 def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *, profile: str, seed: int,
@@ -407,18 +435,20 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     headline = best + REFIT_SUFFIX if best + REFIT_SUFFIX in scores else best
     baselines = {"majority class": {split: majority_baseline(index.loc[index["split"] == split, "label"])
                                     for split in ("val", "test")}}
+    ensembles, ensemble_predictions = score_ensembles(candidates, predictions, bootstrap_samples=bootstrap_samples,
+                                                      seed=seed)
     metrics = {
         "headline": headline, "best_on_val": best,
         "selection": "best validation balanced accuracy among train-only runs; its train+val refit if any",
         "profile": profile, "models": scores, "skipped": skipped, "baselines": baselines,
-        "seed_claim": SEED_CLAIM, **run_environment(),
+        "ensembles": ensembles, "seed_claim": SEED_CLAIM, **run_environment(),
     }
     reporting.save_metrics(output_dir, metrics)
     predictions_dir = output_dir / "predictions"
     predictions_dir.mkdir(exist_ok=True)
     for run, splits in predictions.items():
         splits["test"].to_csv(predictions_dir / f"{run}_test.csv", index=False)
-    return StudyScores(metrics, predictions, temperatures, error_groups)
+    return StudyScores(metrics, predictions, temperatures, error_groups, ensemble_predictions)
 
 
 def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.MODELS_DIR) -> Path:
@@ -547,6 +577,12 @@ def breakdown_table(scores: StudyScores, by: str) -> pd.DataFrame:
     return counts.join(pd.DataFrame(accuracy)).sort_values("n", ascending=False)
 
 
+def _by_instrument_and_label(predictions: pd.DataFrame) -> pd.DataFrame:
+    from .evaluation import breakdown, group_names
+
+    return breakdown(predictions.assign(group=group_names(predictions, ("instrument", "label_name"))), "group")
+
+
 def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
     """Validation accuracy of each train-only run per instrument x label group, and their mean.
 
@@ -554,16 +590,10 @@ def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
     losing every Rover group, which the test split (75% Rover) punishes. This shows that trade on
     validation, the split choices are made on. Refits trained on validation and are left out.
     """
-    from .evaluation import breakdown, group_names
-
     runs = [run for run, splits in scores.metrics["models"].items() if splits["kind"] == TRAIN_ONLY]
     if not runs:
         return pd.DataFrame()
-
-    def by_group(val: pd.DataFrame) -> pd.DataFrame:
-        return breakdown(val.assign(group=group_names(val, ("instrument", "label_name"))), "group")
-
-    per_group = {run: by_group(scores.predictions[run]["val"]) for run in runs}
+    per_group = {run: _by_instrument_and_label(scores.predictions[run]["val"]) for run in runs}
     table = per_group[runs[0]][["n"]].join(pd.DataFrame({run: per_group[run]["accuracy"] for run in runs}))
     summary = pd.DataFrame({run: [table[run].mean(), table[run].min(),
                                   scores.metrics["models"][run]["val"]["balanced_accuracy"]] for run in runs},
@@ -571,6 +601,32 @@ def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
     table = pd.concat([table, summary])
     table["n"] = table["n"].astype("Int64")  # the summary rows have no count
     return table
+
+
+def ensembles_table(scores: StudyScores) -> pd.DataFrame:
+    """Each train-only run and each average of them: validation first (the ranking), then test.
+
+    Sorted by validation balanced accuracy, the study's selection metric; the validation groups'
+    mean and worst accuracy (see :func:`validation_groups_table`) stand beside it.
+    """
+    candidates = {run: (scores.metrics["models"][run], scores.predictions[run])
+                  for run, splits in scores.metrics["models"].items() if splits["kind"] == TRAIN_ONLY}
+    candidates.update({name: (record, scores.ensemble_predictions[name])
+                       for name, record in scores.metrics.get("ensembles", {}).items()})
+    rows = []
+    for name, (record, predictions) in candidates.items():
+        groups = _by_instrument_and_label(predictions["val"])["accuracy"]
+        val, test = record["val"], record["test"]
+        rows.append({"candidate": name, "models averaged": len(record.get("members", [name])),
+                     "val balanced accuracy": val["balanced_accuracy"], "val mean of the groups": groups.mean(),
+                     "val worst group": groups.min(), "test accuracy": test["accuracy"],
+                     "test accuracy 95% CI": _interval(test.get("ci95", {}).get("accuracy")),
+                     "test balanced accuracy": test["balanced_accuracy"],
+                     "test balanced accuracy 95% CI": _interval(test.get("ci95", {}).get("balanced_accuracy"))})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index("candidate").sort_values(
+        ["val balanced accuracy", "models averaged"], ascending=[False, True], kind="stable")
 
 
 def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, max_distance: int,
