@@ -74,9 +74,9 @@ def test_the_kept_weights_are_scored_by_their_own_epoch():
 def test_best_on_val_refits_the_winner_on_validation_and_ties_go_to_the_first_name():
     runs = {"seed_notebook": _run([0.9], kept="epoch 1 (last)"), "improved": _run([0.8, 0.95]),
             "transfer": {"skipped": "offline"}}
-    assert resolve_refit(["best_on_val"], runs) == ["improved"]
-    assert resolve_refit(["best_on_val", "improved", "seed_notebook"], runs) == ["improved", "seed_notebook"]
-    assert resolve_refit([], runs) == []
+    assert resolve_refit(["best_on_val"], runs) == (["improved"], [])
+    assert resolve_refit(["best_on_val", "improved", "seed_notebook"], runs) == (["improved", "seed_notebook"], [])
+    assert resolve_refit([], runs) == ([], [])
     assert best_on_validation({"seed_blog": 0.5, "improved": 0.5, "transfer": 0.4}) == "improved"
 
 
@@ -117,3 +117,21 @@ def test_improved_weights_each_image_by_its_training_group_and_the_label_only_va
     with pytest.raises(ValueError, match="pass train_groups, one group per training image"):
         ablation.run_ablations(["flip_only"], (images, labels), (images[:6], labels[:6]), tmp_path,
                                image_size=32, epochs=1, batch_size=4, seed=1)
+
+
+def test_when_an_average_wins_on_validation_each_of_its_models_is_refitted():
+    runs = {"seed_blog": _run([0.89], kept="epoch 1 (last)"), "improved": _run([0.8, 0.95])}
+    scores = {"improved": 0.95, "seed_blog": 0.89, "improved+seed_blog": 0.96}
+    assert resolve_refit(["best_on_val"], runs, scores) == (["improved", "seed_blog"], ["improved+seed_blog"])
+    assert resolve_refit(["best_on_val", "seed_blog"], runs, {**scores, "improved": 0.97}) == \
+        (["improved", "seed_blog"], [])  # a single model won; seed_blog is refitted because it was named
+    assert resolve_refit(["seed_blog+improved"], runs) == (["seed_blog", "improved"], ["seed_blog+improved"])
+
+
+def test_a_recipe_that_keeps_its_last_epoch_is_refitted_for_its_own_epochs_without_a_forward_run(tmp_path):
+    from marsrover.study import refit_epochs
+
+    seed_blog_run = {"config": {"epochs": 20, "best_epoch_on_val": 7, "kept_weights": "epoch 20 (last)"}}
+    epochs, how, forward = refit_epochs("seed_blog", seed_blog_run, None, None, tmp_path, size=32, epochs=None)
+    assert (epochs, forward) == (20, None) and "own number of epochs" in how
+    assert not list(tmp_path.iterdir())  # nothing was trained

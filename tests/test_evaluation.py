@@ -301,10 +301,11 @@ def test_every_average_of_train_only_runs_is_scored_and_ranked_on_validation_bes
                    "test": frame.assign(predicted=(frame["p_surface"] >= 0.5).astype(int))}
             for name, frame in {"a": a, "b": b, "c": c}.items()}
     ensembles, averaged = score_ensembles(["b", "a", "c"], runs, bootstrap_samples=20, seed=0)
-    assert list(ensembles) == ["a + b", "a + c", "b + c", "a + b + c"]
-    assert ensembles["a + b"]["members"] == ["a", "b"] and ensembles["a + b"]["kind"] == "average of train-only runs"
-    assert ensembles["a + b"]["val"]["accuracy"] == 1.0 and ensembles["a + b"]["test"]["n"] == len(val)
-    assert set(averaged["a + b + c"]) == {"val", "test"}
+    assert list(ensembles) == ["a+b", "a+c", "b+c", "a+b+c"]
+    assert ensembles["a+b"]["members"] == ["a", "b"] and ensembles["a+b"]["kind"] == "average of train-only runs"
+    assert ensembles["a+b"]["val"]["accuracy"] == 1.0 and ensembles["a+b"]["test"]["n"] == len(val)
+    assert set(averaged["a+b+c"]) == {"val", "test"}
+    assert list(score_ensembles(["a", "b"], runs, bootstrap_samples=20, skip={"a+b"})[0]) == []  # saved as a run
 
     models = {name: {"kind": "train only", **{split: binary_metrics(frame[split]["label"], frame[split]["p_surface"],
                                                                        n_boot=20) for split in ("val", "test")}}
@@ -314,10 +315,10 @@ def test_every_average_of_train_only_runs_is_scored_and_ranked_on_validation_bes
                          {**runs, "a_refit": runs["a"]}, {}, {}, averaged)
     table = ensembles_table(scores)
     assert "a_refit" not in table.index  # it trained on validation, which ranks the candidates
-    assert table.index[0] == "a + b" and table["val balanced accuracy"].is_monotonic_decreasing
-    assert table.loc["a", "models averaged"] == 1 and table.loc["a + b + c", "models averaged"] == 3
+    assert table.index[0] == "a+b" and table["val balanced accuracy"].is_monotonic_decreasing
+    assert table.loc["a", "models averaged"] == 1 and table.loc["a+b+c", "models averaged"] == 3
     assert table.loc["c", "val worst group"] == 0.0  # every Rover group called Surface
-    assert table.loc["a + b", ["val mean of the groups", "test accuracy"]].tolist() == [1.0, 1.0]
+    assert table.loc["a+b", ["val mean of the groups", "test accuracy"]].tolist() == [1.0, 1.0]
 
 
 def test_sol_ranges_label_blocks_of_sols(predictions):

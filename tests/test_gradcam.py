@@ -137,3 +137,16 @@ def test_grad_cam_explains_a_model_trained_in_mixed_precision():
     heatmaps = grad_cam(model, images)
     assert heatmaps.shape == (2, 32, 32) and np.isfinite(heatmaps).all()
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1
+
+
+def test_each_model_of_a_saved_average_is_explained_on_its_own(tmp_path):
+    from marsrover.models import average_members, build_average
+
+    average = build_average([build_model("improved", 32), build_model("seed_notebook", 48)], "improved+seed_notebook")
+    average.save(tmp_path / "average.keras")
+    loaded = keras.saving.load_model(tmp_path / "average.keras")
+    for member in average_members(loaded):
+        size = int(member.input_shape[1])
+        batch = np.random.default_rng(1).integers(0, 255, (2, size, size, 3)).astype("float32")
+        heatmaps = grad_cam(member, batch)
+        assert heatmaps.shape == (2, size, size) and 0.0 <= heatmaps.min() and heatmaps.max() <= 1.0

@@ -17,6 +17,26 @@ def test_every_model_maps_images_to_two_class_probabilities(name):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_an_average_of_models_takes_the_largest_size_and_averages_their_probabilities(tmp_path):
+    import keras
+
+    small, large = models.build_model("improved", 32, augment=False), models.build_model("seed_notebook", 48, augment=False)
+    average = models.build_average([small, large], "improved+seed_notebook")
+    assert average.input_shape == (None, 48, 48, 3) and average.name == "improved+seed_notebook"
+    batch = np.random.default_rng(0).integers(0, 255, (2, 48, 48, 3)).astype("float32")
+    resized = keras.layers.Resizing(32, 32, antialias=True)(batch)
+    expected = (np.asarray(small(resized, training=False)) + np.asarray(large(batch, training=False))) / 2
+    np.testing.assert_allclose(np.asarray(average(batch, training=False)), expected, rtol=1e-5, atol=1e-6)
+    assert [member.name for member in models.average_members(average)] == ["improved", "seed_notebook"]
+    assert models.average_members(small) == []  # a single model is not an average
+    average.save(tmp_path / "average.keras")
+    loaded = keras.saving.load_model(tmp_path / "average.keras")
+    np.testing.assert_allclose(np.asarray(loaded(batch, training=False)), expected, rtol=1e-5, atol=1e-6)
+    assert len(models.average_members(loaded)) == 2
+    with pytest.raises(ValueError, match="two or more"):
+        models.build_average([small], "alone")
+
+
 def test_models_default_to_their_published_input_size():
     assert models.build_model("seed_blog").input_shape == (None, 224, 224, 3)
     assert models.build_model("seed_notebook").input_shape == (None, 256, 256, 3)

@@ -172,6 +172,18 @@ def test_the_model_card_says_how_the_headline_loss_met_the_instrument_shortcut(t
         group_weights={"Mastcam left · Surface": 0.81, "MAHLI · Surface": 1.17})
     assert "balanced the two labels only" in limits(class_weight={"0": 1.6, "1": 0.7})
     assert "was not weighted" in limits()
+    assert "(improved_refit: weighted over instrument × label groups; seed_blog_refit: unweighted)" in limits(
+        member_loss_weighting={"improved_refit": "instrument x label groups", "seed_blog_refit": "none"})
+
+
+def test_the_model_card_of_an_average_names_its_models(tmp_path):
+    scores = {**METRICS["models"]["improved_refit"], "members": ["improved_refit", "seed_blog_refit"],
+              "image_size": 224, "epochs": None}
+    metrics = {**METRICS, "headline": "improved+seed_blog_refit", "models": {"improved+seed_blog_refit": scores}}
+    card = reporting.write_model_card(tmp_path, metrics).read_text()
+    assert card.startswith("# Model card: improved+seed_blog_refit")
+    assert "the average of the probabilities of improved_refit and seed_blog_refit (refit on train+val)" in card
+    assert "None epochs" not in card
 
 
 def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_training_data(tmp_path):

@@ -188,6 +188,32 @@ def build_model(name: str, image_size: int | None = None, *, seed: int = 42, aug
     return keras.Model(inputs, outputs, name=name)
 
 
+def build_average(members: list[keras.Model], name: str) -> keras.Model:
+    """One model that averages the members' P(Rover, Surface): an ensemble ``predict`` can load like any.
+
+    It takes images at the largest member's size; each smaller member gets them resized (bilinear,
+    antialiased, as close as Keras comes to the resizing its training images had).
+    """
+    if len(members) < 2:
+        raise ValueError(f"an average needs two or more models, not {len(members)}")
+    size = max(int(member.input_shape[1]) for member in members)
+    inputs = keras.Input(shape=(size, size, 3), name="image")
+    outputs = []
+    for member in members:
+        own = int(member.input_shape[1])
+        x = inputs if own == size else layers.Resizing(own, own, antialias=True, name=f"resize_for_{member.name}")(inputs)
+        outputs.append(member(x))
+    average = layers.Average(name="probabilities", dtype="float32")(outputs)
+    return keras.Model(inputs, average, name=name)
+
+
+def average_members(model: keras.Model) -> list[keras.Model]:
+    """The models an average built by :func:`build_average` is made of; empty for any other model."""
+    if not any(isinstance(layer, layers.Average) for layer in model.layers):
+        return []
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
+
 def count_parameters(model: keras.Model) -> dict[str, int]:
     """Trainable, non-trainable and total parameter counts."""
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)

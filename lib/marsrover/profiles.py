@@ -24,7 +24,9 @@ _COMMON: dict[str, Any] = {
     "epochs": None,  # None: each model's own number of epochs
     "batch_size": None,  # None: each model's own batch size
     "models": ALL_MODELS,
-    "refit": ["best_on_val"],  # refitted on train+val for the epochs chosen on val ("best_on_val": the winner)
+    # refitted on train+val for the epochs chosen on val ("best_on_val": the winner; "a+b": each of a and b,
+    # then their average)
+    "refit": ["best_on_val"],
     # Variants of the improved recipe, each trained on train and judged on val (marsrover.ablation).
     "ablations": ["geometric_augmentation", "flip_only", "closeup_zoom", "no_batch_norm", "flatten_dense_head",
                   "unweighted_loss", "label_weighting"],
@@ -40,8 +42,9 @@ _COMMON: dict[str, Any] = {
 
 PROFILES: dict[str, dict[str, Any]] = {
     # No download in CI: the transfer model is built from random weights there.
+    # smoke also names an average, so CI builds, refits and scores one whatever wins its tiny validation set.
     "smoke": {**_COMMON, "ablations": ALL_ABLATIONS, "max_images_per_split": 40, "image_size": 64, "epochs": 1, "sample_images": 12,
-              "transfer_weights": None, "bootstrap_samples": 50},
+              "transfer_weights": None, "bootstrap_samples": 50, "refit": ["best_on_val", "improved+seed_notebook"]},
     "full": {**_COMMON, "cpu_bfloat16": True, "export_headline": True},
     "gpu": {**_COMMON, "batch_size": 64, "mixed_precision": True, "jit_compile": True},
 }

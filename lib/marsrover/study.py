@@ -87,6 +87,7 @@ REFIT_SUFFIX = "_refit"
 RANDOM_SPLIT_SUFFIX = "_random_split"
 TRAIN_ONLY = "train only"  # the kind of run that competes for the headline, chosen on validation
 FORWARD_SUFFIX = "_forward"
+ENSEMBLE_JOIN = "+"  # an average of runs is named by its members, e.g. "improved+seed_blog" (a file name too)
 SELECTION_RUNS = "selection"  # records of runs that only choose a setting; never scored on test
 
 
@@ -147,11 +148,17 @@ def refit_epochs(name: str, train_only_run: dict, paths, index, output_dir, *, s
     the run that chose it (None when the train-only run's own best epoch was used).
 
     The train-only run's best epoch measures a jump from train's early sols to validation's later ones;
-    the refit instead trains on every sol up to the test split's. So a forward-validation run (see
+    the refit instead trains on every sol up to the test split's. A recipe that keeps its last epoch (the
+    seed models, as published) is refitted for its own number of epochs. Otherwise a forward-validation run (see
     :func:`forward_validation_index`) trains the model on train plus the earlier validation sols and
     picks the best epoch on the later ones; its record goes to ``selection/``, not ``runs/``, so it is
     never scored on test. Without enough validation sols, the train-only run's best epoch is used.
     """
+    from .models import get_spec
+
+    if not get_spec(name).restore_best:
+        recipe_epochs = train_only_run["config"]["epochs"]
+        return recipe_epochs, "the recipe's own number of epochs (it keeps its last epoch, as published)", None
     forward_index = forward_validation_index(index)
     if forward_index is None:
         train_only = train_only_run["config"]
@@ -185,21 +192,87 @@ def best_on_validation(scores: dict[str, float]) -> str:
     return min(scores, key=lambda run: (-round(scores[run], 6), run))
 
 
-def resolve_refit(refit: list[str] | tuple[str, ...], runs: dict[str, dict]) -> list[str]:
-    """The models to refit: the names in ``refit``, with ``"best_on_val"`` replaced by the winner on val."""
-    names = []
+def average_members_of(name: str) -> list[str]:
+    """The runs an average's name lists (``"a+b"`` -> ``["a", "b"]``); a single run's name -> ``[name]``."""
+    return name.split(ENSEMBLE_JOIN)
+
+
+def validation_scores(runs: dict[str, dict], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path,
+                      *, smallest: int = 2) -> dict[str, float]:
+    """Validation balanced accuracy of each validated train-only run (its kept weights) and of every
+    average of ``smallest`` or more of them (their P(Surface) averaged, each run at its own image size).
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    from .evaluation import predict_surface_probability
+    from .inference import load_model
+    from .training import release_models
+
+    scored = {run: kept_val_balanced_accuracy(record) for run, record in runs.items()}
+    scored = {run: score for run, score in scored.items() if score is not None}
+    if len(scored) < smallest:
+        return scored
+    probabilities, labels = {}, None
+    for run in sorted(scored):
+        model = load_model(Path(output_dir) / "models" / f"{run}.keras")
+        images, labels = split_arrays(paths, index, "val", int(model.input_shape[1]), progress=False)
+        probabilities[run] = predict_surface_probability(model, images)
+        del model, images
+        release_models()
+    for size in range(smallest, len(probabilities) + 1):
+        for members in combinations(sorted(probabilities), size):
+            average = np.mean([probabilities[member] for member in members], axis=0)
+            scored[ENSEMBLE_JOIN.join(members)] = float(balanced_accuracy_score(labels, (average >= 0.5).astype(int)))
+    return scored
+
+
+def resolve_refit(refit: list[str] | tuple[str, ...], runs: dict[str, dict],
+                  scores: dict[str, float] | None = None) -> tuple[list[str], list[str]]:
+    """The models to refit, and the averages to build from them.
+
+    ``"best_on_val"`` in ``refit`` stands for the winner on validation among ``scores`` (default: each
+    run's kept validation balanced accuracy). A name of an average (``"a+b"``), named or the winner,
+    stands for each of its models, and the average is built (:func:`save_average`).
+    """
+    names, averages = [], []
     for name in refit:
         if name == BEST_ON_VAL:
-            scored = {run: kept_val_balanced_accuracy(record) for run, record in runs.items()}
-            scored = {run: score for run, score in scored.items() if score is not None}
+            scored = scores if scores is not None else {
+                run: score for run, record in runs.items() if (score := kept_val_balanced_accuracy(record)) is not None}
             if not scored:
                 print("No refit of the best model: no run was validated")
                 continue
             name = best_on_validation(scored)
-            print(f"Best on validation: {name} (balanced accuracy {scored[name]:.3f}); it is refitted on train+val")
-        if name not in names:
-            names.append(name)
-    return names
+            print(f"Best on validation: {name} (balanced accuracy {scored[name]:.3f}); "
+                  f"{'each of its models is' if ENSEMBLE_JOIN in name else 'it is'} refitted on train+val")
+        members = average_members_of(name)
+        if len(members) > 1 and name not in averages:
+            averages.append(name)
+        names.extend(member for member in members if member not in names)
+    return names, averages
+
+
+def save_average(members: list[str], run_name: str, output_dir: Path, runs: dict[str, dict]) -> dict:
+    """Build the average of saved runs ``members`` (:func:`models.build_average`) and save it as run ``run_name``."""
+    from .inference import load_model
+    from .models import build_average
+    from .provenance import run_environment
+    from .training import release_models
+
+    output_dir = Path(output_dir)
+    model = build_average([load_model(output_dir / "models" / f"{member}.keras") for member in members], run_name)
+    model.save(output_dir / "models" / f"{run_name}.keras")
+    record = {"config": {"model": "average", "run": run_name, "members": members,
+                         "image_size": int(model.input_shape[1]),
+                         "fit_on": runs[members[0]]["config"].get("fit_on"),
+                         "kept_weights": "each member's own"},
+              "train_seconds": round(sum(runs[member].get("train_seconds") or 0 for member in members), 2),
+              "environment": run_environment()}
+    (output_dir / "runs" / f"{run_name}.json").write_text(json.dumps(record, indent=2, default=str))
+    print(f"Saved {run_name}: the average of {', '.join(members)} at {record['config']['image_size']} px")
+    del model
+    release_models()
+    return record
 
 
 def train_models(model_names: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *,
@@ -211,7 +284,9 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
     1. Each model on the train split, watching the validation split (selection happens there only).
     2. Each model in ``refit`` again on train+val, for the number of epochs chosen on val by forward
        validation (:func:`refit_epochs`); ``"best_on_val"`` in ``refit`` stands for the model that
-       step 1 found best on validation.
+       step 1 found best on validation, or, when an average of step 1's models scores best there
+       (:func:`validation_scores`), for each of its models; that average and the average of their
+       refits are then saved as runs of their own (:func:`save_average`).
     3. ``leakage_model`` on the seed blog's random 80/20 split of train+val, to measure how much a
        random split flatters the validation score.
     A pretrained model whose weights cannot be loaded is recorded as skipped, with the reason.
@@ -233,7 +308,9 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
             runs[name] = {"skipped": str(error), "config": {"model": name, "run": name}}
             (output_dir / "runs").mkdir(parents=True, exist_ok=True)
             (output_dir / "runs" / f"{name}.json").write_text(json.dumps(runs[name], indent=2))
-    for name in resolve_refit(refit, runs):
+    scores = validation_scores(runs, paths, index, output_dir) if BEST_ON_VAL in refit else None
+    to_refit, averages = resolve_refit(refit, runs, scores)
+    for name in to_refit:
         if "skipped" in runs.get(name, {"skipped": True}):
             print(f"No refit of {name}: it was not trained above")
             continue
@@ -246,6 +323,15 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
         runs[name + REFIT_SUFFIX] = _fit_and_save(
             name, name + REFIT_SUFFIX, paths, index, output_dir, fit_splits=["train", "val"], val_split=None,
             size=size, epochs=chosen_epochs, config_notes={"epochs_chosen_by": how}, **common)
+    for average in averages:  # save it, and the average of its members' refits
+        members = average_members_of(average)
+        if any("skipped" in runs.get(member, {"skipped": True}) for member in members):
+            print(f"No average {average}: not all of its models were trained")
+            continue
+        runs[average] = save_average(members, average, output_dir, runs)
+        if all(member + REFIT_SUFFIX in runs for member in members):
+            runs[average + REFIT_SUFFIX] = save_average([member + REFIT_SUFFIX for member in members],
+                                                        average + REFIT_SUFFIX, output_dir, runs)
     if leakage_model:
         size = image_size or get_spec(leakage_model).image_size
         runs[leakage_model + RANDOM_SPLIT_SUFFIX] = _fit_and_save(
@@ -336,16 +422,16 @@ def error_groups_across_runs(error_groups: dict[str, pd.DataFrame], run: str, in
     return table
 
 
-ENSEMBLE_JOIN = " + "
 
 
 def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFrame]], *,
-                    bootstrap_samples: int = 1000, seed: int = 42) -> tuple[dict, dict]:
+                    bootstrap_samples: int = 1000, seed: int = 42, skip: set[str] = frozenset()) -> tuple[dict, dict]:
     """Every average of two or more of ``runs`` (P(Surface) averaged), scored on val and test like a run.
 
-    Returns the scores (name -> members, val, test; names join the members with " + ") and the
+    Returns the scores (name -> members, val, test; names join the members with "+") and the
     averaged predictions (name -> split -> rows). Only train-only runs make sense here: validation
     must be unseen by every member for its score to choose between the averages and the single runs.
+    Names in ``skip`` (averages the study saved and scored as runs) are left out.
     """
     from .evaluation import average_predictions, binary_metrics
 
@@ -353,6 +439,8 @@ def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFra
     for size in range(2, len(runs) + 1):
         for members in combinations(sorted(runs), size):
             name = ENSEMBLE_JOIN.join(members)
+            if name in skip:
+                continue
             averaged[name], scores[name] = {}, {"members": list(members), "kind": "average of train-only runs"}
             for split in ("val", "test"):
                 rows = average_predictions([predictions[member][split] for member in members])
@@ -362,13 +450,23 @@ def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFra
     return scores, averaged
 
 
+def _loss_weighting(output_dir: Path, run: str) -> str:
+    """How run ``run``'s training loss was weighted, in words, from its record."""
+    path = Path(output_dir) / "runs" / f"{run}.json"
+    run_config = reporting.load_json(path).get("config", {}) if path.exists() else {}
+    if run_config.get("group_weights"):
+        return "instrument x label groups"
+    return "labels" if run_config.get("class_weight") else "none"
+
+
 def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *, profile: str, seed: int,
                 bootstrap_samples: int = 1000) -> StudyScores:
     """Score every saved run on val and test, fit temperatures on val, choose the headline, save metrics.
 
     The headline is chosen on validation only: the train-only model with the best validation balanced
-    accuracy; if that model was refitted on train+val (for the epochs validation chose), the refit is
-    the headline, since it has seen sols closer to the test split. The test split only reports.
+    accuracy (an average of runs that notebook 05 saved competes like any); if that model was refitted on
+    train+val (for the epochs validation chose; an average, as the average of its members' refits), the
+    refit is the headline, since it has seen sols closer to the test split. The test split only reports.
     """
     from .calibration import apply_temperature, expected_calibration_error, fit_temperature
     from .evaluation import (at_confidence, binary_metrics, errors_against_training, majority_baseline,
@@ -402,6 +500,10 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
                                          **{key: record["config"][key] for key in ("group_weights", "class_weight")
                                             if record["config"].get(key)},  # how its loss was weighted
                                          "train_seconds": record.get("train_seconds")}, {}
+        if record["config"].get("members"):  # an average of runs (save_average)
+            scores[run]["members"] = record["config"]["members"]
+            scores[run]["member_loss_weighting"] = {member: _loss_weighting(output_dir, member)
+                                                    for member in record["config"]["members"]}
         for split in ("val", "test"):
             key = (run_index is random_index, split, size)
             if key not in arrays:  # runs of one size share their images: load each array once
@@ -435,11 +537,14 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     headline = best + REFIT_SUFFIX if best + REFIT_SUFFIX in scores else best
     baselines = {"majority class": {split: majority_baseline(index.loc[index["split"] == split, "label"])
                                     for split in ("val", "test")}}
-    ensembles, ensemble_predictions = score_ensembles(candidates, predictions, bootstrap_samples=bootstrap_samples,
-                                                      seed=seed)
+    # Every other average of the single train-only runs, scored from their predictions (no model saved).
+    singles = [run for run in candidates if "members" not in scores[run]]
+    ensembles, ensemble_predictions = score_ensembles(singles, predictions, bootstrap_samples=bootstrap_samples,
+                                                      seed=seed, skip=set(scores))
     metrics = {
         "headline": headline, "best_on_val": best,
-        "selection": "best validation balanced accuracy among train-only runs; its train+val refit if any",
+        "selection": "best validation balanced accuracy among train-only runs (an average of runs saved by "
+                     "notebook 05 is one); its train+val refit if any",
         "profile": profile, "models": scores, "skipped": skipped, "baselines": baselines,
         "ensembles": ensembles, "seed_claim": SEED_CLAIM, **run_environment(),
     }
@@ -525,10 +630,11 @@ TARGETS = {"accuracy": 0.98, "balanced_accuracy": 0.97}  # issue 3: the improved
 
 
 def targets_table(metrics: dict, model: str = "improved", targets: dict[str, float] = TARGETS) -> pd.DataFrame:
-    """The improved model's runs against the study's test targets: reached or not, and by how much."""
+    """The improved model's runs (and the headline, when it is an average with them) against the study's
+    test targets: reached or not, and by how much."""
     rows = []
     for run, splits in metrics["models"].items():
-        if run not in (model, model + REFIT_SUFFIX):
+        if run not in (model, model + REFIT_SUFFIX, metrics.get("headline")):
             continue
         row = {"run": run, "trained": splits["kind"]}
         for key, target in targets.items():
