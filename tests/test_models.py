@@ -22,11 +22,12 @@ def test_an_average_of_models_takes_the_largest_size_and_averages_their_probabil
 
     small, large = models.build_model("improved", 32, augment=False), models.build_model("seed_notebook", 48, augment=False)
     average = models.build_average([small, large], "improved+seed_notebook")
-    assert average.input_shape == (None, 48, 48, 3) and average.name == "improved+seed_notebook"
+    assert average.input_shape == (None, 48, 48, 3) and average.name == "improved_and_seed_notebook"  # a scope name
     batch = np.random.default_rng(0).integers(0, 255, (2, 48, 48, 3)).astype("float32")
     resized = keras.layers.Resizing(32, 32, antialias=True)(batch)
     expected = (np.asarray(small(resized, training=False)) + np.asarray(large(batch, training=False))) / 2
     np.testing.assert_allclose(np.asarray(average(batch, training=False)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(average.predict(batch, verbose=0), expected, rtol=1e-5, atol=1e-6)  # in a graph too
     assert [member.name for member in models.average_members(average)] == ["improved", "seed_notebook"]
     assert models.average_members(small) == []  # a single model is not an average
     average.save(tmp_path / "average.keras")

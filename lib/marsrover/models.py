@@ -8,6 +8,7 @@ Each :class:`ModelSpec` also carries the training recipe the model was published
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -204,7 +205,8 @@ def build_average(members: list[keras.Model], name: str) -> keras.Model:
         x = inputs if own == size else layers.Resizing(own, own, antialias=True, name=f"resize_for_{member.name}")(inputs)
         outputs.append(member(x))
     average = layers.Average(name="probabilities", dtype="float32")(outputs)
-    return keras.Model(inputs, average, name=name)
+    # TensorFlow takes a model's name as a scope name: letters, digits and _ . - only ("a+b" -> "a_and_b").
+    return keras.Model(inputs, average, name=re.sub(r"[^A-Za-z0-9_.-]", "_", name.replace("+", "_and_")))
 
 
 def average_members(model: keras.Model) -> list[keras.Model]:

@@ -158,7 +158,7 @@ def refit_epochs(name: str, train_only_run: dict, paths, index, output_dir, *, s
 
     if not get_spec(name).restore_best:
         recipe_epochs = train_only_run["config"]["epochs"]
-        return recipe_epochs, "the recipe's own number of epochs (it keeps its last epoch, as published)", None
+        return recipe_epochs, "recipe's own number of epochs (it keeps its last epoch, as published)", None
     forward_index = forward_validation_index(index)
     if forward_index is None:
         train_only = train_only_run["config"]
