@@ -125,7 +125,9 @@ def test_when_an_average_wins_on_validation_each_of_its_models_is_refitted():
     assert resolve_refit(["best_on_val"], runs, scores) == (["improved", "seed_blog"], ["improved+seed_blog"])
     assert resolve_refit(["best_on_val", "seed_blog"], runs, {**scores, "improved": 0.97}) == \
         (["improved", "seed_blog"], [])  # a single model won; seed_blog is refitted because it was named
-    assert resolve_refit(["seed_blog+improved"], runs) == (["seed_blog", "improved"], ["seed_blog+improved"])
+    assert resolve_refit(["seed_blog+improved"], runs) == (["improved", "seed_blog"], ["improved+seed_blog"])
+    with pytest.raises(ValueError, match="twice"):
+        resolve_refit(["improved+improved"], runs)
 
 
 def test_a_recipe_that_keeps_its_last_epoch_is_refitted_for_its_own_epochs_without_a_forward_run(tmp_path):

@@ -53,20 +53,36 @@ def test_the_html_shows_the_confusion_matrix_and_example_predictions(smoke_repor
 
 
 TRAIN_ONLY = {"seed_notebook", "seed_blog", "improved", "transfer"}
+SMOKE_AVERAGE = "improved+seed_notebook"  # named in the smoke profile's refit list
+
+
+def _averages(metrics):
+    return {name for name in metrics["models"] if "+" in name and not name.endswith("_refit")}
 
 
 def _runs(metrics):
-    return TRAIN_ONLY | {"seed_notebook_random_split", metrics["best_on_val"] + "_refit"}
+    """Every model, the named average and the winner on validation (a model or an average) are refitted."""
+    refitted = {metrics["best_on_val"]} | _averages(metrics)
+    members = {member for name in refitted for member in name.split("+")}
+    return (TRAIN_ONLY | {"seed_notebook_random_split"} | _averages(metrics)
+            | {name + "_refit" for name in refitted | members})
 
 
 def test_metrics_cover_every_run_on_val_and_test(smoke_report):
     metrics = json.loads((smoke_report / "metrics.json").read_text())
     assert metrics["profile"] == "smoke" and metrics["headline"] in metrics["models"]
-    assert metrics["best_on_val"] in TRAIN_ONLY
-    assert set(metrics["models"]) == _runs(metrics), "the model best on validation, and only it, is refitted"
+    averages = _averages(metrics)
+    assert SMOKE_AVERAGE in averages and len(averages) <= 2  # the named average, and 05's winner if an average won
+    assert metrics["best_on_val"] in TRAIN_ONLY | averages
+    assert set(metrics["models"]) == _runs(metrics), "only the models best on validation or named are refitted"
     assert metrics["headline"] == metrics["best_on_val"] + "_refit"
     for name, splits in metrics["models"].items():
-        assert splits["epochs"] == 1 and splits["train_seconds"] > 0, name  # the smoke profile's one epoch
+        assert splits["train_seconds"] > 0, name
+        if "+" in name:  # an average: its models' epochs, and their summed training time
+            assert splits["members"] == [member + ("_refit" if name.endswith("_refit") else "")
+                                         for member in name.removesuffix("_refit").split("+")], name
+        else:
+            assert splits["epochs"] == 1, name  # the smoke profile's one epoch
         for split in ("val", "test"):
             scores = splits[split]
             assert scores["n"] >= (10 if name.endswith("random_split") and split == "val" else 30), (name, split)
@@ -90,20 +106,29 @@ def test_each_run_is_saved_with_its_record(smoke_report):
     for name in _runs(metrics):
         assert (smoke_report / "models" / f"{name}.keras").stat().st_size > 10_000
         run = json.loads((smoke_report / "runs" / f"{name}.json").read_text())
-        assert run["config"]["epochs"] == 1 and run["config"]["image_size"] == 64
-        assert run["environment"]["commit"] and len(run["history"]["loss"]) == 1
+        assert run["config"]["image_size"] == 64 and run["environment"]["commit"]
+        if "+" in name:
+            assert run["config"]["model"] == "average" and "history" not in run  # nothing trained
+        else:
+            assert run["config"]["epochs"] == 1 and len(run["history"]["loss"]) == 1
     refit = json.loads((smoke_report / "runs" / f"{metrics['best_on_val']}_refit.json").read_text())
-    assert refit["config"]["val_images"] == 0 and refit["config"]["fit_on"] == "train+val"
+    assert refit["config"]["fit_on"] == "train+val"
+    average_refit = json.loads((smoke_report / "runs" / f"{SMOKE_AVERAGE}_refit.json").read_text())
+    assert average_refit["config"]["members"] == ["improved_refit", "seed_notebook_refit"]
 
 
-def test_the_refit_length_comes_from_forward_validation_which_is_never_scored_on_test(smoke_report):
+def test_the_refit_length_comes_from_forward_validation_or_the_recipe_and_is_never_scored_on_test(smoke_report):
     metrics = json.loads((smoke_report / "metrics.json").read_text())
-    forward_run = metrics["best_on_val"] + "_forward"
-    forward = json.loads((smoke_report / "selection" / f"{forward_run}.json").read_text())
+    forward = json.loads((smoke_report / "selection" / "improved_forward.json").read_text())
     assert forward["config"]["fit_on"] == "train+val_early" and forward["config"]["val_images"] >= 10
-    refit = json.loads((smoke_report / "runs" / f"{metrics['best_on_val']}_refit.json").read_text())
+    refit = json.loads((smoke_report / "runs" / "improved_refit.json").read_text())
     assert refit["config"]["epochs_chosen_by"].startswith("best epoch of forward validation")
-    assert forward_run not in metrics["models"] and not (smoke_report / "models" / f"{forward_run}.keras").exists()
+    assert refit["config"]["val_images"] == 0
+    assert "improved_forward" not in metrics["models"] and not (smoke_report / "models" / "improved_forward.keras").exists()
+    # a seed model keeps its last epoch, as published: refitted for its own epochs, no forward run
+    seed_refit = json.loads((smoke_report / "runs" / "seed_notebook_refit.json").read_text())
+    assert seed_refit["config"]["epochs_chosen_by"].startswith("recipe's own number of epochs")
+    assert not (smoke_report / "selection" / "seed_notebook_forward.json").exists()
 
 
 def test_every_ablation_is_trained_on_train_and_judged_on_val(smoke_report):

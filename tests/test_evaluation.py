@@ -371,3 +371,8 @@ def test_the_targets_table_reports_the_improved_runs_against_the_issue_targets()
     assert not table.loc["improved", "accuracy reached"] and table.loc["improved_refit", "accuracy reached"]
     assert table.loc["improved_refit", "balanced accuracy reached"]  # 0.97 meets a target of 0.97
     assert targets_table({"models": {"seed_blog": run("train only", 1, 1)}}).empty
+    average = {**run("refit", 0.99, 0.98), "members": ["improved_refit", "seed_blog_refit"]}
+    others = {**run("refit", 0.99, 0.98), "members": ["seed_blog_refit", "seed_notebook_refit"]}
+    table = targets_table({"models": {**metrics["models"], "improved+seed_blog_refit": average,
+                                      "seed_blog+seed_notebook_refit": others}})
+    assert list(table.index) == ["improved", "improved_refit", "improved+seed_blog_refit"]  # averages with improved

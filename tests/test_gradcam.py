@@ -145,7 +145,9 @@ def test_each_model_of_a_saved_average_is_explained_on_its_own(tmp_path):
     average = build_average([build_model("improved", 32), build_model("seed_notebook", 48)], "improved+seed_notebook")
     average.save(tmp_path / "average.keras")
     loaded = keras.saving.load_model(tmp_path / "average.keras")
-    for member in average_members(loaded):
+    members = average_members(loaded)
+    assert [member.name for member in members] == ["improved", "seed_notebook"]
+    for member in members:
         size = int(member.input_shape[1])
         batch = np.random.default_rng(1).integers(0, 255, (2, size, size, 3)).astype("float32")
         heatmaps = grad_cam(member, batch)

@@ -184,6 +184,7 @@ def test_the_model_card_of_an_average_names_its_models(tmp_path):
     assert card.startswith("# Model card: improved+seed_blog_refit")
     assert "the average of the probabilities of improved_refit and seed_blog_refit (refit on train+val)" in card
     assert "None epochs" not in card
+    assert "| average of 2 runs |" in reporting.results_markdown(metrics)  # it trained nothing itself
 
 
 def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_training_data(tmp_path):
@@ -230,6 +231,10 @@ def test_the_headline_model_is_exported_under_its_name_and_training_commit(tmp_p
     (report / "runs" / "improved_refit.json").unlink()
     assert export_headline(report, {"headline": "improved_refit", "commit": "scored2"}, models_dir).name == \
         "improved_refit-scored2.keras"
+    (report / "models" / "a+b_refit.keras").write_bytes(b"average")  # a new headline: the former one goes
+    exported = export_headline(report, {"headline": "a+b_refit", "commit": "c3",
+                                        "models": {"improved_refit": {}, "a+b_refit": {}}}, models_dir)
+    assert sorted(p.name for p in models_dir.iterdir()) == ["a+b_refit-c3.keras", "seed_blog-keep.keras"]
 
 
 def test_each_distinct_score_note_is_one_numbered_footnote_in_order_of_appearance(tmp_path):

@@ -110,6 +110,8 @@ total {{ "%.1f"|format(total_seconds / 60) }} min</p>
 def _how_trained(metrics: dict) -> str:
     """``": refit on train+val, 128 px, 6 epochs (how chosen)"`` for the headline, from what metrics.json has."""
     scores = metrics.get("models", {}).get(metrics.get("headline"), {})
+    if scores.get("members"):
+        return f": the average of {', '.join(scores['members'])} ({scores.get('kind')})"
     parts = [scores.get("kind"), scores.get("image_size") and f"{scores['image_size']} px",
              scores.get("epochs") and f"{scores['epochs']} epochs"]
     text = ", ".join(str(part) for part in parts if part)
@@ -173,6 +175,8 @@ def _with_ci(scores: dict, key: str) -> str:
 
 
 def _training_cost(splits: dict) -> str:
+    if splits.get("members"):  # an average trains nothing; its models' rows have their cost
+        return f"average of {len(splits['members'])} runs"
     seconds = splits.get("train_seconds")
     if seconds is None:
         return "–"
@@ -307,7 +311,8 @@ The majority answer ("{metrics['baselines']['majority class']['test'].get('answe
 {_pct(metrics['baselines']['majority class']['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split. Models, epochs and design choices were selected on the validation split only, and the test split
 was scored once per final model. Two caveats, both stated in notebook 06 beside the targets: the rule that
-sets the refit's number of epochs (forward validation, on validation sols only) replaced an earlier rule
+sets the refit's number of epochs (forward validation, on validation sols only; a seed model refits for its
+recipe's own epochs) replaced an earlier rule
 after test scores had been seen, and the loss balanced over instrument × label groups was suggested by an
 earlier run's test errors, then chosen on validation.
 

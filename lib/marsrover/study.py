@@ -246,8 +246,13 @@ def resolve_refit(refit: list[str] | tuple[str, ...], runs: dict[str, dict],
             print(f"Best on validation: {name} (balanced accuracy {scored[name]:.3f}); "
                   f"{'each of its models is' if ENSEMBLE_JOIN in name else 'it is'} refitted on train+val")
         members = average_members_of(name)
-        if len(members) > 1 and name not in averages:
-            averages.append(name)
+        if len(members) > 1:
+            if len(set(members)) != len(members):
+                raise ValueError(f"average {name!r} names a model twice")
+            name = ENSEMBLE_JOIN.join(sorted(members))  # one name per average, as validation_scores spells it
+            members = average_members_of(name)
+            if name not in averages:
+                averages.append(name)
         names.extend(member for member in members if member not in names)
     return names, averages
 
@@ -560,7 +565,8 @@ def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.M
     """Copy the headline model to ``models/<run>-<commit>.keras`` so `marsrover predict` finds it.
 
     The commit is the one the model was trained at (its run record), which can be older than the
-    commit that scored it when notebook 06 is rerun alone.
+    commit that scored it when notebook 06 is rerun alone. Earlier exports of any of the study's runs
+    are removed, so `predict` never picks up a former headline; other files in ``models_dir`` stay.
     """
     import shutil
 
@@ -570,8 +576,9 @@ def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.M
     commit = record.get("environment", {}).get("commit") or metrics["commit"]
     target = Path(models_dir) / f"{run}-{commit}.keras"
     target.parent.mkdir(parents=True, exist_ok=True)
-    for old in Path(models_dir).glob(f"{run}-*.keras"):
-        old.unlink()  # one headline file per run name: the newest study's
+    for study_run in {run, *metrics.get("models", {})}:  # one headline file: an earlier headline is another run
+        for old in Path(models_dir).glob(f"{study_run}-*.keras"):
+            old.unlink()
     shutil.copy2(Path(output_dir) / "models" / f"{run}.keras", target)
     print(f"Headline model exported to {target} ({target.stat().st_size / 2**20:.1f} MiB)")
     return target
@@ -630,11 +637,12 @@ TARGETS = {"accuracy": 0.98, "balanced_accuracy": 0.97}  # issue 3: the improved
 
 
 def targets_table(metrics: dict, model: str = "improved", targets: dict[str, float] = TARGETS) -> pd.DataFrame:
-    """The improved model's runs (and the headline, when it is an average with them) against the study's
+    """The improved model's runs (and each average that includes one) against the study's
     test targets: reached or not, and by how much."""
     rows = []
     for run, splits in metrics["models"].items():
-        if run not in (model, model + REFIT_SUFFIX, metrics.get("headline")):
+        models_of_run = splits.get("members") or [run]
+        if not {model, model + REFIT_SUFFIX} & set(models_of_run):
             continue
         row = {"run": run, "trained": splits["kind"]}
         for key, target in targets.items():
