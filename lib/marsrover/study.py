@@ -201,6 +201,9 @@ def validation_scores(runs: dict[str, dict], paths: config.DataPaths, index: pd.
                       *, smallest: int = 2) -> dict[str, float]:
     """Validation balanced accuracy of each validated train-only run (its kept weights) and of every
     average of ``smallest`` or more of them (their P(Surface) averaged, each run at its own image size).
+
+    The saved average (:func:`save_average`) resizes inside the model, from its largest model's size, so
+    the score notebook 06 ranks it by can differ from this one in the last digits.
     """
     from sklearn.metrics import balanced_accuracy_score
 
