@@ -63,3 +63,22 @@ def test_paths_inside_the_project_are_recorded_relative_to_it(tmp_path):
 
     assert config.display_path(config.PROJECT_ROOT / "models" / "improved.keras") == "models/improved.keras"
     assert config.display_path(tmp_path / "elsewhere.keras") == str(tmp_path / "elsewhere.keras")
+
+
+def test_an_average_headline_is_timed_beside_the_improved_model(tmp_path):
+    from marsrover.models import build_average, build_model
+
+    paths = config.data_paths(tmp_path / "data")
+    write_tiny_set(paths.images_root)
+    index = dataset.build_index(paths.images_root, progress=False)
+    headline = tmp_path / "models" / "improved+seed_notebook_refit-abc.keras"
+    headline.parent.mkdir()
+    build_average([build_model("improved", 32), build_model("seed_notebook", 32)], "average").save(headline)
+    result = bench.run_benchmark(paths, index, train_images=4, train_steps=2, infer_images=2, train_size=32,
+                                 batch_size=2, infer_batch_size=2, infer_size=32, train_rounds=1,
+                                 model_path=str(headline), full_report=tmp_path / "none")
+    assert result["settings"]["inference_model"] == "improved (untrained weights) at 32px"  # the targets' model
+    assert result["settings"]["headline_model"].endswith("improved+seed_notebook_refit-abc.keras")
+    assert result["headline_inference_images_per_s"] == round(
+        result["measurements"]["infer_batched_headline"]["images_per_s"], 1) > 0
+    assert "the headline, an average of runs" in bench.bench_markdown(result)
