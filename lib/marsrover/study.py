@@ -459,12 +459,10 @@ def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFra
 
 
 def _loss_weighting(output_dir: Path, run: str) -> str:
-    """How run ``run``'s training loss was weighted, in words, from its record."""
-    path = Path(output_dir) / "runs" / f"{run}.json"
-    run_config = reporting.load_json(path).get("config", {}) if path.exists() else {}
-    if run_config.get("group_weights"):
-        return "instrument x label groups"
-    return "labels" if run_config.get("class_weight") else "none"
+    """How run ``run``'s training loss was weighted, in words: its model's recipe (``ModelSpec.loss_weighting``)."""
+    from .models import get_spec
+
+    return get_spec(reporting.load_json(Path(output_dir) / "runs" / f"{run}.json")["config"]["model"]).loss_weighting
 
 
 def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *, profile: str, seed: int,
