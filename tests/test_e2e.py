@@ -42,14 +42,19 @@ def test_every_notebook_is_executed_without_errors_and_rendered(smoke_report):
 
 def test_the_html_shows_the_confusion_matrix_and_example_predictions(smoke_report):
     html = (smoke_report / "06_error_analysis.html").read_text()
-    assert html.count("data:image/png;base64") >= 3
+    assert html.count("data:image/png;base64") >= 3  # charts: confusion matrices, curves
+    assert html.count("data:image/jpeg;base64") >= 3  # photographs: examples, errors, Grad-CAM
     assert "Confusion matrices" in html and "Example predictions" in html
     index = (smoke_report / "index.html").read_text()
-    assert 'src="figures/confusion_matrix.png"' in index and 'src="figures/example_predictions.png"' in index
-    for figure in ("confusion_matrix", "example_predictions", "sample_images", "contact_sheet",
-                   "augmentation_strong", "training_history", "roc_pr_curves", "reliability", "coverage",
-                   "breakdown_msl_class", "confident_errors", "gradcam", "new_images_uncertain"):
+    assert 'src="figures/confusion_matrix.png"' in index and 'src="figures/example_predictions.jpg"' in index
+    charts = ("confusion_matrix", "training_history", "roc_pr_curves", "reliability", "coverage", "breakdown_msl_class")
+    photographs = ("example_predictions", "sample_images", "contact_sheet", "augmentation_strong", "confident_errors",
+                   "gradcam", "new_images_uncertain")
+    for figure in charts:
         assert (smoke_report / "figures" / f"{figure}.png").stat().st_size > 5_000, figure
+    for figure in photographs:
+        assert (smoke_report / "figures" / f"{figure}.jpg").stat().st_size > 5_000, figure
+        assert not (smoke_report / "figures" / f"{figure}.png").exists(), figure
 
 
 TRAIN_ONLY = {"seed_notebook", "seed_blog", "improved", "transfer"}

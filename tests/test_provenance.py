@@ -42,3 +42,13 @@ def test_the_study_rewriting_its_own_report_model_and_readme_tables_does_not_mar
 
 def test_outside_git_the_commit_is_unknown(tmp_path):
     assert git_commit(tmp_path) == "unknown"
+
+
+def test_results_name_the_commit_the_process_imported_not_a_later_one(monkeypatch):
+    """A commit landing during a long run must not be credited with that run's results."""
+    from marsrover import provenance
+
+    at_import = provenance.code_commit()
+    monkeypatch.setattr(provenance, "git_commit", lambda *args, **kwargs: "committed-during-the-run")
+    assert provenance.code_commit() == at_import
+    assert provenance.run_environment()["commit"] == at_import

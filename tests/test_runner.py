@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -246,3 +247,18 @@ def test_each_distinct_score_note_is_one_numbered_footnote_in_order_of_appearanc
     page = reporting.write_index(tmp_path, log).read_text()
     assert page.count("<td>99.0%<sup>1</sup></td>") == 4 and page.count("<sup>2</sup>") == 3  # two cells and the footnote
     assert page.index("<sup>1</sup> Seen in training.") < page.index("<sup>2</sup> Tiny split.")
+
+
+def test_test_predictions_are_written_per_run_and_those_of_vanished_runs_removed(tmp_path):
+    from marsrover.study import write_test_predictions
+
+    predictions_dir = tmp_path / "predictions"
+    predictions_dir.mkdir()
+    (predictions_dir / "former_headline_test.csv").write_text("path,label,p_surface\n")
+    (predictions_dir / "notes.txt").write_text("not a prediction file: kept\n")
+    table = pd.DataFrame({"path": ["a.jpg"], "label": [1], "p_surface": [0.9]})
+    write_test_predictions(predictions_dir, {"improved": {"val": table, "test": table},
+                                             "seed_blog": {"val": table, "test": table}})
+    assert sorted(path.name for path in predictions_dir.iterdir()) == [
+        "improved_test.csv", "notes.txt", "seed_blog_test.csv"]
+    assert pd.read_csv(predictions_dir / "improved_test.csv").equals(table)

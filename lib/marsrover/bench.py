@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import config, reporting, study
-from .provenance import git_commit
+from .provenance import code_commit
 
 
 def _peak_rss_gib() -> float:
@@ -220,7 +220,7 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
         if headline_is_average else None
     full = last_full_run(full_report)
     result = {
-        "commit": git_commit(), "cpu_count": os.cpu_count(),
+        "commit": code_commit(), "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "platform": platform.platform(),
         "train_pipeline_ratio": round(project_train["images_per_s"] / seed_train["images_per_s"], 2),
         # The project's pipeline plus its CPU bfloat16 policy against the seed's (float32) setup; None without bf16.

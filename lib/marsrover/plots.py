@@ -14,18 +14,55 @@ from .config import CLASS_NAMES
 from .dataset import load_image
 
 
+# Photographs take five to ten times less room as JPEG than as PNG; charts stay PNG (sharp lines).
+PHOTO_SUFFIX, CHART_SUFFIX = ".jpg", ".png"
+JPEG_QUALITY = 85
+
+
+def shows_photographs(fig: plt.Figure) -> bool:
+    """Whether ``fig`` draws images (``imshow``): sample grids, augmentations, Grad-CAM, predictions."""
+    return any(ax.get_images() for ax in fig.axes)
+
+
+def _inline_image(fig: plt.Figure, image_format: str) -> str:
+    from IPython.core.pylabtools import print_figure
+
+    quality = {"pil_kwargs": {"quality": JPEG_QUALITY}} if image_format == "jpeg" else {}
+    return print_figure(fig, image_format, base64=True, **quality)
+
+
 def setup_notebook(dpi: int = 72) -> None:
-    """Figures shown in notebooks at a modest resolution, so the rendered report stays small."""
+    """Figures shown in notebooks at a modest resolution, photographs as JPEG, so the report stays small.
+
+    Inline figures are embedded in the executed notebook and again in its HTML: a figure of photographs
+    is shown as JPEG, any other figure as PNG.
+    """
     plt.rcParams["figure.dpi"] = dpi
+    from IPython import get_ipython
+    from matplotlib.figure import Figure
+
+    shell = get_ipython()
+    if shell is None:  # a plain Python session: nothing is displayed inline
+        return
+    formatters = shell.display_formatter.formatters
+    # A formatter returning None leaves its MIME type out, so each figure is embedded once.
+    formatters["image/png"].for_type(Figure, lambda fig: None if shows_photographs(fig) else _inline_image(fig, "png"))
+    formatters["image/jpeg"].for_type(Figure, lambda fig: _inline_image(fig, "jpeg") if shows_photographs(fig) else None)
 
 
 def save_fig(fig: plt.Figure, name: str, figures_dir: Path, *, dpi: int = 100) -> Path:
-    """Save ``fig`` as ``figures_dir/name.png`` (tight layout) and return the path."""
+    """Save ``fig`` as ``figures_dir/name.jpg`` (photographs) or ``name.png`` (charts); return the path.
+
+    The other format's file of the same name, left by an earlier version, is removed.
+    """
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    path = figures_dir / f"{name}.png"
+    photographs = shows_photographs(fig)
+    path = figures_dir / f"{name}{PHOTO_SUFFIX if photographs else CHART_SUFFIX}"
+    (figures_dir / f"{name}{CHART_SUFFIX if photographs else PHOTO_SUFFIX}").unlink(missing_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    quality = {"pil_kwargs": {"quality": JPEG_QUALITY}} if photographs else {}
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", **quality)
     return path
 
 

@@ -36,6 +36,17 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
         return "unknown"
 
 
+# Read once, when the package is imported: a notebook's kernel imports it in its first cells, and
+# `run_all.py` at its start. A commit made while a long run goes on changes HEAD, not the code that
+# process already loaded, so reading HEAD at save time would credit the run to code it never ran.
+_COMMIT_AT_IMPORT = git_commit()
+
+
+def code_commit() -> str:
+    """The commit (and ``-dirty``) of the code this process runs: :func:`git_commit` at import time."""
+    return _COMMIT_AT_IMPORT
+
+
 def package_versions(packages=RECORDED_PACKAGES) -> dict[str, str | None]:
     versions = {}
     for package in packages:
@@ -51,7 +62,7 @@ def run_environment() -> dict[str, object]:
     import tensorflow as tf  # here, so that reading provenance needs no TensorFlow elsewhere
 
     return {
-        "commit": git_commit(),
+        "commit": code_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

@@ -146,8 +146,8 @@ def _score_table(metrics: dict) -> tuple[list[dict], list[str]]:
 def write_index(output_dir: Path, log: dict) -> Path:
     """``index.html``: the headline metrics, the key figures and links to every notebook."""
     output_dir = Path(output_dir)
-    figures = [(f"figures/{name}.png", caption) for name, caption in HEADLINE_FIGURES.items()
-               if (output_dir / "figures" / f"{name}.png").exists()]
+    figures = [(f"figures/{path.name}", caption) for name, caption in HEADLINE_FIGURES.items()
+               for path in sorted((output_dir / "figures").glob(f"{name}.*"))[:1]]  # .png chart or .jpg photographs
     failed = next((run["error"] for run in log["notebooks"] if run["status"] == "failed"), "")
     metrics = load_json(output_dir / METRICS_FILE)
     models = metrics.get("models", {})

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import config, reporting
-from .provenance import git_commit
+from .provenance import code_commit
 from .profiles import PROFILES, get_profile
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
@@ -121,7 +121,7 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
             break
     log = {
         "profile": profile, "started": started_at, "total_seconds": round(time.perf_counter() - started, 2),
-        "notebooks": [run.__dict__ for run in runs], "commit": git_commit(), "cpu_count": os.cpu_count(),
+        "notebooks": [run.__dict__ for run in runs], "commit": code_commit(), "cpu_count": os.cpu_count(),
         "peak_rss_gib": peak_kernel_rss_gib(),
     }
     log = reporting.write_run_log(output_dir, log)

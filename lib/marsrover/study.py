@@ -555,11 +555,21 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
         "ensembles": ensembles, "seed_claim": SEED_CLAIM, **run_environment(),
     }
     reporting.save_metrics(output_dir, metrics)
-    predictions_dir = output_dir / "predictions"
-    predictions_dir.mkdir(exist_ok=True)
-    for run, splits in predictions.items():
-        splits["test"].to_csv(predictions_dir / f"{run}_test.csv", index=False)
+    write_test_predictions(output_dir / "predictions", predictions)
     return StudyScores(metrics, predictions, temperatures, error_groups, ensemble_predictions)
+
+
+def write_test_predictions(predictions_dir: Path, predictions: dict[str, dict[str, pd.DataFrame]]) -> list[Path]:
+    """Write ``<run>_test.csv`` for every scored run; remove those of runs this study no longer has."""
+    predictions_dir = Path(predictions_dir)
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for run, splits in predictions.items():
+        written.append(predictions_dir / f"{run}_test.csv")
+        splits["test"].to_csv(written[-1], index=False)
+    for stale in set(predictions_dir.glob("*_test.csv")) - set(written):
+        stale.unlink()
+    return written
 
 
 def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.MODELS_DIR) -> Path:
