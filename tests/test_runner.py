@@ -160,6 +160,7 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert "ground · MAHLI" not in card  # a group without errors is not listed
     assert "after test scores had been seen" in card  # the rules changed late are owned up to
     assert "suggested by an\nearlier run's test errors" in card
+    assert "Two caveats" in card and "Averaging models" not in card  # a single model owes no averaging caveat
     assert "group of the images it was fitted on against that shortcut (MAHLI · Surface 1.17, " in card
 
 
@@ -185,6 +186,7 @@ def test_the_model_card_of_an_average_names_its_models(tmp_path):
     assert card.startswith("# Model card: improved+seed_blog_refit")
     assert "the average of the probabilities of improved_refit and seed_blog_refit (refit on train+val)" in card
     assert "None epochs" not in card
+    assert "Three caveats" in card and "Averaging models, too, was tried after an earlier run's test tables" in card
     assert "| average of 2 runs |" in reporting.results_markdown(metrics)  # it trained nothing itself
 
 

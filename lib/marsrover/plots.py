@@ -44,6 +44,8 @@ def setup_notebook(dpi: int = 72) -> None:
     shell = get_ipython()
     if shell is None:  # a plain Python session: nothing is displayed inline
         return
+    # Load the backend now: the inline backend, when first loaded, resets the figure formatters.
+    plt.switch_backend(plt.get_backend())
     formatters = shell.display_formatter.formatters
     # A formatter returning None leaves its MIME type out, so each figure is embedded once.
     formatters["image/png"].for_type(Figure, lambda fig: None if shows_photographs(fig) else _inline_image(fig, "png"))

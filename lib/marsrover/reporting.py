@@ -266,6 +266,13 @@ def _loss_weighting_markdown(scores: dict) -> str:
     return " Its training loss was not weighted, which leaves that shortcut open."
 
 
+def _averaging_caveat(scores: dict) -> str:
+    if not scores.get("members"):
+        return ""
+    return (" Averaging models, too, was tried after an earlier run's test tables had shown a seed model right on "
+            "Mastcam wheel frames where `improved` was wrong; validation then chose this average by the study's rule.")
+
+
 def write_model_card(report_dir: Path, metrics: dict) -> Path:
     """``MODEL_CARD.md`` beside the report: use, data, metrics with intervals, limits."""
     headline = metrics["headline"]
@@ -310,11 +317,11 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {what}.
 The majority answer ("{metrics['baselines']['majority class']['test'].get('answer')}") scores
 {_pct(metrics['baselines']['majority class']['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split. Models, epochs and design choices were selected on the validation split only, and the test split
-was scored once per final model. Two caveats, both stated in notebook 06 beside the targets: the rule that
+was scored once per final model. {"Three caveats" if scores.get("members") else "Two caveats"}, stated in notebook 06: the rule that
 sets the refit's number of epochs (forward validation, on validation sols only; a seed model refits for its
 recipe's own epochs) replaced an earlier rule
 after test scores had been seen, and the loss balanced over instrument × label groups was suggested by an
-earlier run's test errors, then chosen on validation.
+earlier run's test errors, then chosen on validation.{_averaging_caveat(scores)}
 
 ## Limits
 - **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
