@@ -1,13 +1,24 @@
 """Figures: photographs are stored and shown as JPEG, charts as PNG, so the committed report stays small."""
 
-import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import seaborn as sns
 from PIL import Image
 
 from marsrover import plots
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
 
 
 def _photograph_grid():
@@ -22,37 +33,61 @@ def _chart():
     return fig
 
 
+def test_figures_drawing_images_anywhere_count_as_photographs_and_heatmaps_as_charts():
+    assert plots.draws_images(_photograph_grid())
+    inset = _chart()
+    inset.axes[0].inset_axes([0.6, 0.6, 0.3, 0.3]).imshow(np.zeros((4, 4, 3)))
+    assert plots.draws_images(inset)
+    assert not plots.draws_images(_chart())
+    heatmap, ax = plt.subplots()
+    sns.heatmap([[5, 1], [1, 3]], annot=True, ax=ax)  # how the confusion matrices are drawn
+    assert not plots.draws_images(heatmap)
+
+
 def test_a_figure_of_photographs_is_saved_as_jpeg_and_a_chart_as_png(tmp_path):
     photo_path = plots.save_fig(_photograph_grid(), "samples", tmp_path)
     chart_path = plots.save_fig(_chart(), "curve", tmp_path)
     assert photo_path == tmp_path / "samples.jpg" and Image.open(photo_path).format == "JPEG"
     assert chart_path == tmp_path / "curve.png" and Image.open(chart_path).format == "PNG"
-    plt.close("all")
 
 
 def test_saving_a_figure_replaces_its_file_in_the_other_format(tmp_path):
     (tmp_path / "samples.png").write_bytes(b"left by an earlier version")
+    (tmp_path / "curve.jpg").write_bytes(b"left by an earlier version")
     plots.save_fig(_photograph_grid(), "samples", tmp_path)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["samples.jpg"]
-    plt.close("all")
+    plots.save_fig(_chart(), "curve", tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["curve.png", "samples.jpg"]
 
 
-@pytest.fixture()
-def ipython_shell():
-    """An IPython shell, as a notebook's kernel has; removed afterwards so no other test sees it."""
+def test_a_figure_that_cannot_be_saved_keeps_the_earlier_file(tmp_path, monkeypatch):
+    (tmp_path / "samples.png").write_bytes(b"the earlier report's figure")
+    figure = _photograph_grid()
+    monkeypatch.setattr(figure, "savefig", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        plots.save_fig(figure, "samples", tmp_path)
+    assert (tmp_path / "samples.png").read_bytes() == b"the earlier report's figure"
+
+
+# In a kernel of its own: the inline backend resets IPython's figure formatters when it is first
+# loaded, which is process-wide state, and that is the case setup_notebook must survive.
+_NOTEBOOK_SESSION = textwrap.dedent("""
+    import json
     from IPython.core.interactiveshell import InteractiveShell
+    shell = InteractiveShell.instance()
+    shell.run_cell("from marsrover import plots; plots.setup_notebook()")
+    shell.run_cell("import numpy as np; import matplotlib.pyplot as plt")
+    formats = {}
+    for name, source in {"photographs": "plots.image_grid([np.zeros((8, 8, 3), 'uint8')] * 2, ['a', 'b'])",
+                         "chart": "fig, ax = plt.subplots(); ax.plot([1, 2]); fig"}.items():
+        figure = shell.run_cell(source).result
+        data, _ = shell.display_formatter.format(figure)
+        formats[name] = sorted(key for key in data if key.startswith("image/"))
+    print(json.dumps(formats))
+""")
 
-    yield InteractiveShell.instance()
-    InteractiveShell.clear_instance()
 
-
-def test_notebooks_show_photographs_inline_as_jpeg_and_charts_as_png(ipython_shell):
-    shell = ipython_shell
-    plots.setup_notebook()
-    formatter = shell.display_formatter
-    photo, _ = formatter.format(_photograph_grid())
-    chart, _ = formatter.format(_chart())
-    assert "image/jpeg" in photo and "image/png" not in photo
-    assert "image/png" in chart and "image/jpeg" not in chart
-    assert base64.b64decode(photo["image/jpeg"])[:2] == b"\xff\xd8"  # a JPEG's start-of-image marker
-    plt.close("all")
+def test_notebooks_show_photographs_inline_as_jpeg_and_charts_as_png(tmp_path):
+    environment = {**os.environ, "MPLBACKEND": "module://matplotlib_inline.backend_inline", "IPYTHONDIR": str(tmp_path)}
+    shown = subprocess.run([sys.executable, "-c", _NOTEBOOK_SESSION], env=environment, capture_output=True,
+                           text=True, check=True, timeout=120)
+    assert json.loads(shown.stdout.strip().splitlines()[-1]) == {"photographs": ["image/jpeg"], "chart": ["image/png"]}

@@ -52,3 +52,12 @@ def test_results_name_the_commit_the_process_imported_not_a_later_one(monkeypatc
     monkeypatch.setattr(provenance, "git_commit", lambda *args, **kwargs: "committed-during-the-run")
     assert provenance.code_commit() == at_import
     assert provenance.run_environment()["commit"] == at_import
+
+
+def test_importing_the_package_reads_the_commit_before_any_result_exists():
+    """Notebook 06 imports provenance only when it scores, an hour into a full run: too late to read HEAD."""
+    import sys
+
+    imported = subprocess.run([sys.executable, "-c", "import sys, marsrover; print('marsrover.provenance' in sys.modules)"],
+                              capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "True"

@@ -159,8 +159,8 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert "| wheel · Mastcam left | 156 | 18 (72.0%) | 5 |" in card  # where the errors are, beside training support
     assert "ground · MAHLI" not in card  # a group without errors is not listed
     assert "after test scores had been seen" in card  # the rules changed late are owned up to
-    assert "suggested by an\nearlier run's test errors" in card
-    assert "Two caveats" in card and "Averaging models" not in card  # a single model owes no averaging caveat
+    assert "suggested by an earlier run's test errors" in card
+    assert "Two caveats" in card and "averaging models" not in card  # a single model owes no averaging caveat
     assert "group of the images it was fitted on against that shortcut (MAHLI · Surface 1.17, " in card
 
 
@@ -186,7 +186,7 @@ def test_the_model_card_of_an_average_names_its_models(tmp_path):
     assert card.startswith("# Model card: improved+seed_blog_refit")
     assert "the average of the probabilities of improved_refit and seed_blog_refit (refit on train+val)" in card
     assert "None epochs" not in card
-    assert "Three caveats" in card and "Averaging models, too, was tried after an earlier run's test tables" in card
+    assert "Three caveats" in card and "- averaging models was tried after an earlier run's test tables" in card
     assert "| average of 2 runs |" in reporting.results_markdown(metrics)  # it trained nothing itself
 
 
@@ -264,3 +264,16 @@ def test_test_predictions_are_written_per_run_and_those_of_vanished_runs_removed
     assert sorted(path.name for path in predictions_dir.iterdir()) == [
         "improved_test.csv", "notes.txt", "seed_blog_test.csv"]
     assert pd.read_csv(predictions_dir / "improved_test.csv").equals(table)
+
+
+def test_the_log_names_the_commit_each_notebook_loaded_when_one_lands_during_the_run(toy_notebooks, tmp_path,
+                                                                                      monkeypatch, capsys):
+    heads = iter(["commit-at-start", "landed-during-the-run"])  # HEAD as each notebook starts
+    monkeypatch.setattr(runner, "code_commit", lambda: "commit-at-start")
+    monkeypatch.setattr(runner, "git_commit", lambda: next(heads))
+    out = tmp_path / "report"
+    runner.run_study("smoke", output_dir=out, notebooks_dir=toy_notebooks, only=["01", "03"])
+    log = json.loads((out / "run_log.json").read_text())
+    assert log["commit"] == "commit-at-start"
+    assert [entry["commit"] for entry in log["notebooks"]] == ["commit-at-start", "landed-during-the-run"]
+    assert "The code changed during the run (it started at commit-at-start)" in capsys.readouterr().err

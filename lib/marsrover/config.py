@@ -34,6 +34,8 @@ PROJECT_ROOT = _find_project_root()
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 MODELS_DIR = PROJECT_ROOT / "models"
+# Report figures: photographs as JPEG (five to ten times smaller than PNG), charts as PNG (sharp lines).
+PHOTO_SUFFIX, CHART_SUFFIX = ".jpg", ".png"
 
 # The data set: Stanboli & Wagstaff (2017), DOI 10.5281/zenodo.1049137.
 ZENODO_RECORD_ID = "1049137"

@@ -10,18 +10,19 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .config import CLASS_NAMES
+from .config import CHART_SUFFIX, CLASS_NAMES, PHOTO_SUFFIX
 from .dataset import load_image
 
 
-# Photographs take five to ten times less room as JPEG than as PNG; charts stay PNG (sharp lines).
-PHOTO_SUFFIX, CHART_SUFFIX = ".jpg", ".png"
 JPEG_QUALITY = 85
 
 
-def shows_photographs(fig: plt.Figure) -> bool:
-    """Whether ``fig`` draws images (``imshow``): sample grids, augmentations, Grad-CAM, predictions."""
-    return any(ax.get_images() for ax in fig.axes)
+def draws_images(fig: plt.Figure) -> bool:
+    """Whether ``fig`` draws images (``imshow``, ``figimage``, in any axes or subfigure): the sample grids,
+    augmentations, Grad-CAM and prediction galleries. Seaborn heatmaps are meshes, not images: charts."""
+    from matplotlib.image import AxesImage, FigureImage
+
+    return bool(fig.findobj(lambda artist: isinstance(artist, (AxesImage, FigureImage))))
 
 
 def _inline_image(fig: plt.Figure, image_format: str) -> str:
@@ -35,7 +36,8 @@ def setup_notebook(dpi: int = 72) -> None:
     """Figures shown in notebooks at a modest resolution, photographs as JPEG, so the report stays small.
 
     Inline figures are embedded in the executed notebook and again in its HTML: a figure of photographs
-    is shown as JPEG, any other figure as PNG.
+    is shown as JPEG, any other figure as PNG. Call it again after ``%config InlineBackend.figure_formats``
+    or ``%matplotlib`` switches back to inline: IPython then resets the formats to its own.
     """
     plt.rcParams["figure.dpi"] = dpi
     from IPython import get_ipython
@@ -48,23 +50,23 @@ def setup_notebook(dpi: int = 72) -> None:
     plt.switch_backend(plt.get_backend())
     formatters = shell.display_formatter.formatters
     # A formatter returning None leaves its MIME type out, so each figure is embedded once.
-    formatters["image/png"].for_type(Figure, lambda fig: None if shows_photographs(fig) else _inline_image(fig, "png"))
-    formatters["image/jpeg"].for_type(Figure, lambda fig: _inline_image(fig, "jpeg") if shows_photographs(fig) else None)
+    formatters["image/png"].for_type(Figure, lambda fig: None if draws_images(fig) else _inline_image(fig, "png"))
+    formatters["image/jpeg"].for_type(Figure, lambda fig: _inline_image(fig, "jpeg") if draws_images(fig) else None)
 
 
 def save_fig(fig: plt.Figure, name: str, figures_dir: Path, *, dpi: int = 100) -> Path:
     """Save ``fig`` as ``figures_dir/name.jpg`` (photographs) or ``name.png`` (charts); return the path.
 
-    The other format's file of the same name, left by an earlier version, is removed.
+    Once it is saved, the other format's file of the same name, left by an earlier version, is removed.
     """
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    photographs = shows_photographs(fig)
+    photographs = draws_images(fig)
     path = figures_dir / f"{name}{PHOTO_SUFFIX if photographs else CHART_SUFFIX}"
-    (figures_dir / f"{name}{CHART_SUFFIX if photographs else PHOTO_SUFFIX}").unlink(missing_ok=True)
     fig.tight_layout()
     quality = {"pil_kwargs": {"quality": JPEG_QUALITY}} if photographs else {}
     fig.savefig(path, dpi=dpi, bbox_inches="tight", **quality)
+    (figures_dir / f"{name}{CHART_SUFFIX if photographs else PHOTO_SUFFIX}").unlink(missing_ok=True)
     return path
 
 

@@ -36,9 +36,10 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
         return "unknown"
 
 
-# Read once, when the package is imported: a notebook's kernel imports it in its first cells, and
-# `run_all.py` at its start. A commit made while a long run goes on changes HEAD, not the code that
-# process already loaded, so reading HEAD at save time would credit the run to code it never ran.
+# Read once, when the package is first imported (`import marsrover` imports this module): a notebook's
+# kernel does so in its setup cell, `run_all.py` at its start. A commit made while a long run goes on
+# changes HEAD, not the code that process already loaded, so reading HEAD at save time would credit
+# the run to code it never ran.
 _COMMIT_AT_IMPORT = git_commit()
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import jinja2
 
 from . import atomic
+from .config import CHART_SUFFIX, PHOTO_SUFFIX
 
 METRICS_FILE = "metrics.json"
 RUN_LOG_FILE = "run_log.json"
@@ -146,8 +147,8 @@ def _score_table(metrics: dict) -> tuple[list[dict], list[str]]:
 def write_index(output_dir: Path, log: dict) -> Path:
     """``index.html``: the headline metrics, the key figures and links to every notebook."""
     output_dir = Path(output_dir)
-    figures = [(f"figures/{path.name}", caption) for name, caption in HEADLINE_FIGURES.items()
-               for path in sorted((output_dir / "figures").glob(f"{name}.*"))[:1]]  # .png chart or .jpg photographs
+    figures = [(f"figures/{name}{suffix}", caption) for name, caption in HEADLINE_FIGURES.items()
+               for suffix in (CHART_SUFFIX, PHOTO_SUFFIX) if (output_dir / "figures" / f"{name}{suffix}").exists()]
     failed = next((run["error"] for run in log["notebooks"] if run["status"] == "failed"), "")
     metrics = load_json(output_dir / METRICS_FILE)
     models = metrics.get("models", {})
@@ -266,11 +267,21 @@ def _loss_weighting_markdown(scores: dict) -> str:
     return " Its training loss was not weighted, which leaves that shortcut open."
 
 
-def _averaging_caveat(scores: dict) -> str:
-    if not scores.get("members"):
-        return ""
-    return (" Averaging models, too, was tried after an earlier run's test tables had shown a seed model right on "
-            "Mastcam wheel frames where `improved` was wrong; validation then chose this average by the study's rule.")
+def _caveats_markdown(scores: dict) -> str:
+    """The study's choices made after test scores had been seen (notebook 06 tells each), as a list."""
+    caveats = [
+        "the rule that sets the refit's number of epochs (forward validation, on validation sols only; a seed "
+        "model refits for its recipe's own epochs) replaced an earlier rule after test scores had been seen;",
+        "the loss balanced over instrument × label groups was suggested by an earlier run's test errors, then "
+        "chosen on validation;",
+    ]
+    if scores.get("members"):
+        caveats.append("averaging models was tried after an earlier run's test tables had shown the seed blog "
+                       "model right on Mastcam wheel frames where `improved` was wrong; validation then chose "
+                       "this average by the study's rule;")
+    caveats[-1] = caveats[-1].rstrip(";") + "."
+    count = {2: "Two", 3: "Three"}[len(caveats)]
+    return f"{count} caveats, each stated in notebook 06:\n" + "\n".join(f"- {caveat}" for caveat in caveats)
 
 
 def write_model_card(report_dir: Path, metrics: dict) -> Path:
@@ -317,11 +328,7 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {what}.
 The majority answer ("{metrics['baselines']['majority class']['test'].get('answer')}") scores
 {_pct(metrics['baselines']['majority class']['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split. Models, epochs and design choices were selected on the validation split only, and the test split
-was scored once per final model. {"Three caveats" if scores.get("members") else "Two caveats"}, stated in notebook 06: the rule that
-sets the refit's number of epochs (forward validation, on validation sols only; a seed model refits for its
-recipe's own epochs) replaced an earlier rule
-after test scores had been seen, and the loss balanced over instrument × label groups was suggested by an
-earlier run's test errors, then chosen on validation.{_averaging_caveat(scores)}
+was scored once per final model. {_caveats_markdown(scores)}
 
 ## Limits
 - **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import config, reporting
-from .provenance import code_commit
+from .provenance import code_commit, git_commit
 from .profiles import PROFILES, get_profile
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
@@ -75,6 +75,7 @@ class NotebookRun:
     seconds: float = 0.0
     error: str = ""
     peak_rss_gib: float = 0.0  # the largest kernel so far in this run (the OS reports a running maximum)
+    commit: str = ""  # HEAD when its kernel started: the code it imported
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -98,6 +99,7 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         executed = output_dir / notebook.name
         print(f"--> {notebook.name}", flush=True)
         clock = time.perf_counter()
+        run.commit = git_commit()
         try:
             papermill.execute_notebook(
                 str(notebook), str(executed), parameters=notebook_parameters(notebook, values),
@@ -124,6 +126,10 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         "notebooks": [run.__dict__ for run in runs], "commit": code_commit(), "cpu_count": os.cpu_count(),
         "peak_rss_gib": peak_kernel_rss_gib(),
     }
+    if any(run.commit not in ("", code_commit()) for run in runs):  # a commit landed during the run
+        print(f"The code changed during the run (it started at {code_commit()}): each notebook's entry in "
+              f"{reporting.RUN_LOG_FILE}, its run records and metrics.json name the commit it loaded",
+              file=sys.stderr)
     log = reporting.write_run_log(output_dir, log)
     finish_report(profile, output_dir, log)
     return runs

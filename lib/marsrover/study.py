@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import acquisition, config, dataset, reporting
+from . import acquisition, atomic, config, dataset, reporting
 from .image_cache import cached_images
 from .leakage import ORIGINAL_SPLIT, random_split
 
@@ -565,8 +565,7 @@ def write_test_predictions(predictions_dir: Path, predictions: dict[str, dict[st
     predictions_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for run, splits in predictions.items():
-        written.append(predictions_dir / f"{run}_test.csv")
-        splits["test"].to_csv(written[-1], index=False)
+        written.append(atomic.write_csv(splits["test"], predictions_dir / f"{run}_test.csv"))
     for stale in set(predictions_dir.glob("*_test.csv")) - set(written):
         stale.unlink()
     return written
