@@ -15,6 +15,7 @@ from .dataset import load_image
 
 
 JPEG_QUALITY = 85
+_JPEG_OPTIONS = {"pil_kwargs": {"quality": JPEG_QUALITY}}  # for savefig, inline and saved alike
 
 
 def draws_images(fig: plt.Figure) -> bool:
@@ -28,8 +29,7 @@ def draws_images(fig: plt.Figure) -> bool:
 def _inline_image(fig: plt.Figure, image_format: str) -> str:
     from IPython.core.pylabtools import print_figure
 
-    quality = {"pil_kwargs": {"quality": JPEG_QUALITY}} if image_format == "jpeg" else {}
-    return print_figure(fig, image_format, base64=True, **quality)
+    return print_figure(fig, image_format, base64=True, **(_JPEG_OPTIONS if image_format == "jpeg" else {}))
 
 
 def setup_notebook(dpi: int = 72) -> None:
@@ -62,11 +62,11 @@ def save_fig(fig: plt.Figure, name: str, figures_dir: Path, *, dpi: int = 100) -
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     photographs = draws_images(fig)
-    path = figures_dir / f"{name}{PHOTO_SUFFIX if photographs else CHART_SUFFIX}"
+    suffix, other_suffix = (PHOTO_SUFFIX, CHART_SUFFIX) if photographs else (CHART_SUFFIX, PHOTO_SUFFIX)
+    path = figures_dir / f"{name}{suffix}"
     fig.tight_layout()
-    quality = {"pil_kwargs": {"quality": JPEG_QUALITY}} if photographs else {}
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", **quality)
-    (figures_dir / f"{name}{CHART_SUFFIX if photographs else PHOTO_SUFFIX}").unlink(missing_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", **(_JPEG_OPTIONS if photographs else {}))
+    (figures_dir / f"{name}{other_suffix}").unlink(missing_ok=True)
     return path
 
 
