@@ -96,6 +96,9 @@ def test_metrics_cover_every_run_on_val_and_test(smoke_report):
             low, high = scores["ci95"]["balanced_accuracy"]
             assert low <= scores["balanced_accuracy"] <= high
             assert sum(map(sum, scores["confusion_matrix"])) == scores["n"]
+            by_group = scores["by_instrument_and_label"]  # the shift, group by group (the model card's table)
+            assert sum(group["n"] for group in by_group) == scores["n"], (name, split)
+            assert sum(group["errors"] for group in by_group) == round(scores["n"] * (1 - scores["accuracy"]))
         groups = splits["test"]["largest_error_groups"]  # where the test errors are, beside training support
         assert bool(groups) == (splits["test"]["accuracy"] < 1), name  # only groups with errors are listed
         assert all(group["errors"] > 0 and group["trained_on"] >= 0 and " · " in group["group"]

@@ -91,3 +91,20 @@ def test_notebooks_show_photographs_inline_as_jpeg_and_charts_as_png(tmp_path):
     shown = subprocess.run([sys.executable, "-c", _NOTEBOOK_SESSION], env=environment, capture_output=True,
                            text=True, check=True, timeout=120)
     assert json.loads(shown.stdout.strip().splitlines()[-1]) == {"photographs": ["image/jpeg"], "chart": ["image/png"]}
+
+
+def test_figures_of_runs_the_study_no_longer_has_are_removed_and_the_rest_kept(tmp_path):
+    kept = [plots.save_fig(_chart(), "confusion_matrix", tmp_path),
+            plots.save_fig(_chart(), "confusion_matrix_normalised", tmp_path),
+            plots.save_fig(_chart(), "confusion_matrix_improved", tmp_path)]
+    vanished = [plots.save_fig(_chart(), "confusion_matrix_seed_blog", tmp_path),
+                plots.save_fig(_photograph_grid(), "confusion_matrix_old_photo", tmp_path)]
+    other_family = [plots.save_fig(_chart(), "confusion_matrices_elsewhere", tmp_path),
+                    plots.save_fig(_photograph_grid(), "gradcam_seed_blog", tmp_path)]
+    (tmp_path / "confusion_matrix_notes.txt").write_text("not a figure")
+
+    removed = plots.remove_stale_figures(tmp_path, "confusion_matrix", kept)
+
+    assert sorted(removed) == sorted(vanished)
+    assert all(path.exists() for path in kept + other_family)
+    assert (tmp_path / "confusion_matrix_notes.txt").exists()

@@ -164,6 +164,24 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert "group of the images it was fitted on against that shortcut (MAHLI · Surface 1.17, " in card
 
 
+def test_the_model_card_shows_the_shift_group_by_group_for_the_chosen_run_and_the_headline(tmp_path):
+    groups = {"improved": [{"group": "MAHLI · Rover", "n": 900, "accuracy": 0.98, "errors": 18},
+                           {"group": "MAHLI · Surface", "n": 300, "accuracy": 0.80, "errors": 60}],
+              "improved_refit": [{"group": "MAHLI · Rover", "n": 800, "accuracy": 0.99, "errors": 8},
+                                 {"group": "Mastcam left · Rover", "n": 150, "accuracy": 0.9, "errors": 15}]}
+    models = {run: {**scores, ("val" if run == "improved" else "test"): {
+        **scores["val" if run == "improved" else "test"], "by_instrument_and_label": groups[run]}}
+        for run, scores in METRICS["models"].items()}
+    card = reporting.write_model_card(tmp_path, {**METRICS, "models": models}).read_text()
+    section = card.split("## Accuracy per instrument and label")[1].split("## Limits")[0]
+    assert "| instrument · label | `improved` on validation (the choice) | `improved_refit` on test |" in section
+    assert "| MAHLI · Rover | 98.0% of 900 | 99.0% of 800 |" in section
+    assert "| MAHLI · Surface | 80.0% of 300 | – |" in section  # a group one split lacks shows a dash
+    assert "| Mastcam left · Rover | – | 90.0% of 150 |" in section
+    # metrics.json from before the groups were recorded: no empty section
+    assert "per instrument and label" not in reporting.write_model_card(tmp_path, METRICS).read_text()
+
+
 def test_the_model_card_says_how_the_headline_loss_met_the_instrument_shortcut(tmp_path):
     def limits(**loss):
         scores = {key: value for key, value in METRICS["models"]["improved_refit"].items() if key != "group_weights"}

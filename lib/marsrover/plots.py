@@ -70,6 +70,25 @@ def save_fig(fig: plt.Figure, name: str, figures_dir: Path, *, dpi: int = 100) -
     return path
 
 
+def remove_stale_figures(figures_dir: Path, family: str, kept: Sequence[Path]) -> list[Path]:
+    """Remove the figures of ``family`` (``family.png``, ``family_<anything>.jpg``, ...) not in ``kept``.
+
+    Per-run figures are named after runs; when a later study no longer has a run, its figure would
+    otherwise stay in the report beside the current ones. Returns the removed paths, and prints them.
+    """
+    kept_names = {Path(path).name for path in kept}
+    removed = []
+    for path in sorted(Path(figures_dir).glob(f"{family}*")):
+        is_family = path.stem == family or path.stem.startswith(family + "_")
+        if is_family and path.suffix in (PHOTO_SUFFIX, CHART_SUFFIX) and path.name not in kept_names:
+            path.unlink()
+            removed.append(path)
+    if removed:
+        print(f"Removed {len(removed)} figure(s) of runs this study no longer has: "
+              + ", ".join(path.name for path in removed))
+    return removed
+
+
 def image_grid(images: Sequence, titles: Sequence[str], *, columns: int = 6, size: float = 2.0,
                title_colors: Sequence[str] | None = None, suptitle: str | None = None) -> plt.Figure:
     """Images (paths or arrays) in a grid with one caption each."""

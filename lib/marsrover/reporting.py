@@ -267,6 +267,29 @@ def _loss_weighting_markdown(scores: dict) -> str:
     return " Its training loss was not weighted, which leaves that shortcut open."
 
 
+def _groups_markdown(metrics: dict) -> str:
+    """The model card's table of accuracy per instrument x label group: on validation for the train-only
+    run the study chose there, and on test for the headline; empty when ``metrics.json`` has no groups."""
+    chosen, headline = metrics.get("best_on_val"), metrics["headline"]
+    columns = [(f"`{chosen}` on validation (the choice)", metrics["models"].get(chosen, {}).get("val", {})),
+               (f"`{headline}` on test", metrics["models"][headline]["test"])]
+    columns = [(title, {g["group"]: g for g in split.get("by_instrument_and_label", [])}) for title, split in columns]
+    columns = [(title, groups) for title, groups in columns if groups]
+    if not columns:
+        return ""
+    names = sorted({name for _, groups in columns for name in groups})
+
+    def cell(group: dict | None) -> str:
+        return f"{_pct(group['accuracy'])} of {group['n']}" if group else "–"
+
+    rows = "\n".join(f"| {name} | " + " | ".join(cell(groups.get(name)) for _, groups in columns) + " |"
+                     for name in names)
+    return ("\n## Accuracy per instrument and label\nThe split's shift, group by group: a model can score well on "
+            "balanced accuracy while it fails a whole group.\n\n"
+            f"| instrument · label | {' | '.join(title for title, _ in columns)} |\n"
+            f"| --- |{' --- |' * len(columns)}\n{rows}\n")
+
+
 def _caveats_markdown(scores: dict) -> str:
     """The study's choices made after test scores had been seen (notebook 06 tells each), as a list."""
     caveats = [
@@ -329,7 +352,7 @@ The majority answer ("{metrics['baselines']['majority class']['test'].get('answe
 {_pct(metrics['baselines']['majority class']['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split. Models, epochs and design choices were selected on the validation split only, and the test split
 was scored once per final model. {_caveats_markdown(scores)}
-
+{_groups_markdown(metrics)}
 ## Limits
 - **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
   close-ups and the test split is 75% Rover. In train the instrument predicts the label (Mastcam frames mostly

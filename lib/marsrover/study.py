@@ -524,6 +524,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             rows["p_surface"] = probabilities
             rows["predicted"] = (probabilities >= 0.5).astype(int)
             predictions[run][split] = rows
+            split_scores["by_instrument_and_label"] = instrument_label_groups(rows)
         error_groups[run] = errors_against_training(predictions[run]["test"], training_rows(run_index, run))
         scores[run]["test"]["largest_error_groups"] = largest_error_groups(error_groups[run])
         if scores[run]["kind"] == TRAIN_ONLY:
@@ -705,6 +706,17 @@ def _by_instrument_and_label(predictions: pd.DataFrame) -> pd.DataFrame:
     from .evaluation import breakdown, group_names
 
     return breakdown(predictions.assign(group=group_names(predictions, ("instrument", "label_name"))), "group")
+
+
+def instrument_label_groups(predictions: pd.DataFrame) -> list[dict]:
+    """Accuracy per instrument x label group (e.g. ``MAHLI · Surface``), as records for ``metrics.json``.
+
+    The split's shift lives in these groups, so the model card shows them for the run validation chose
+    and for the headline on test.
+    """
+    table = _by_instrument_and_label(predictions)
+    return [{"group": str(group), "n": int(row["n"]), "accuracy": float(row["accuracy"]), "errors": int(row["errors"])}
+            for group, row in table.iterrows()]
 
 
 def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
