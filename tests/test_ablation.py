@@ -61,6 +61,44 @@ def test_run_ablations_writes_one_record_per_variant_and_the_table_compares_with
     assert table.loc["improved (as chosen)", "mean of last 5 epochs"] == pytest.approx(0.625)
 
 
+def test_seed_repeats_train_improved_itself_at_other_seeds_after_the_variants(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (12, 32, 32, 3)).astype("uint8"), np.arange(12) % 2
+    groups = np.array(["MAHLI · Rover", "Mastcam left · Surface"] * 6)
+    common = dict(image_size=32, epochs=1, batch_size=4, seed=42, train_groups=groups)
+    records = ablation.run_ablations(["flip_only"], (images, labels), (images[:6], labels[:6]), tmp_path,
+                                     seed_repeats=[1, 2], **common)
+    assert list(records) == ["flip_only", "repeat_seed_1", "repeat_seed_2"]
+    for seed in (1, 2):
+        saved = json.loads((tmp_path / "ablations" / f"repeat_seed_{seed}.json").read_text())
+        assert saved["config"]["model"] == "improved" and saved["config"]["seeds"]["seed"] == seed
+        assert saved["changes"] == {"seed": seed}
+    assert records["flip_only"]["config"]["seeds"]["seed"] == 42  # the variants keep the study's seed
+    with pytest.raises(ValueError, match="other than the study's 42"):
+        ablation.run_ablations([], (images, labels), (images[:6], labels[:6]), tmp_path, seed_repeats=[42], **common)
+    with pytest.raises(ValueError, match="distinct"):
+        ablation.run_ablations([], (images, labels), (images[:6], labels[:6]), tmp_path, seed_repeats=[1, 1], **common)
+
+
+def test_the_table_places_each_variant_against_the_range_of_improveds_seeds():
+    def record(scores, seed=None):
+        return {"history": {"val_balanced_accuracy": scores}, "train_seconds": 1.0, "question": "?",
+                "changes": {"seed": seed} if seed else {"augmentation": "flip"}}
+
+    base = record([0.80, 0.92])
+    records = {"flip_only": record([0.85]), "no_batch_norm": record([0.90]), "group_norm": record([0.95]),
+               "repeat_seed_1": record([0.88], seed=1), "repeat_seed_2": record([0.93], seed=2)}
+    table = ablation.ablation_table(base, records)
+    assert list(table.index) == ["improved (as chosen)", "improved, seed 1", "improved, seed 2",
+                                 "flip_only", "no_batch_norm", "group_norm"]
+    assert ablation.seed_range(base, records) == (0.88, 0.93)
+    assert table["against improved's seeds"].tolist() == ["", "", "", "below every seed", "within the seeds",
+                                                          "above every seed"]
+    assert table.loc["no_batch_norm", "change vs improved"] == pytest.approx(-0.02)  # a change, yet within chance
+    without_repeats = ablation.ablation_table(base, {"flip_only": records["flip_only"]})
+    assert "against improved's seeds" not in without_repeats and ablation.seed_range(base, {}) is None
+
+
 def _run(val_scores, kept="epoch 2 (best on val)"):
     return {"history": {"val_balanced_accuracy": val_scores}, "config": {"kept_weights": kept}}
 

@@ -146,6 +146,9 @@ def test_every_ablation_is_trained_on_train_and_judged_on_val(smoke_report):
         record = json.loads((smoke_report / "ablations" / f"{name}.json").read_text())
         assert record["config"]["model"] == f"improved-{name}" and record["config"]["val_images"] >= 30
         assert len(record["history"]["val_balanced_accuracy"]) == 1
+    for seed in get_profile("smoke")["seed_repeats"]:  # improved itself at another seed: chance's yardstick
+        record = json.loads((smoke_report / "ablations" / f"repeat_seed_{seed}.json").read_text())
+        assert record["config"]["model"] == "improved" and record["config"]["seeds"]["seed"] == seed
     assert (smoke_report / "figures" / "ablations.png").stat().st_size > 5_000
 
 

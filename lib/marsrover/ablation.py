@@ -3,6 +3,9 @@
 Each :class:`Ablation` names the choice it questions and the spec fields it changes. A variant is
 trained exactly like ``improved`` (same seed, epochs and data) and scored by its best validation
 balanced accuracy, the study's selection metric, so the test split plays no part in the design.
+
+Seed repeats train ``improved`` itself again at other seeds: the spread of their scores is what chance
+alone does to the recipe, the yardstick an ablation's change has to clear before it counts as evidence.
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ ABLATIONS: dict[str, Ablation] = {
 }
 
 
+REPEAT_PREFIX = "repeat_seed_"  # a seed repeat's record is ablations/repeat_seed_<seed>.json
+
+
+def repeat_name(seed: int) -> str:
+    return f"{REPEAT_PREFIX}{seed}"
+
+
 def variant_name(ablation: str) -> str:
     return f"{BASE_MODEL}-{ablation}"
 
@@ -80,8 +90,10 @@ def variant_spec(ablation: str) -> ModelSpec:
 def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
                   val_data: tuple[np.ndarray, np.ndarray], output_dir: Path, *, image_size: int | None = None,
                   epochs: int | None = None, batch_size: int | None = None, seed: int = 42,
-                  jit_compile: bool = False, train_groups: np.ndarray | None = None) -> dict[str, dict]:
-    """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time).
+                  jit_compile: bool = False, train_groups: np.ndarray | None = None,
+                  seed_repeats: list[int] | tuple[int, ...] = ()) -> dict[str, dict]:
+    """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time);
+    then ``improved`` itself at each seed of ``seed_repeats`` (``ablations/repeat_seed_<seed>.json``).
 
     ``train_groups`` (each training image's instrument x label group) is needed by the improved recipe's
     instrument-balanced loss.
@@ -89,22 +101,28 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     from .provenance import run_environment
     from .training import release_models, train
 
+    if seed in seed_repeats or len(set(seed_repeats)) != len(seed_repeats):
+        raise ValueError(f"seed_repeats {list(seed_repeats)} must be distinct seeds other than the study's {seed}")
     folder = Path(output_dir) / "ablations"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.json"):
         stale.unlink()
+    runs = [(ablation, variant_spec(ablation).name, seed, ABLATIONS[ablation].question, ABLATIONS[ablation].changes)
+            for ablation in names]
+    runs += [(repeat_name(repeat), BASE_MODEL, repeat,
+              f"the same recipe at seed {repeat}: how far does chance alone move the score?", {"seed": repeat})
+             for repeat in seed_repeats]
     records = {}
-    for ablation in names:
-        spec = variant_spec(ablation)
-        print(f"\n=== ablation {ablation}: {ABLATIONS[ablation].question} ===")
-        result = train(spec.name, train_data, val_data, image_size=image_size, epochs=epochs,
-                       batch_size=batch_size, seed=seed, jit_compile=jit_compile, weights=None, verbose=0,
+    for name, model, run_seed, question, changes in runs:
+        print(f"\n=== ablation {name}: {question} ===")
+        result = train(model, train_data, val_data, image_size=image_size, epochs=epochs,
+                       batch_size=batch_size, seed=run_seed, jit_compile=jit_compile, weights=None, verbose=0,
                        train_groups=train_groups)
-        record = {"ablation": ablation, "question": ABLATIONS[ablation].question,
-                  "changes": ABLATIONS[ablation].changes, "config": result.config, "history": result.history,
-                  "train_seconds": round(result.seconds, 2), "environment": run_environment()}
-        (folder / f"{ablation}.json").write_text(json.dumps(record, indent=2, default=str))
-        records[ablation] = record
+        record = {"ablation": name, "question": question, "changes": changes, "config": result.config,
+                  "history": result.history, "train_seconds": round(result.seconds, 2),
+                  "environment": run_environment()}
+        (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
+        records[name] = record
         del result
         release_models()
     return records
@@ -127,11 +145,38 @@ def _row(question: str, history: dict, seconds, base_score: float | None = None)
             "change vs improved": 0.0 if base_score is None else best - base_score, "seconds": seconds}
 
 
+def seed_range(base_run: dict, records: dict[str, dict]) -> tuple[float, float] | None:
+    """The lowest and highest best validation balanced accuracy of ``improved`` over its seeds (the
+    study's run and its seed repeats); None without a repeat."""
+    repeats = [record for name, record in records.items() if name.startswith(REPEAT_PREFIX)]
+    if not repeats:
+        return None
+    scores = [_best(run["history"])[0] for run in [base_run, *repeats]]
+    return min(scores), max(scores)
+
+
+def _against(score: float, spread: tuple[float, float]) -> str:
+    low, high = spread
+    return "below every seed" if score < low else "above every seed" if score > high else "within the seeds"
+
+
 def ablation_table(base_run: dict, records: dict[str, dict]) -> pd.DataFrame:
-    """The improved run and each variant: best validation balanced accuracy, its epoch, where the run
-    settled (mean of its last epochs), the change of the best against improved, and the time."""
+    """The improved run, its seed repeats and each variant: best validation balanced accuracy, its epoch,
+    where the run settled (mean of its last epochs), the change of the best against improved, and the time.
+
+    With seed repeats, a column says where each variant's best lies against the range of improved's seeds:
+    only a variant outside it changed the score by more than chance alone did.
+    """
     base_score, _ = _best(base_run["history"])
     rows = {f"{BASE_MODEL} (as chosen)": _row("", base_run["history"], base_run.get("train_seconds"))}
-    for ablation, record in records.items():
-        rows[ablation] = _row(record["question"], record["history"], record["train_seconds"], base_score)
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    for ablation, record in sorted(records.items(), key=lambda item: not item[0].startswith(REPEAT_PREFIX)):
+        label = f"{BASE_MODEL}, seed {record['changes']['seed']}" if ablation.startswith(REPEAT_PREFIX) else ablation
+        rows[label] = _row(record["question"], record["history"], record["train_seconds"], base_score)
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    spread = seed_range(base_run, records)
+    if spread:
+        variants = [label for label in table.index if not label.startswith(BASE_MODEL)]
+        table["against improved's seeds"] = ""
+        table.loc[variants, "against improved's seeds"] = [
+            _against(score, spread) for score in table.loc[variants, "best val balanced accuracy"]]
+    return table

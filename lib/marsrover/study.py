@@ -350,17 +350,18 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
 
 def run_ablations(ablations: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *,
                   image_size: int | None, epochs: int | None, batch_size: int | None, seed: int,
-                  jit_compile: bool = False) -> dict[str, dict]:
-    """Each ablation of the improved recipe, trained on train and scored on val (``ablations/*.json``)."""
+                  jit_compile: bool = False, seed_repeats: list[int] = ()) -> dict[str, dict]:
+    """Each ablation of the improved recipe, and the recipe itself at each seed of ``seed_repeats``,
+    trained on train and scored on val (``ablations/*.json``)."""
     from .ablation import BASE_MODEL, run_ablations as run
     from .models import get_spec
 
-    if not ablations:
+    if not ablations and not seed_repeats:
         return {}
     size = image_size or get_spec(BASE_MODEL).image_size
     return run(ablations, split_arrays(paths, index, "train", size), split_arrays(paths, index, "val", size),
                output_dir, image_size=size, epochs=epochs, batch_size=batch_size, seed=seed, jit_compile=jit_compile,
-               train_groups=split_groups(index, "train"))
+               train_groups=split_groups(index, "train"), seed_repeats=seed_repeats)
 
 
 SEED_CLAIM = {"description": "seed blog (random 80/20 split)", "val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}}
