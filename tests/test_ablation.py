@@ -72,18 +72,22 @@ def test_seed_repeats_train_improved_itself_at_other_seeds_after_the_variants(tm
     for seed in (1, 2):
         saved = json.loads((tmp_path / "ablations" / f"repeat_seed_{seed}.json").read_text())
         assert saved["config"]["model"] == "improved" and saved["config"]["seeds"]["seed"] == seed
-        assert saved["changes"] == {"seed": seed}
+        assert saved["changes"] == {}  # the recipe is improved's own
     assert records["flip_only"]["config"]["seeds"]["seed"] == 42  # the variants keep the study's seed
-    with pytest.raises(ValueError, match="other than the study's 42"):
-        ablation.run_ablations([], (images, labels), (images[:6], labels[:6]), tmp_path, seed_repeats=[42], **common)
-    with pytest.raises(ValueError, match="distinct"):
-        ablation.run_ablations([], (images, labels), (images[:6], labels[:6]), tmp_path, seed_repeats=[1, 1], **common)
+    # The study's own seed is its improved run already, and a seed named twice is one run: each trained once.
+    again = ablation.run_ablations([], (images, labels), (images[:6], labels[:6]), tmp_path,
+                                   seed_repeats=[42, 1, 1], **common)
+    assert list(again) == ["repeat_seed_1"]
+
+
+def test_no_ablation_can_be_mistaken_for_a_seed_repeat():
+    assert not any(ablation.is_repeat(name) for name in ablation.ABLATIONS)
 
 
 def test_the_table_places_each_variant_against_the_range_of_improveds_seeds():
-    def record(scores, seed=None):
+    def record(scores, seed=42):
         return {"history": {"val_balanced_accuracy": scores}, "train_seconds": 1.0, "question": "?",
-                "changes": {"seed": seed} if seed else {"augmentation": "flip"}}
+                "config": {"seeds": {"seed": seed}}}
 
     base = record([0.80, 0.92])
     records = {"flip_only": record([0.85]), "no_batch_norm": record([0.90]), "group_norm": record([0.95]),
@@ -97,6 +101,11 @@ def test_the_table_places_each_variant_against_the_range_of_improveds_seeds():
     assert table.loc["no_batch_norm", "change vs improved"] == pytest.approx(-0.02)  # a change, yet within chance
     without_repeats = ablation.ablation_table(base, {"flip_only": records["flip_only"]})
     assert "against improved's seeds" not in without_repeats and ablation.seed_range(base, {}) is None
+    only_repeats = ablation.ablation_table(base, {"repeat_seed_1": records["repeat_seed_1"]})
+    assert only_repeats["against improved's seeds"].tolist() == ["", ""]  # nothing to place
+    diverged = ablation.ablation_table(base, {**records, "flip_only": record([float("nan"), float("nan")])})
+    assert diverged.loc["flip_only", "against improved's seeds"] == "n/a (no score)"
+    assert ablation.ablation_table(record([0.7, float("nan"), 0.9]), {}).loc["improved (as chosen)", "at epoch"] == 3
 
 
 def _run(val_scores, kept="epoch 2 (best on val)"):

@@ -15,6 +15,9 @@ from marsrover.runner import discover_notebooks
 pytestmark = pytest.mark.e2e
 
 
+STALE_FIGURES = ("confusion_matrix_vanished_run.png", "gradcam_vanished_model.jpg")
+
+
 @pytest.fixture(scope="module")
 def smoke_report(tmp_path_factory):
     paths = config.data_paths()
@@ -24,6 +27,9 @@ def smoke_report(tmp_path_factory):
             pytest.fail(message)
         pytest.skip(message)
     out = tmp_path_factory.mktemp("smoke-report")
+    (out / "figures").mkdir()  # figures of runs an earlier study had, which this one does not
+    for stale in STALE_FIGURES:
+        (out / "figures" / stale).write_bytes(b"an earlier study's figure")
     completed = subprocess.run([sys.executable, str(config.PROJECT_ROOT / "run_all.py"), "--profile", "smoke",
                                 "--output-dir", str(out)], capture_output=True, text=True, timeout=1800)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -55,6 +61,14 @@ def test_the_html_shows_the_confusion_matrix_and_example_predictions(smoke_repor
     for figure in photographs:
         assert (smoke_report / "figures" / f"{figure}.jpg").stat().st_size > 5_000, figure
         assert not (smoke_report / "figures" / f"{figure}.png").exists(), figure
+
+
+def test_per_run_figures_are_those_of_this_studys_runs_only(smoke_report):
+    metrics = json.loads((smoke_report / "metrics.json").read_text())
+    confusion = {path.stem for path in (smoke_report / "figures").glob("confusion_matrix*")}
+    assert confusion == {"confusion_matrix", "confusion_matrix_normalised"} | {
+        f"confusion_matrix_{run}" for run in metrics["models"] if run != metrics["headline"]}
+    assert not any((smoke_report / "figures" / stale).exists() for stale in STALE_FIGURES)
 
 
 TRAIN_ONLY = {"seed_notebook", "seed_blog", "improved", "transfer"}

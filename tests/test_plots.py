@@ -108,3 +108,13 @@ def test_figures_of_runs_the_study_no_longer_has_are_removed_and_the_rest_kept(t
     assert sorted(removed) == sorted(vanished)
     assert all(path.exists() for path in kept + other_family)
     assert (tmp_path / "confusion_matrix_notes.txt").exists()
+
+
+def test_seed_repeats_are_drawn_as_grey_dashes_behind_coloured_variants():
+    histories = {"improved": {"val_balanced_accuracy": [0.8, 0.9]}, "improved, seed 1": {"val_balanced_accuracy": [0.7, 0.85]},
+                 "flip_only": {"val_balanced_accuracy": [0.6, 0.8]}}
+    fig = plots.validation_curves(histories, background=["improved, seed 1"])
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert lines["improved, seed 1"].get_color() == "grey" and lines["improved, seed 1"].get_linestyle() == "--"
+    assert len({lines["improved"].get_color(), lines["flip_only"].get_color(), "grey"}) == 3
+    assert lines["improved"].get_linewidth() > lines["flip_only"].get_linewidth()  # the chosen recipe stands out

@@ -4,8 +4,9 @@ Each :class:`Ablation` names the choice it questions and the spec fields it chan
 trained exactly like ``improved`` (same seed, epochs and data) and scored by its best validation
 balanced accuracy, the study's selection metric, so the test split plays no part in the design.
 
-Seed repeats train ``improved`` itself again at other seeds: the spread of their scores is what chance
-alone does to the recipe, the yardstick an ablation's change has to clear before it counts as evidence.
+Seed repeats train ``improved`` itself again at other seeds. The range of their scores is a rough
+yardstick of chance: a variant inside it is no evidence either way. Outside it is only a hint, because
+even a run of the same recipe lands outside the range of n runs 2 times in n + 1.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def repeat_name(seed: int) -> str:
     return f"{REPEAT_PREFIX}{seed}"
 
 
+def is_repeat(name: str) -> bool:
+    return name.startswith(REPEAT_PREFIX)
+
+
+def row_label(name: str, record: dict) -> str:
+    """How a record is named in the ablation table and its figure: ``improved, seed 2`` for a repeat."""
+    return f"{BASE_MODEL}, seed {record['config']['seeds']['seed']}" if is_repeat(name) else name
+
+
 def variant_name(ablation: str) -> str:
     return f"{BASE_MODEL}-{ablation}"
 
@@ -101,8 +111,10 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     from .provenance import run_environment
     from .training import release_models, train
 
-    if seed in seed_repeats or len(set(seed_repeats)) != len(seed_repeats):
-        raise ValueError(f"seed_repeats {list(seed_repeats)} must be distinct seeds other than the study's {seed}")
+    repeats = [repeat for repeat in dict.fromkeys(seed_repeats) if repeat != seed]
+    if len(repeats) != len(seed_repeats):  # safe to go on: the study's own run is that seed already
+        print(f"Seed repeats {list(seed_repeats)}: the study's seed {seed} and seeds named twice are trained once; "
+              f"repeating {repeats}")
     folder = Path(output_dir) / "ablations"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.json"):
@@ -110,8 +122,8 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     runs = [(ablation, variant_spec(ablation).name, seed, ABLATIONS[ablation].question, ABLATIONS[ablation].changes)
             for ablation in names]
     runs += [(repeat_name(repeat), BASE_MODEL, repeat,
-              f"the same recipe at seed {repeat}: how far does chance alone move the score?", {"seed": repeat})
-             for repeat in seed_repeats]
+              f"the same recipe at seed {repeat}: how far does chance alone move the score?", {})
+             for repeat in repeats]
     records = {}
     for name, model, run_seed, question, changes in runs:
         print(f"\n=== ablation {name}: {question} ===")
@@ -128,9 +140,12 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     return records
 
 
-def _best(history: dict) -> tuple[float, int]:
-    scores = history["val_balanced_accuracy"]
-    return float(max(scores)), int(np.argmax(scores)) + 1
+def _best(history: dict) -> tuple[float, int | None]:
+    """The best validation balanced accuracy and its epoch; NaN epochs (a diverged run) are skipped."""
+    scores = np.asarray(history["val_balanced_accuracy"], dtype=float)
+    if np.isnan(scores).all():
+        return float("nan"), None
+    return float(np.nanmax(scores)), int(np.nanargmax(scores)) + 1
 
 
 SETTLED_EPOCHS = 5  # the best epoch can be a lucky spike; the mean of the last epochs is where a run settles
@@ -148,15 +163,17 @@ def _row(question: str, history: dict, seconds, base_score: float | None = None)
 def seed_range(base_run: dict, records: dict[str, dict]) -> tuple[float, float] | None:
     """The lowest and highest best validation balanced accuracy of ``improved`` over its seeds (the
     study's run and its seed repeats); None without a repeat."""
-    repeats = [record for name, record in records.items() if name.startswith(REPEAT_PREFIX)]
+    repeats = [record for name, record in records.items() if is_repeat(name)]
     if not repeats:
         return None
     scores = [_best(run["history"])[0] for run in [base_run, *repeats]]
-    return min(scores), max(scores)
+    return float(np.nanmin(scores)), float(np.nanmax(scores))
 
 
 def _against(score: float, spread: tuple[float, float]) -> str:
     low, high = spread
+    if np.isnan(score):
+        return "n/a (no score)"
     return "below every seed" if score < low else "above every seed" if score > high else "within the seeds"
 
 
@@ -164,19 +181,22 @@ def ablation_table(base_run: dict, records: dict[str, dict]) -> pd.DataFrame:
     """The improved run, its seed repeats and each variant: best validation balanced accuracy, its epoch,
     where the run settled (mean of its last epochs), the change of the best against improved, and the time.
 
-    With seed repeats, a column says where each variant's best lies against the range of improved's seeds:
-    only a variant outside it changed the score by more than chance alone did.
+    With seed repeats, a column says where each variant's best lies against the range of improved's seeds
+    (a rough yardstick: see the module's docstring).
     """
     base_score, _ = _best(base_run["history"])
     rows = {f"{BASE_MODEL} (as chosen)": _row("", base_run["history"], base_run.get("train_seconds"))}
-    for ablation, record in sorted(records.items(), key=lambda item: not item[0].startswith(REPEAT_PREFIX)):
-        label = f"{BASE_MODEL}, seed {record['changes']['seed']}" if ablation.startswith(REPEAT_PREFIX) else ablation
-        rows[label] = _row(record["question"], record["history"], record["train_seconds"], base_score)
+    variants = []
+    for name, record in sorted(records.items(), key=lambda item: not is_repeat(item[0])):  # repeats first
+        rows[row_label(name, record)] = _row(record["question"], record["history"], record["train_seconds"],
+                                             base_score)
+        if not is_repeat(name):
+            variants.append(name)
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
     spread = seed_range(base_run, records)
     if spread:
-        variants = [label for label in table.index if not label.startswith(BASE_MODEL)]
         table["against improved's seeds"] = ""
-        table.loc[variants, "against improved's seeds"] = [
-            _against(score, spread) for score in table.loc[variants, "best val balanced accuracy"]]
+        for name in variants:
+            table.loc[name, "against improved's seeds"] = _against(table.loc[name, "best val balanced accuracy"],
+                                                                   spread)
     return table

@@ -137,13 +137,18 @@ def training_history(histories: dict[str, dict[str, list[float]]]) -> plt.Figure
 
 
 def validation_curves(histories: dict[str, dict[str, list[float]]], metric: str = "val_balanced_accuracy", *,
-                      title: str = "Validation balanced accuracy per epoch") -> plt.Figure:
-    """One line per run of a validation metric against the epoch (ablations side by side)."""
+                      title: str = "Validation balanced accuracy per epoch", background: Sequence[str] = ()) -> plt.Figure:
+    """One line per run of a validation metric against the epoch (ablations side by side); the first run
+    is drawn thick, runs named in ``background`` (e.g. seed repeats of the first) thin and grey."""
     fig, ax = plt.subplots(figsize=(9, 4))
-    for color, (name, history) in zip(sns.color_palette("tab10", n_colors=len(histories)), histories.items()):
+    coloured = [name for name in histories if name not in background]
+    colors = dict(zip(coloured, sns.color_palette("tab10", n_colors=max(1, len(coloured)))))
+    first = next(iter(histories), None)
+    for name, history in histories.items():
         values = history[metric]
-        ax.plot(np.arange(1, len(values) + 1), values, color=color, marker="o", ms=3, label=name,
-                lw=2.5 if not histories or name == next(iter(histories)) else 1.2)
+        style = (dict(color="grey", ls="--", lw=1.0) if name in background else
+                 dict(color=colors[name], marker="o", ms=3, lw=2.5 if name == first else 1.2))
+        ax.plot(np.arange(1, len(values) + 1), values, label=name, **style)
     ax.set(title=title, xlabel="epoch", ylabel=metric.replace("_", " "))
     ax.legend(fontsize=8, ncol=2)
     return fig

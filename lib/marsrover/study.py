@@ -7,6 +7,7 @@ Notebook 01 calls :func:`acquire`; every later notebook calls :func:`load_index`
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -350,7 +351,7 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
 
 def run_ablations(ablations: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *,
                   image_size: int | None, epochs: int | None, batch_size: int | None, seed: int,
-                  jit_compile: bool = False, seed_repeats: list[int] = ()) -> dict[str, dict]:
+                  jit_compile: bool = False, seed_repeats: Sequence[int] = ()) -> dict[str, dict]:
     """Each ablation of the improved recipe, and the recipe itself at each seed of ``seed_repeats``,
     trained on train and scored on val (``ablations/*.json``)."""
     from .ablation import BASE_MODEL, run_ablations as run
