@@ -12,6 +12,7 @@ even a run of the same recipe lands outside the range of n runs 2 times in n + 1
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
                   val_data: tuple[np.ndarray, np.ndarray], output_dir: Path, *, image_size: int | None = None,
                   epochs: int | None = None, batch_size: int | None = None, seed: int = 42,
                   jit_compile: bool = False, train_groups: np.ndarray | None = None,
-                  seed_repeats: list[int] | tuple[int, ...] = ()) -> dict[str, dict]:
+                  seed_repeats: Sequence[int] = ()) -> dict[str, dict]:
     """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time);
     then ``improved`` itself at each seed of ``seed_repeats`` (``ablations/repeat_seed_<seed>.json``).
 

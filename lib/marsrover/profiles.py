@@ -30,7 +30,7 @@ _COMMON: dict[str, Any] = {
     # Variants of the improved recipe, each trained on train and judged on val (marsrover.ablation).
     "ablations": ["geometric_augmentation", "flip_only", "closeup_zoom", "no_batch_norm", "flatten_dense_head",
                   "unweighted_loss", "label_weighting"],
-    # The improved recipe again at these seeds (beside the ablations): the spread chance alone gives its score.
+    # The improved recipe again at these seeds (beside the ablations): a rough yardstick of chance for them.
     "seed_repeats": [1, 2, 3],
     "leakage_model": "seed_notebook",  # also trained on the seed blog's random 80/20 split
     "transfer_weights": "imagenet",  # None: the transfer architecture from random weights
