@@ -108,6 +108,39 @@ def test_the_table_places_each_variant_against_the_range_of_improveds_seeds():
     assert ablation.ablation_table(record([0.7, float("nan"), 0.9]), {}).loc["improved (as chosen)", "at epoch"] == 3
 
 
+def test_the_seed_evidence_lists_every_seed_study_first_and_places_every_variant(tmp_path):
+    def record(scores, seed=42, question="?"):
+        return {"history": {"val_balanced_accuracy": scores}, "train_seconds": 1.0, "question": question,
+                "config": {"seeds": {"seed": seed}}}
+
+    records = {"repeat_seed_2": record([0.88], seed=2), "flip_only": record([0.85], question="flip?"),
+               "repeat_seed_1": record([0.93], seed=1), "no_batch_norm": record([0.90])}
+    folder = tmp_path / "ablations"
+    folder.mkdir()
+    for name, saved in records.items():
+        (folder / f"{name}.json").write_text(json.dumps(saved))
+    assert ablation.load_records(tmp_path) == records and ablation.load_records(tmp_path / "none") == {}
+    evidence = ablation.seed_evidence(record([0.80, 0.92]), ablation.load_records(tmp_path))
+    assert evidence["seeds"] == [{"seed": 42, "best": 0.92}, {"seed": 1, "best": 0.93}, {"seed": 2, "best": 0.88}]
+    assert evidence["range"] == [0.88, 0.93]
+    assert evidence["variants"] == [
+        {"variant": "flip_only", "question": "flip?", "best": 0.85, "against_seeds": "below every seed"},
+        {"variant": "no_batch_norm", "question": "?", "best": 0.90, "against_seeds": "within the seeds"}]
+    assert ablation.seed_evidence(record([0.9]), {"flip_only": records["flip_only"]}) is None  # no yardstick
+    diverged = {"repeat_seed_1": record([float("nan")], seed=1), "flip_only": records["flip_only"]}
+    nothing_scored = ablation.seed_evidence(record([float("nan")]), diverged)
+    assert nothing_scored["variants"][0]["against_seeds"] == ablation.NO_SCORE  # no seed scored: nothing to place
+
+
+def test_a_study_without_ablations_or_repeats_leaves_no_earlier_records(tmp_path):
+    from marsrover import study
+
+    (tmp_path / "ablations").mkdir()
+    (tmp_path / "ablations" / "flip_only.json").write_text("{}")
+    assert study.run_ablations([], None, None, tmp_path, image_size=32, epochs=1, batch_size=4, seed=1) == {}
+    assert ablation.load_records(tmp_path) == {}
+
+
 def _run(val_scores, kept="epoch 2 (best on val)"):
     return {"history": {"val_balanced_accuracy": val_scores}, "config": {"kept_weights": kept}}
 

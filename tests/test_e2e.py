@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from marsrover import config
+from marsrover import config, reporting
 from marsrover.runner import discover_notebooks
 
 pytestmark = pytest.mark.e2e
@@ -164,6 +164,11 @@ def test_every_ablation_is_trained_on_train_and_judged_on_val(smoke_report):
         record = json.loads((smoke_report / "ablations" / f"repeat_seed_{seed}.json").read_text())
         assert record["config"]["model"] == "improved" and record["config"]["seeds"]["seed"] == seed
     assert (smoke_report / "figures" / "ablations.png").stat().st_size > 5_000
+    # what the model card reads back from the report folder: every seed, and every variant placed against them
+    evidence = reporting.design_evidence(smoke_report)
+    assert [run["seed"] for run in evidence["seeds"]] == [get_profile("smoke")["seed"],
+                                                          *get_profile("smoke")["seed_repeats"]]
+    assert sorted(v["variant"] for v in evidence["variants"]) == sorted(get_profile("smoke")["ablations"])
 
 
 def test_new_images_are_classified_from_a_sample_laid_out_like_fetch_raw(smoke_report):

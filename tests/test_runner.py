@@ -196,6 +196,66 @@ def test_the_model_card_says_how_the_headline_loss_met_the_instrument_shortcut(t
         member_loss_weighting={"improved_refit": "instrument x label groups", "seed_blog_refit": "none"})
 
 
+def _write_seed_repeats(report, base_scores, repeats, variants):
+    def record(scores, seed=42, question=""):
+        return {"history": {"val_balanced_accuracy": scores}, "config": {"seeds": {"seed": seed}},
+                "question": question, "train_seconds": 1.0}
+
+    (report / "runs").mkdir(parents=True)
+    (report / "runs" / "improved.json").write_text(json.dumps(record(base_scores)))
+    (report / "ablations").mkdir()
+    for seed, score in repeats.items():
+        (report / "ablations" / f"repeat_seed_{seed}.json").write_text(json.dumps(record([score], seed)))
+    for name, (question, score) in variants.items():
+        (report / "ablations" / f"{name}.json").write_text(json.dumps(record([score], question=question)))
+
+
+def test_the_model_card_says_which_design_choices_stand_out_of_seed_noise(tmp_path):
+    _write_seed_repeats(tmp_path, [0.90, 0.95], {1: 0.93, 2: 0.91},
+                        {"flip_only": ("photometric, or flip only?", 0.85),
+                         "unweighted_loss": ("group-weighted loss, or plain?", 0.92)})
+    card = reporting.write_model_card(tmp_path, METRICS).read_text()
+    section = card.split("## How firm the design is")[1].split("## Limits")[0]
+    assert "0.950 at the study's seed 42, and 0.930 and 0.910 at seeds 1 and 2: a range of\n0.910 to 0.950" in section
+    assert "The study's run is the highest of the 3, and the recipe was chosen on validation at its seed" in section
+    assert ("| photometric, or flip only? | `flip_only` | 0.850 | below every seed: a hint that the choice helps |"
+            in section)
+    assert "| `unweighted_loss` | 0.920 | within the seeds: no evidence either way |" in section
+    assert "2 times in 4" in section
+    # the headline's group-weighted loss is not claimed to help when plain cross-entropy is within the seeds
+    limits = card.split("## Limits")[1]
+    assert "plain cross-entropy (`unweighted_loss`, 0.920) lies within the range of `improved`'s seeds" in limits
+    assert "and in the loss sentence under *Limits*, from its `runs/`\nand `ablations/`" in card
+
+
+def test_the_design_section_reads_a_diverged_run_a_tie_and_a_variant_above_the_seeds(tmp_path, monkeypatch):
+    nan = float("nan")
+    _write_seed_repeats(tmp_path, [nan], {1: 0.93, 2: 0.91, 3: nan},
+                        {"unweighted_loss": ("plain?", 0.95), "flip_only": ("flip?", nan)})
+    monkeypatch.setattr("marsrover.provenance.code_commit", lambda: METRICS["commit"])
+    card = reporting.write_model_card(tmp_path, METRICS).read_text()
+    section = card.split("## How firm the design is")[1].split("## Limits")[0]
+    assert "diverged at the study's seed 42, and 0.930, 0.910 and diverged at seeds 1, 2 and 3" in section
+    assert "a range of\n0.910 to 0.930." in section and "with 2 seeds" in section and "2 times in 3" in section
+    assert "highest" not in section and "lowest" not in section  # no rank for a run without a score
+    assert "| `flip_only` | diverged | n/a (no score): the variant diverged |" in section
+    assert "| `unweighted_loss` | 0.950 | above every seed: a hint that the choice hurts |" in section
+    assert "lies above the range of `improved`'s seeds" in card and "a hint that it does worse" in card
+    assert "written by the code at" not in card  # the card's text and its numbers come from one commit
+
+    tied = tmp_path / "tied"
+    _write_seed_repeats(tied, [0.93], {1: 0.93, 2: 0.90}, {"unweighted_loss": ("plain?", 0.80)})
+    card = reporting.write_model_card(tied, METRICS).read_text()
+    assert "highest" not in card and "lowest" not in card  # tied with seed 1: neither
+    assert "plain cross-entropy" not in card  # below every seed: the group weighting is not questioned
+
+
+def test_the_model_card_has_no_design_section_without_seed_repeats(tmp_path):
+    _write_seed_repeats(tmp_path, [0.95], {}, {"unweighted_loss": ("plain?", 0.92)})
+    card = reporting.write_model_card(tmp_path, METRICS).read_text()
+    assert "How firm the design is" not in card and "plain cross-entropy" not in card
+
+
 def test_the_model_card_of_an_average_names_its_models(tmp_path):
     scores = {**METRICS["models"]["improved_refit"], "members": ["improved_refit", "seed_blog_refit"],
               "image_size": 224, "epochs": None}
@@ -256,6 +316,19 @@ def test_the_headline_model_is_exported_under_its_name_and_training_commit(tmp_p
     exported = export_headline(report, {"headline": "a+b_refit", "commit": "c3",
                                         "models": {"improved_refit": {}, "a+b_refit": {}}}, models_dir)
     assert sorted(p.name for p in models_dir.iterdir()) == ["a+b_refit-c3.keras", "seed_blog-keep.keras"]
+
+
+def test_the_index_page_names_the_commit_each_notebook_ran_at_and_flags_a_partial_rerun(tmp_path):
+    def notebook(name, commit):
+        return {"name": name, "status": "ok", "seconds": 1.0, "commit": commit, "error": ""}
+
+    log = {"profile": "full", "commit": "new456", "started": "today", "total_seconds": 60,
+           "notebooks": [notebook("04_model.ipynb", "new456"), notebook("05_training.ipynb", "old123")]}
+    page = reporting.write_index(tmp_path, log).read_text()
+    assert "<td>1.0 s</td><td><code>old123</code></td>" in page
+    assert "the notebooks ran at 2\ncommits (table below): a partial rerun" in page
+    one_commit = {**log, "notebooks": [notebook("04_model.ipynb", "new456")]}
+    assert "partial rerun" not in reporting.write_index(tmp_path, one_commit).read_text()
 
 
 def test_each_distinct_score_note_is_one_numbered_footnote_in_order_of_appearance(tmp_path):

@@ -15,11 +15,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .models import MODEL_SPECS, ModelSpec, get_spec
+if TYPE_CHECKING:
+    from .models import ModelSpec
 
 BASE_MODEL = "improved"
 
@@ -84,6 +86,8 @@ def variant_name(ablation: str) -> str:
 
 def variant_spec(ablation: str) -> ModelSpec:
     """The improved spec with this ablation's changes, registered so ``train`` can build it by name."""
+    from .models import MODEL_SPECS, get_spec  # here, so the report's writer can read records without Keras
+
     if ablation not in ABLATIONS:
         raise KeyError(f"unknown ablation {ablation!r}; choose from {sorted(ABLATIONS)}")
     base = get_spec(BASE_MODEL)
@@ -96,6 +100,15 @@ def variant_spec(ablation: str) -> ModelSpec:
     spec = replace(base, name=variant_name(ablation), description=ABLATIONS[ablation].question, **changes)
     MODEL_SPECS.setdefault(spec.name, spec)
     return spec
+
+
+def clear_records(output_dir: Path) -> Path:
+    """Empty ``<output_dir>/ablations`` (created if missing), so no record of an earlier run is read as this one's."""
+    folder = Path(output_dir) / "ablations"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.json"):
+        stale.unlink()
+    return folder
 
 
 def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
@@ -116,10 +129,7 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     if len(repeats) != len(seed_repeats):  # safe to go on: the study's own run is that seed already
         print(f"Seed repeats {list(seed_repeats)}: the study's seed {seed} and seeds named twice are trained once; "
               f"repeating {repeats}")
-    folder = Path(output_dir) / "ablations"
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.json"):
-        stale.unlink()
+    folder = clear_records(output_dir)
     runs = [(ablation, variant_spec(ablation).name, seed, ABLATIONS[ablation].question, ABLATIONS[ablation].changes)
             for ablation in names]
     runs += [(repeat_name(repeat), BASE_MODEL, repeat,
@@ -167,15 +177,21 @@ def seed_range(base_run: dict, records: dict[str, dict]) -> tuple[float, float] 
     repeats = [record for name, record in records.items() if is_repeat(name)]
     if not repeats:
         return None
-    scores = [_best(run["history"])[0] for run in [base_run, *repeats]]
+    scores = np.array([_best(run["history"])[0] for run in [base_run, *repeats]])
+    if np.isnan(scores).all():  # every run diverged: a range with no ends
+        return float("nan"), float("nan")
     return float(np.nanmin(scores)), float(np.nanmax(scores))
+
+
+# Where a variant's best lies against the range of improved's seeds (the ablation table's last column).
+BELOW, WITHIN, ABOVE, NO_SCORE = "below every seed", "within the seeds", "above every seed", "n/a (no score)"
 
 
 def _against(score: float, spread: tuple[float, float]) -> str:
     low, high = spread
-    if np.isnan(score):
-        return "n/a (no score)"
-    return "below every seed" if score < low else "above every seed" if score > high else "within the seeds"
+    if np.isnan([score, low, high]).any():  # a diverged variant, or no seed with a score
+        return NO_SCORE
+    return BELOW if score < low else ABOVE if score > high else WITHIN
 
 
 def ablation_table(base_run: dict, records: dict[str, dict]) -> pd.DataFrame:
@@ -201,3 +217,27 @@ def ablation_table(base_run: dict, records: dict[str, dict]) -> pd.DataFrame:
             table.loc[name, "against improved's seeds"] = _against(table.loc[name, "best val balanced accuracy"],
                                                                    spread)
     return table
+
+
+def load_records(output_dir: Path) -> dict[str, dict]:
+    """The ablation and seed-repeat records notebook 05 wrote under ``<output_dir>/ablations``; {} without."""
+    folder = Path(output_dir) / "ablations"
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+def seed_evidence(base_run: dict, records: dict[str, dict]) -> dict | None:
+    """What the seed repeats say about the design, for the model card: ``improved``'s best validation
+    balanced accuracy at each seed (the study's run first; NaN where a run diverged), their range, and
+    each variant's best placed against it; None without a repeat, since then nothing says how far chance
+    moves a score."""
+    spread = seed_range(base_run, records)
+    if spread is None:
+        return None
+    runs = [base_run, *(record for name, record in records.items() if is_repeat(name))]
+    variants = [(name, record, _best(record["history"])[0]) for name, record in records.items() if not is_repeat(name)]
+    return {
+        "seeds": [{"seed": run["config"]["seeds"]["seed"], "best": _best(run["history"])[0]} for run in runs],
+        "range": list(spread),
+        "variants": [{"variant": name, "question": record["question"], "best": best,
+                      "against_seeds": _against(best, spread)} for name, record, best in variants],
+    }

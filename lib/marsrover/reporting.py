@@ -81,7 +81,8 @@ _INDEX_TEMPLATE = jinja2.Template("""<!doctype html>
 </style></head><body>
 <h1>Mars rover images: Rover or Surface?</h1>
 <p class="note">Profile <b>{{ profile }}</b> · commit <code>{{ commit }}</code> · run started {{ started }} ·
-total {{ "%.1f"|format(total_seconds / 60) }} min</p>
+total {{ "%.1f"|format(total_seconds / 60) }} min{% if commits|length > 1 %} · the notebooks ran at {{ commits|length }}
+commits (table below): a partial rerun{% endif %}</p>
 {% if failed %}<p class="failed">The run failed: {{ failed }}</p>{% endif %}
 
 <h2>Headline</h2>
@@ -98,9 +99,9 @@ total {{ "%.1f"|format(total_seconds / 60) }} min</p>
 {% for figure, caption in figures %}<figure><img src="{{ figure }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>{% endfor %}
 
 <h2>Notebooks</h2>
-<table><tr><th>notebook</th><th>status</th><th>wall time</th><th>files</th></tr>
+<table><tr><th>notebook</th><th>status</th><th>wall time</th><th>commit</th><th>files</th></tr>
 {% for run in notebooks %}<tr><td>{{ run.name }}</td><td class="{{ run.status.replace(' ', '-') }}">{{ run.status }}</td>
-<td>{{ "%.1f s"|format(run.seconds) }}</td><td>{% if run.outputs %}<a href="{{ run.outputs.html }}">HTML</a> ·
+<td>{{ "%.1f s"|format(run.seconds) }}</td><td><code>{{ run.commit or "–" }}</code></td><td>{% if run.outputs %}<a href="{{ run.outputs.html }}">HTML</a> ·
 <a href="{{ run.outputs.notebook }}">ipynb</a>{% endif %}</td></tr>
 {% endfor %}</table>
 <p class="note">Regenerate with <code>python run_all.py --profile {{ profile }}</code>.</p>
@@ -155,7 +156,8 @@ def write_index(output_dir: Path, log: dict) -> Path:
     rows, notes = _score_table(metrics) if models else ([], [])
     page = _INDEX_TEMPLATE.render(
         metrics=metrics, figures=figures, failed=failed, notes=notes, trained=_how_trained(metrics), rows=rows,
-        headline_n=((models.get(metrics.get("headline")) or {}).get("test") or {}).get("n"), **log,
+        headline_n=((models.get(metrics.get("headline")) or {}).get("test") or {}).get("n"),
+        commits=sorted({run["commit"] for run in log["notebooks"] if run.get("commit")}), **log,
     )
     path = output_dir / "index.html"
     path.write_text(page, encoding="utf-8")
@@ -248,23 +250,92 @@ def _error_groups_markdown(test: dict) -> str:
             f"  | --- | --- | --- | --- |\n{rows}\n")
 
 
-def _loss_weighting_markdown(scores: dict) -> str:
-    """How the headline's training loss answered the instrument shortcut, from its run's configuration."""
+def _loss_weighting_markdown(scores: dict, evidence: dict | None = None) -> str:
+    """How the headline's training loss answered the instrument shortcut, from its run's configuration,
+    and whether the ablations could tell the group weighting from plain cross-entropy (``evidence``)."""
     if scores.get("member_loss_weighting"):  # an average of runs
         weighting = {"instrument x label groups": "weighted over instrument × label groups",
                      "labels": "balanced over the labels only", "none": "unweighted"}
         losses = "; ".join(f"{member}: {weighting.get(how, how)}"
                            for member, how in scores["member_loss_weighting"].items())
-        return (f" Its models' training losses ({losses}): only weighting over instrument × label groups "
-                "weakens that shortcut, and none removes it.")
-    if scores.get("group_weights"):
+        grouped = "instrument x label groups" in scores["member_loss_weighting"].values()
+        text = (f" Its models' training losses ({losses}): only weighting over instrument × label groups "
+                "is aimed at that shortcut, and none removes it.")
+    elif scores.get("group_weights"):
         weights = ", ".join(f"{group} {weight:.2f}" for group, weight in
                             sorted(scores["group_weights"].items(), key=lambda item: -item[1]))
-        return (" Its training loss weighted each instrument × label group of the images it was fitted on "
-                f"against that shortcut ({weights}), which weakens it but does not remove it.")
-    if scores.get("class_weight"):
+        grouped = True
+        text = (" Its training loss weighted each instrument × label group of the images it was fitted on "
+                f"against that shortcut ({weights}), which does not remove it.")
+    elif scores.get("class_weight"):
         return " Its training loss balanced the two labels only, which leaves that shortcut open."
-    return " Its training loss was not weighted, which leaves that shortcut open."
+    else:
+        return " Its training loss was not weighted, which leaves that shortcut open."
+    from .ablation import ABOVE, WITHIN
+
+    plain = {variant["variant"]: variant for variant in (evidence or {}).get("variants", [])}.get("unweighted_loss")
+    if grouped and plain and plain["against_seeds"] in (WITHIN, ABOVE):
+        where, reading = (("within", "is not shown to beat plain cross-entropy beyond seed noise")
+                          if plain["against_seeds"] == WITHIN else ("above", "a hint that it does worse"))
+        text += (f" On validation, though, plain cross-entropy (`unweighted_loss`, {plain['best']:.3f}) lies {where} "
+                 f"the range of `improved`'s seeds (see *How firm the design is*): the group weighting {reading}.")
+    return text
+
+
+def design_evidence(report_dir: Path) -> dict | None:
+    """Notebook 05's seed repeats and ablations of ``improved``, read from the report folder
+    (``runs/improved.json``, ``ablations/``); None without them."""
+    from .ablation import BASE_MODEL, load_records, seed_evidence
+
+    base_path = Path(report_dir) / "runs" / f"{BASE_MODEL}.json"
+    if not base_path.exists() or "history" not in (base := load_json(base_path)):
+        return None
+    return seed_evidence(base, load_records(report_dir))
+
+
+def _words(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _score(value: float) -> str:
+    return "diverged" if value != value else f"{value:.3f}"  # NaN: the run has no score
+
+
+def _design_markdown(evidence: dict | None) -> str:
+    """The model card's section on how far the seed repeats let the ablations speak; empty without them."""
+    from .ablation import ABOVE, BELOW, NO_SCORE, WITHIN
+
+    low, high = (evidence or {}).get("range", (float("nan"),) * 2)
+    if low != low or high != high:  # no repeat, or no seed with a score: no yardstick
+        return ""
+    study, *repeats = evidence["seeds"]
+    scored = [seed["best"] for seed in evidence["seeds"] if seed["best"] == seed["best"]]
+    others = [seed["best"] for seed in repeats if seed["best"] == seed["best"]]
+    at_seeds = (_words([_score(seed["best"]) for seed in repeats])
+                + f" at seed{'s' if len(repeats) > 1 else ''} " + _words([str(seed["seed"]) for seed in repeats]))
+    rank = ""
+    if len(scored) >= 3 and study["best"] == study["best"] and others:
+        if study["best"] > max(others) or study["best"] < min(others):
+            rank = (f" The study's run is the {'highest' if study['best'] > max(others) else 'lowest'} of the "
+                    f"{len(scored)}, and the recipe was chosen on validation at its seed.")
+    readings = {BELOW: "a hint that the choice helps", WITHIN: "no evidence either way",
+                ABOVE: "a hint that the choice hurts", NO_SCORE: "the variant diverged"}
+    order = list(readings)
+    rows = "\n".join(f"| {variant['question']} | `{variant['variant']}` | {_score(variant['best'])} | "
+                     f"{variant['against_seeds']}: {readings[variant['against_seeds']]} |"
+                     for variant in sorted(evidence["variants"], key=lambda v: (
+                         order.index(v["against_seeds"]), -v["best"] if v["best"] == v["best"] else 0)))
+    table = ("Each ablation undoes one design choice and trains once, at the study's seed, judged on validation "
+             "only:\n\n| the choice, and what the variant does instead | variant | best val BA | against "
+             f"`improved`'s seeds |\n| --- | --- | --- | --- |\n{rows}\n\n" if rows else "\n\n")
+    return f"""
+## How firm the design is
+Notebook 05 trained `improved` (this project's own model) again with only the seed changed. Its best validation
+balanced accuracy was {_score(study['best'])} at the study's seed {study['seed']}, and {at_seeds}: a range of
+{low:.3f} to {high:.3f}.{rank} {table}The range is a rough yardstick, not a test: with {len(scored)} seeds, a further run of the
+same recipe lands outside it 2 times in {len(scored) + 1}.
+"""
 
 
 def _groups_markdown(metrics: dict) -> str:
@@ -313,6 +384,13 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     scores = metrics["models"][headline]
     test = scores["test"]
     kept = test.get("at_confidence") or {}
+    evidence = design_evidence(report_dir)
+    from .provenance import code_commit
+
+    written_by = ("" if code_commit() == metrics.get("commit")
+                  else f" This card's text was written by the code at `{code_commit()}`.")
+    sources = (", or, under *How firm the design is* and in the loss sentence under *Limits*, from its `runs/`\nand "
+               "`ablations/`" if evidence else "")
     chosen_by = f" ({scores['epochs_chosen_by']})" if scores.get("epochs_chosen_by") else ""
     if scores.get("members"):
         what = (f"the average of the probabilities of {' and '.join(scores['members'])} ({scores.get('kind')}); "
@@ -323,7 +401,7 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     card = f"""# Model card: {headline}
 
 *Generated by `run_all.py --profile {metrics.get('profile')}` at commit `{metrics.get('commit')}`; every number
-below comes from `metrics.json` in this folder.*
+below comes from `metrics.json` in this folder{sources}.{written_by}*
 
 ## Intended use
 Sorting raw Mars rover camera images into **Rover** (the rover's own hardware: wheels, deck, arm, instruments,
@@ -352,11 +430,11 @@ The majority answer ("{metrics['baselines']['majority class']['test'].get('answe
 {_pct(metrics['baselines']['majority class']['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split. Models, epochs and design choices were selected on the validation split only, and the test split
 was scored once per final model. {_caveats_markdown(scores)}
-{_groups_markdown(metrics)}
+{_groups_markdown(metrics)}{_design_markdown(evidence)}
 ## Limits
 - **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
   close-ups and the test split is 75% Rover. In train the instrument predicts the label (Mastcam frames mostly
-  Surface, only 52 MAHLI Surface images).{_loss_weighting_markdown(scores)} Scores on other instruments (Navcam, Hazcam, Mars 2020's cameras)
+  Surface, only 52 MAHLI Surface images).{_loss_weighting_markdown(scores, evidence)} Scores on other instruments (Navcam, Hazcam, Mars 2020's cameras)
   or other rovers are unknown; label a sample with the notebook-02 labeler and let notebook 06 score it.
 - **Browse images only**: small JPEGs; full-resolution frames are resized the same way but were never tested.
 - **No sun images.** The class list has a *sun* class, but no image in any split carries it: the model has

@@ -354,10 +354,11 @@ def run_ablations(ablations: list[str], paths: config.DataPaths, index: pd.DataF
                   jit_compile: bool = False, seed_repeats: Sequence[int] = ()) -> dict[str, dict]:
     """Each ablation of the improved recipe, and the recipe itself at each seed of ``seed_repeats``,
     trained on train and scored on val (``ablations/*.json``)."""
-    from .ablation import BASE_MODEL, run_ablations as run
+    from .ablation import BASE_MODEL, clear_records, run_ablations as run
     from .models import get_spec
 
     if not ablations and not seed_repeats:
+        clear_records(output_dir)  # an earlier run's records would be read as this one's
         return {}
     size = image_size or get_spec(BASE_MODEL).image_size
     return run(ablations, split_arrays(paths, index, "train", size), split_arrays(paths, index, "val", size),
