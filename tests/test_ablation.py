@@ -84,52 +84,59 @@ def test_no_ablation_can_be_mistaken_for_a_seed_repeat():
     assert not any(ablation.is_repeat(name) for name in ablation.ABLATIONS)
 
 
-def test_the_table_places_each_variant_against_the_range_of_improveds_seeds():
-    def record(scores, seed=42):
-        return {"history": {"val_balanced_accuracy": scores}, "train_seconds": 1.0, "question": "?",
-                "config": {"seeds": {"seed": seed}}}
+def _record(scores, seed=42, question="?"):
+    return {"history": {"val_balanced_accuracy": scores}, "train_seconds": 1.0, "question": question,
+            "config": {"seeds": {"seed": seed}}}
 
-    base = record([0.80, 0.92])
-    records = {"flip_only": record([0.85]), "no_batch_norm": record([0.90]), "group_norm": record([0.95]),
-               "repeat_seed_1": record([0.88], seed=1), "repeat_seed_2": record([0.93], seed=2)}
+
+def test_the_table_places_each_variant_on_both_views_and_reads_a_hint_only_when_they_agree():
+    base = _record([0.80, 0.92])  # best 0.92, settled (mean of its last epochs) 0.86
+    records = {"flip_only": _record([0.85]), "no_batch_norm": _record([0.90]), "group_norm": _record([0.95]),
+               "per_image_scaling": _record([0.70, 0.95]),  # a lucky best epoch, a poor settled score
+               "repeat_seed_1": _record([0.88], seed=1), "repeat_seed_2": _record([0.93], seed=2)}
     table = ablation.ablation_table(base, records)
     assert list(table.index) == ["improved (as chosen)", "improved, seed 1", "improved, seed 2",
-                                 "flip_only", "no_batch_norm", "group_norm"]
+                                 "flip_only", "no_batch_norm", "group_norm", "per_image_scaling"]
     assert ablation.seed_range(base, records) == (0.88, 0.93)
-    assert table["against improved's seeds"].tolist() == ["", "", "", "below every seed", "within the seeds",
-                                                          "above every seed"]
+    assert ablation.seed_range(base, records, "settled") == pytest.approx((0.86, 0.93))
+    assert table["best against the seeds"].tolist() == [
+        "", "", "", "below every seed", "within the seeds", "above every seed", "above every seed"]
+    assert table["last 5 against the seeds"].tolist()[3:] == [
+        "below every seed", "within the seeds", "above every seed", "below every seed"]
+    assert table["reading"].tolist()[3:] == [ablation.HELPS, ablation.NO_EVIDENCE, ablation.HURTS, ablation.MIXED]
     assert table.loc["no_batch_norm", "change vs improved"] == pytest.approx(-0.02)  # a change, yet within chance
     without_repeats = ablation.ablation_table(base, {"flip_only": records["flip_only"]})
-    assert "against improved's seeds" not in without_repeats and ablation.seed_range(base, {}) is None
+    assert "reading" not in without_repeats and ablation.seed_range(base, {}) is None
     only_repeats = ablation.ablation_table(base, {"repeat_seed_1": records["repeat_seed_1"]})
-    assert only_repeats["against improved's seeds"].tolist() == ["", ""]  # nothing to place
-    diverged = ablation.ablation_table(base, {**records, "flip_only": record([float("nan"), float("nan")])})
-    assert diverged.loc["flip_only", "against improved's seeds"] == "n/a (no score)"
-    assert ablation.ablation_table(record([0.7, float("nan"), 0.9]), {}).loc["improved (as chosen)", "at epoch"] == 3
+    assert only_repeats["reading"].tolist() == ["", ""]  # nothing to place
+    diverged = ablation.ablation_table(base, {**records, "flip_only": _record([float("nan"), float("nan")])})
+    assert diverged.loc["flip_only", ["best against the seeds", "reading"]].tolist() == [ablation.NO_SCORE] * 2
+    assert ablation.ablation_table(_record([0.7, float("nan"), 0.9]), {}).loc["improved (as chosen)", "at epoch"] == 3
 
 
 def test_the_seed_evidence_lists_every_seed_study_first_and_places_every_variant(tmp_path):
-    def record(scores, seed=42, question="?"):
-        return {"history": {"val_balanced_accuracy": scores}, "train_seconds": 1.0, "question": question,
-                "config": {"seeds": {"seed": seed}}}
-
-    records = {"repeat_seed_2": record([0.88], seed=2), "flip_only": record([0.85], question="flip?"),
-               "repeat_seed_1": record([0.93], seed=1), "no_batch_norm": record([0.90])}
+    records = {"repeat_seed_2": _record([0.88], seed=2), "flip_only": _record([0.85], question="flip?"),
+               "repeat_seed_1": _record([0.93], seed=1), "no_batch_norm": _record([0.90])}
     folder = tmp_path / "ablations"
     folder.mkdir()
     for name, saved in records.items():
         (folder / f"{name}.json").write_text(json.dumps(saved))
     assert ablation.load_records(tmp_path) == records and ablation.load_records(tmp_path / "none") == {}
-    evidence = ablation.seed_evidence(record([0.80, 0.92]), ablation.load_records(tmp_path))
-    assert evidence["seeds"] == [{"seed": 42, "best": 0.92}, {"seed": 1, "best": 0.93}, {"seed": 2, "best": 0.88}]
-    assert evidence["range"] == [0.88, 0.93]
+    evidence = ablation.seed_evidence(_record([0.92]), ablation.load_records(tmp_path))
+    assert evidence["seeds"] == [{"seed": 42, "best": 0.92, "settled": 0.92}, {"seed": 1, "best": 0.93, "settled": 0.93},
+                                 {"seed": 2, "best": 0.88, "settled": 0.88}]
+    assert evidence["ranges"] == {"best": [0.88, 0.93], "settled": [0.88, 0.93]}
     assert evidence["variants"] == [
-        {"variant": "flip_only", "question": "flip?", "best": 0.85, "against_seeds": "below every seed"},
-        {"variant": "no_batch_norm", "question": "?", "best": 0.90, "against_seeds": "within the seeds"}]
-    assert ablation.seed_evidence(record([0.9]), {"flip_only": records["flip_only"]}) is None  # no yardstick
-    diverged = {"repeat_seed_1": record([float("nan")], seed=1), "flip_only": records["flip_only"]}
-    nothing_scored = ablation.seed_evidence(record([float("nan")]), diverged)
-    assert nothing_scored["variants"][0]["against_seeds"] == ablation.NO_SCORE  # no seed scored: nothing to place
+        {"variant": "flip_only", "question": "flip?", "best": 0.85, "settled": 0.85,
+         "best_against_seeds": "below every seed", "settled_against_seeds": "below every seed",
+         "reading": ablation.HELPS},
+        {"variant": "no_batch_norm", "question": "?", "best": 0.90, "settled": 0.90,
+         "best_against_seeds": "within the seeds", "settled_against_seeds": "within the seeds",
+         "reading": ablation.NO_EVIDENCE}]
+    assert ablation.seed_evidence(_record([0.9]), {"flip_only": records["flip_only"]}) is None  # no yardstick
+    diverged = {"repeat_seed_1": _record([float("nan")], seed=1), "flip_only": records["flip_only"]}
+    nothing_scored = ablation.seed_evidence(_record([float("nan")]), diverged)
+    assert nothing_scored["variants"][0]["reading"] == ablation.NO_SCORE  # no seed scored: nothing to place
 
 
 def test_a_study_without_ablations_or_repeats_leaves_no_earlier_records(tmp_path):

@@ -135,6 +135,25 @@ def test_predict_refuses_a_folder_as_its_output_before_classifying(tiny_model, i
     assert "is a folder" in capsys.readouterr().err
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_classifying(tiny_model, images, tmp_path, capsys):
+    a_file = tmp_path / "taken.csv"
+    a_file.write_text("x")
+    assert cli.main(["predict", str(images), "--model", str(tiny_model), "--out", str(a_file / "p.csv")]) == 1
+    error = capsys.readouterr().err
+    assert f"cannot write --out {a_file / 'p.csv'}: {a_file} is a file, not a folder" in error
+    assert "image(s) found" not in capsys.readouterr().out  # refused before the model was even loaded
+    assert cli.main(["sort", str(images), "--model", str(tiny_model), "--into", str(a_file)]) == 1
+    assert f"cannot write --into {a_file}: {a_file} is a file, not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "x"
+
+
+def test_a_file_that_is_not_a_model_is_named_as_such(images, tmp_path, capsys):
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a model")
+    assert cli.main(["predict", str(images), "--model", str(junk), "--out", str(tmp_path / "p.csv")]) == 1
+    assert f"{junk} is not a readable .keras model" in capsys.readouterr().err
+
+
 def test_bad_options_are_refused_by_argparse(tiny_model, images):
     for bad in (["--threshold", "1.5"], ["--batch-size", "0"]):
         with pytest.raises(SystemExit) as exit_info:

@@ -41,3 +41,22 @@ def test_conda_environment_pins_the_same_versions_as_pip():
 
 def test_conda_environment_installs_the_package_itself():
     assert "      - -e ." in (config.PROJECT_ROOT / "environment.yml").read_text().splitlines()
+
+
+def test_every_library_the_package_imports_is_pinned():
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    imported = set()
+    for source in (config.PROJECT_ROOT / "lib" / "marsrover").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"marsrover"}
+    distributions = packages_distributions()
+    unpinned = {module for module in third_party
+                if not {name.lower() for name in distributions.get(module, [module])} & set(_pip_pins())}
+    assert not unpinned, f"imported by lib/marsrover but not pinned in pyproject.toml: {sorted(unpinned)}"

@@ -139,8 +139,13 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert reporting.update_readme(readme, METRICS, {"total_seconds": 2700, "peak_rss_gib": 3.2})
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("# T\n\nbefore\n") and text.endswith("after\n")
-    assert "| improved_refit ★ | refit on train+val | 99.0% | 99.0% | 98.1% (97.3%–98.8%) | 97.2% (96.0%–98.0%)" in text
-    assert "| seed claim (blog) | random 80/20 split | 98.0% |" in text and "`transfer` was skipped" in text
+    # a refit's validation scores are on its own training data, and the blog's on its own split: footnoted
+    assert ("| improved_refit ★ | refit on train+val | 99.0%<sup>2</sup> | 99.0%<sup>2</sup> | 98.1% (97.3%–98.8%) | "
+            "97.2% (96.0%–98.0%)") in text
+    assert "| seed claim (blog) | random 80/20 split | 98.0%<sup>1</sup> | – | 97.0%<sup>1</sup> |" in text
+    assert "<sup>1</sup> The seed blog's own figures, on its random 80/20 split" in text
+    assert "<sup>2</sup> The validation split was part of this run's training data." in text
+    assert "| improved | train only | 93.0% | 92.0% |" in text and "`transfer` was skipped" in text
     assert "took 45 minutes" in text and "3.2 GiB" in text
     assert "| 9 in 4.8 min |" in text  # each run's epochs and training time, from its run record
     assert "| improved | train only |" in text and text.count("| – |\n") >= 2  # unknown cost shows a dash
@@ -197,6 +202,7 @@ def test_the_model_card_says_how_the_headline_loss_met_the_instrument_shortcut(t
 
 
 def _write_seed_repeats(report, base_scores, repeats, variants):
+    """improved's run, its repeats ({seed: validation curve}) and ablations ({name: (question, curve)})."""
     def record(scores, seed=42, question=""):
         return {"history": {"val_balanced_accuracy": scores}, "config": {"seeds": {"seed": seed}},
                 "question": question, "train_seconds": 1.0}
@@ -204,54 +210,68 @@ def _write_seed_repeats(report, base_scores, repeats, variants):
     (report / "runs").mkdir(parents=True)
     (report / "runs" / "improved.json").write_text(json.dumps(record(base_scores)))
     (report / "ablations").mkdir()
-    for seed, score in repeats.items():
-        (report / "ablations" / f"repeat_seed_{seed}.json").write_text(json.dumps(record([score], seed)))
-    for name, (question, score) in variants.items():
-        (report / "ablations" / f"{name}.json").write_text(json.dumps(record([score], question=question)))
+    for seed, scores in repeats.items():
+        (report / "ablations" / f"repeat_seed_{seed}.json").write_text(json.dumps(record(scores, seed)))
+    for name, (question, scores) in variants.items():
+        (report / "ablations" / f"{name}.json").write_text(json.dumps(record(scores, question=question)))
 
 
 def test_the_model_card_says_which_design_choices_stand_out_of_seed_noise(tmp_path):
-    _write_seed_repeats(tmp_path, [0.90, 0.95], {1: 0.93, 2: 0.91},
-                        {"flip_only": ("photometric, or flip only?", 0.85),
-                         "unweighted_loss": ("group-weighted loss, or plain?", 0.92)})
+    _write_seed_repeats(tmp_path, [0.90, 0.95], {1: [0.93], 2: [0.91]},
+                        {"flip_only": ("photometric, or flip only?", [0.85]),
+                         "unweighted_loss": ("group-weighted loss, or plain?", [0.92]),
+                         "no_batch_norm": ("batch norm, or none?", [0.70, 0.94])})
     card = reporting.write_model_card(tmp_path, METRICS).read_text()
     section = card.split("## How firm the design is")[1].split("## Limits")[0]
     assert "0.950 at the study's seed 42, and 0.930 and 0.910 at seeds 1 and 2: a range of\n0.910 to 0.950" in section
     assert "The study's run is the highest of the 3, and the recipe was chosen on validation at its seed" in section
-    assert ("| photometric, or flip only? | `flip_only` | 0.850 | below every seed: a hint that the choice helps |"
-            in section)
-    assert "| `unweighted_loss` | 0.920 | within the seeds: no evidence either way |" in section
+    assert "the mean of the last 5 epochs (0.910 to 0.930 over the\nseeds)" in section
+    assert ("| photometric, or flip only? | `flip_only` | 0.850 (below) | 0.850 (below) | "
+            "a hint that the choice helps |") in section
+    assert "| `unweighted_loss` | 0.920 (within) | 0.920 (within) | no evidence either way |" in section
+    assert "| `no_batch_norm` | 0.940 (within) | 0.820 (below) | mixed: the two views disagree |" in section
+    assert "about 0.8 of these 3 variants below on the best epoch by chance alone" in section
+    assert "Here 1 of 3 read as a hint that the choice helps, 0 as a hint that it hurts, and\n1 are mixed." in section
     assert "2 times in 4" in section
     # the headline's group-weighted loss is not claimed to help when plain cross-entropy is within the seeds
     limits = card.split("## Limits")[1]
-    assert "plain cross-entropy (`unweighted_loss`, 0.920) lies within the range of `improved`'s seeds" in limits
+    assert ("plain cross-entropy (`unweighted_loss`) lies within the range of `improved`'s seeds on both its best "
+            "epoch and the mean of its last 5 epochs") in limits
+    assert "not shown to beat plain cross-entropy beyond seed noise" in limits
     assert "and in the loss sentence under *Limits*, from its `runs/`\nand `ablations/`" in card
 
 
 def test_the_design_section_reads_a_diverged_run_a_tie_and_a_variant_above_the_seeds(tmp_path, monkeypatch):
     nan = float("nan")
-    _write_seed_repeats(tmp_path, [nan], {1: 0.93, 2: 0.91, 3: nan},
-                        {"unweighted_loss": ("plain?", 0.95), "flip_only": ("flip?", nan)})
+    _write_seed_repeats(tmp_path, [nan], {1: [0.93], 2: [0.91], 3: [nan]},
+                        {"unweighted_loss": ("plain?", [0.95]), "flip_only": ("flip?", [nan])})
     monkeypatch.setattr("marsrover.provenance.code_commit", lambda: METRICS["commit"])
     card = reporting.write_model_card(tmp_path, METRICS).read_text()
     section = card.split("## How firm the design is")[1].split("## Limits")[0]
     assert "diverged at the study's seed 42, and 0.930, 0.910 and diverged at seeds 1, 2 and 3" in section
     assert "a range of\n0.910 to 0.930." in section and "with 2 seeds" in section and "2 times in 3" in section
     assert "highest" not in section and "lowest" not in section  # no rank for a run without a score
-    assert "| `flip_only` | diverged | n/a (no score): the variant diverged |" in section
-    assert "| `unweighted_loss` | 0.950 | above every seed: a hint that the choice hurts |" in section
-    assert "lies above the range of `improved`'s seeds" in card and "a hint that it does worse" in card
+    assert "| `flip_only` | diverged (n/a) | diverged (n/a) | n/a (no score) |" in section
+    assert "| `unweighted_loss` | 0.950 (above) | 0.950 (above) | a hint that the choice hurts |" in section
+    assert "lies above the range of `improved`'s seeds on both" in card
+    assert "a hint that the group weighting does worse than plain cross-entropy" in card
     assert "written by the code at" not in card  # the card's text and its numbers come from one commit
 
     tied = tmp_path / "tied"
-    _write_seed_repeats(tied, [0.93], {1: 0.93, 2: 0.90}, {"unweighted_loss": ("plain?", 0.80)})
+    _write_seed_repeats(tied, [0.93], {1: [0.93], 2: [0.90]}, {"unweighted_loss": ("plain?", [0.80])})
     card = reporting.write_model_card(tied, METRICS).read_text()
     assert "highest" not in card and "lowest" not in card  # tied with seed 1: neither
-    assert "plain cross-entropy" not in card  # below every seed: the group weighting is not questioned
+    assert "plain cross-entropy" not in card  # below on both views: the group weighting is not questioned
+
+    mixed = tmp_path / "mixed"
+    _write_seed_repeats(mixed, [0.90], {1: [0.95]}, {"unweighted_loss": ("plain?", [0.80, 0.93])})
+    limits = reporting.write_model_card(mixed, METRICS).read_text().split("## Limits")[1]
+    assert ("lies within the range of `improved`'s seeds on its best epoch, and below it on the mean of its last 5 "
+            "epochs") in limits
 
 
 def test_the_model_card_has_no_design_section_without_seed_repeats(tmp_path):
-    _write_seed_repeats(tmp_path, [0.95], {}, {"unweighted_loss": ("plain?", 0.92)})
+    _write_seed_repeats(tmp_path, [0.95], {}, {"unweighted_loss": ("plain?", [0.92])})
     card = reporting.write_model_card(tmp_path, METRICS).read_text()
     assert "How firm the design is" not in card and "plain cross-entropy" not in card
 
@@ -368,3 +388,15 @@ def test_the_log_names_the_commit_each_notebook_loaded_when_one_lands_during_the
     assert log["commit"] == "commit-at-start"
     assert [entry["commit"] for entry in log["notebooks"]] == ["commit-at-start", "landed-during-the-run"]
     assert "The code changed during the run (it started at commit-at-start)" in capsys.readouterr().err
+
+
+def test_render_only_rewrites_the_pages_but_not_what_the_last_run_measured(tmp_path):
+    notebooks = [{"name": "04_model.ipynb", "status": "ok", "seconds": 7.0, "peak_rss_gib": 1.1, "commit": "new"},
+                 {"name": "05_training.ipynb", "status": "ok", "seconds": 5400.0, "peak_rss_gib": 3.6, "commit": "old"}]
+    log = {"profile": "smoke", "commit": "new", "started": "today", "notebooks": notebooks, "total_seconds": 5407.0,
+           "this_run_seconds": 7.2, "peak_rss_gib": 3.6, "this_run_peak_rss_gib": 1.1}
+    (tmp_path / "run_log.json").write_text(json.dumps(log))
+    assert runner.render_only("smoke", tmp_path) == 0
+    again = json.loads((tmp_path / "run_log.json").read_text())
+    assert {key: again[key] for key in log} == log  # a render measures nothing
+    assert (tmp_path / "index.html").exists()

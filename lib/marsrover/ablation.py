@@ -133,7 +133,7 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     runs = [(ablation, variant_spec(ablation).name, seed, ABLATIONS[ablation].question, ABLATIONS[ablation].changes)
             for ablation in names]
     runs += [(repeat_name(repeat), BASE_MODEL, repeat,
-              f"the same recipe at seed {repeat}: how far does chance alone move the score?", {})
+              f"the same recipe at seed {repeat}: how far does the seed alone move the score?", {})
              for repeat in repeats]
     records = {}
     for name, model, run_seed, question, changes in runs:
@@ -162,28 +162,37 @@ def _best(history: dict) -> tuple[float, int | None]:
 SETTLED_EPOCHS = 5  # the best epoch can be a lucky spike; the mean of the last epochs is where a run settles
 
 
+def _settled(history: dict) -> float:
+    """The mean validation balanced accuracy of the last epochs (NaN if any of them diverged)."""
+    return float(np.mean(np.asarray(history["val_balanced_accuracy"], dtype=float)[-SETTLED_EPOCHS:]))
+
+
+# Two views of a run's validation curve, each placed against the same view of improved's seeds.
+VIEWS = {"best": lambda history: _best(history)[0], "settled": _settled}
+
+
 def _row(question: str, history: dict, seconds, base_score: float | None = None) -> dict:
     scores = history["val_balanced_accuracy"]
     best, epoch = _best(history)
     return {"question": question, "best val balanced accuracy": best, "at epoch": epoch,
-            f"mean of last {SETTLED_EPOCHS} epochs": float(np.mean(scores[-SETTLED_EPOCHS:])),
+            f"mean of last {SETTLED_EPOCHS} epochs": _settled(history),
             "last-epoch val balanced accuracy": scores[-1],
             "change vs improved": 0.0 if base_score is None else best - base_score, "seconds": seconds}
 
 
-def seed_range(base_run: dict, records: dict[str, dict]) -> tuple[float, float] | None:
-    """The lowest and highest best validation balanced accuracy of ``improved`` over its seeds (the
-    study's run and its seed repeats); None without a repeat."""
+def seed_range(base_run: dict, records: dict[str, dict], view: str = "best") -> tuple[float, float] | None:
+    """The lowest and highest score of ``improved`` over its seeds (the study's run and its seed repeats),
+    on ``view`` (``best``: the best epoch; ``settled``: the mean of the last epochs); None without a repeat."""
     repeats = [record for name, record in records.items() if is_repeat(name)]
     if not repeats:
         return None
-    scores = np.array([_best(run["history"])[0] for run in [base_run, *repeats]])
+    scores = np.array([VIEWS[view](run["history"]) for run in [base_run, *repeats]])
     if np.isnan(scores).all():  # every run diverged: a range with no ends
         return float("nan"), float("nan")
     return float(np.nanmin(scores)), float(np.nanmax(scores))
 
 
-# Where a variant's best lies against the range of improved's seeds (the ablation table's last column).
+# Where a variant's score lies against the range of improved's seeds on the same view.
 BELOW, WITHIN, ABOVE, NO_SCORE = "below every seed", "within the seeds", "above every seed", "n/a (no score)"
 
 
@@ -194,28 +203,42 @@ def _against(score: float, spread: tuple[float, float]) -> str:
     return BELOW if score < low else ABOVE if score > high else WITHIN
 
 
+HELPS, HURTS, NO_EVIDENCE, MIXED = ("a hint that the choice helps", "a hint that the choice hurts",
+                                    "no evidence either way", "mixed: the two views disagree")
+
+
+def reading(best: str, settled: str) -> str:
+    """What a variant's two placements say about the choice it undoes: a hint only when both views agree
+    (a variant below every seed scored worse without the choice)."""
+    if NO_SCORE in (best, settled):
+        return NO_SCORE
+    if best != settled:
+        return MIXED
+    return {BELOW: HELPS, ABOVE: HURTS, WITHIN: NO_EVIDENCE}[best]
+
+
 def ablation_table(base_run: dict, records: dict[str, dict]) -> pd.DataFrame:
     """The improved run, its seed repeats and each variant: best validation balanced accuracy, its epoch,
     where the run settled (mean of its last epochs), the change of the best against improved, and the time.
 
-    With seed repeats, a column says where each variant's best lies against the range of improved's seeds
-    (a rough yardstick: see the module's docstring).
+    With seed repeats, two columns place each variant's best and its settled score against the range of
+    improved's seeds on the same view, and a third reads them together (a rough yardstick: see the
+    module's docstring).
     """
     base_score, _ = _best(base_run["history"])
     rows = {f"{BASE_MODEL} (as chosen)": _row("", base_run["history"], base_run.get("train_seconds"))}
-    variants = []
     for name, record in sorted(records.items(), key=lambda item: not is_repeat(item[0])):  # repeats first
         rows[row_label(name, record)] = _row(record["question"], record["history"], record["train_seconds"],
                                              base_score)
-        if not is_repeat(name):
-            variants.append(name)
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
-    spread = seed_range(base_run, records)
-    if spread:
-        table["against improved's seeds"] = ""
-        for name in variants:
-            table.loc[name, "against improved's seeds"] = _against(table.loc[name, "best val balanced accuracy"],
-                                                                   spread)
+    evidence = seed_evidence(base_run, records)
+    if evidence:
+        for column in ("best against the seeds", f"last {SETTLED_EPOCHS} against the seeds", "reading"):
+            table[column] = ""
+        for variant in evidence["variants"]:
+            table.loc[variant["variant"], ["best against the seeds", f"last {SETTLED_EPOCHS} against the seeds",
+                                           "reading"]] = [variant["best_against_seeds"],
+                                                          variant["settled_against_seeds"], variant["reading"]]
     return table
 
 
@@ -226,18 +249,23 @@ def load_records(output_dir: Path) -> dict[str, dict]:
 
 
 def seed_evidence(base_run: dict, records: dict[str, dict]) -> dict | None:
-    """What the seed repeats say about the design, for the model card: ``improved``'s best validation
-    balanced accuracy at each seed (the study's run first; NaN where a run diverged), their range, and
-    each variant's best placed against it; None without a repeat, since then nothing says how far chance
-    moves a score."""
-    spread = seed_range(base_run, records)
-    if spread is None:
+    """What the seed repeats say about the design: ``improved``'s scores at each seed on both views (the
+    study's run first; NaN where a run diverged), their ranges, and each variant's scores placed against
+    them and read together; None without a repeat, since then nothing says how far chance moves a score."""
+    ranges = {view: seed_range(base_run, records, view) for view in VIEWS}
+    if ranges["best"] is None:
         return None
     runs = [base_run, *(record for name, record in records.items() if is_repeat(name))]
-    variants = [(name, record, _best(record["history"])[0]) for name, record in records.items() if not is_repeat(name)]
-    return {
-        "seeds": [{"seed": run["config"]["seeds"]["seed"], "best": _best(run["history"])[0]} for run in runs],
-        "range": list(spread),
-        "variants": [{"variant": name, "question": record["question"], "best": best,
-                      "against_seeds": _against(best, spread)} for name, record, best in variants],
-    }
+    variants = []
+    for name, record in records.items():
+        if is_repeat(name):
+            continue
+        scores = {view: VIEWS[view](record["history"]) for view in VIEWS}
+        places = {view: _against(scores[view], ranges[view]) for view in VIEWS}
+        variants.append({"variant": name, "question": record["question"], **scores,
+                         **{f"{view}_against_seeds": place for view, place in places.items()},
+                         "reading": reading(places["best"], places["settled"])})
+    return {"seeds": [{"seed": run["config"]["seeds"]["seed"],
+                       **{view: VIEWS[view](run["history"]) for view in VIEWS}} for run in runs],
+            "ranges": {view: list(spread) for view, spread in ranges.items()},
+            "settled_epochs": SETTLED_EPOCHS, "variants": variants}

@@ -33,6 +33,22 @@ def _study(args: argparse.Namespace) -> int:
     return run_from_arguments(args)
 
 
+def _unwritable(folder: Path, option: str, given: Path) -> str | None:
+    """Why nothing can be written into ``folder`` (created if missing), or None: checked before any image
+    is classified, so a bad ``--out`` or ``--into`` never costs a whole run's work."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        return f"cannot write {option} {given}: {folder} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"cannot write {option} {given}: {error.strerror or error} ({folder})"
+    return None
+
+
 def _model_and_files(args: argparse.Namespace, exclude=()):
     """(model, its path, files) or raise with a message for the user."""
     import os
@@ -57,6 +73,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     if Path(args.out).is_dir():  # found now, not after classifying every image
         return _fail(f"--out {args.out} is a folder; give a file name for the CSV")
+    if problem := _unwritable(Path(args.out).absolute().parent, "--out", args.out):
+        return _fail(problem)
     try:
         model, model_path, files = _model_and_files(args)
     except (FileNotFoundError, ValueError) as error:
@@ -78,6 +96,8 @@ def _sort(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.low <= args.high <= 1.0:
         return _fail(f"need 0 <= --low <= --high <= 1, got --low {args.low} --high {args.high}")
+    if problem := _unwritable(Path(args.into), "--into", args.into):
+        return _fail(problem)
     try:
         model, _, files = _model_and_files(args, exclude=[args.into])
     except (FileNotFoundError, ValueError) as error:

@@ -108,7 +108,10 @@ def load_model(path: str | os.PathLike | None = None):
 
     from . import models  # noqa: F401  registers the package's own layers, which saved models name
 
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, TypeError) as error:  # the file is there: say it is not a model
+        raise ValueError(f"{path} is not a readable .keras model ({type(error).__name__}: {error})") from error
 
 
 def model_image_size(model) -> tuple[int, int]:

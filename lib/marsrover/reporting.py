@@ -122,6 +122,15 @@ def _how_trained(metrics: dict) -> str:
     return f": {text}" if text else ""
 
 
+def _note_mark(note: str | None, notes: list[str]) -> str:
+    """A footnote mark for ``note`` (added to ``notes`` the first time): each distinct note is numbered once."""
+    if not note:
+        return ""
+    if note not in notes:
+        notes.append(note)
+    return f"<sup>{notes.index(note) + 1}</sup>"
+
+
 def _score_table(metrics: dict) -> tuple[list[dict], list[str]]:
     """The index page's table rows (runs, then baselines) and their footnotes.
 
@@ -134,11 +143,7 @@ def _score_table(metrics: dict) -> tuple[list[dict], list[str]]:
             cells = []
             for split in ("val", "test"):
                 values = scores.get(split) or {}
-                mark = ""
-                if values.get("note"):
-                    if values["note"] not in notes:
-                        notes.append(values["note"])
-                    mark = f"<sup>{notes.index(values['note']) + 1}</sup>"
+                mark = _note_mark(values.get("note"), notes)
                 cells += [_pct(values.get("accuracy")) + mark, _pct(values.get("balanced_accuracy")) + mark]
             rows.append({"name": name, "headline": name == metrics.get("headline"), "baseline": baseline,
                          "cells": cells})
@@ -197,20 +202,27 @@ def results_markdown(metrics: dict, run_log: dict | None = None) -> str:
         "| epochs, training time |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    notes: list[str] = []
     claim = metrics.get("seed_claim")
     if claim:
-        lines.append(f"| seed claim (blog) | random 80/20 split | {_pct(claim['val']['accuracy'])} | – | "
-                     f"{_pct(claim['test']['accuracy'])} | – | – | – |")
+        mark = _note_mark("the seed blog's own figures, on its random 80/20 split: not scores on this study's "
+                          "official test split", notes)
+        lines.append(f"| seed claim (blog) | random 80/20 split | {_pct(claim['val']['accuracy'])}{mark} | – | "
+                     f"{_pct(claim['test']['accuracy'])}{mark} | – | – | – |")
     for run, splits in metrics["models"].items():
         star = " ★" if run == metrics["headline"] else ""
-        lines.append(f"| {run}{star} | {splits.get('kind', '')} | {_pct(splits['val']['accuracy'])} | "
-                     f"{_pct(splits['val']['balanced_accuracy'])} | {_with_ci(splits['test'], 'accuracy')} | "
+        mark = _note_mark(splits["val"].get("note"), notes)
+        lines.append(f"| {run}{star} | {splits.get('kind', '')} | {_pct(splits['val']['accuracy'])}{mark} | "
+                     f"{_pct(splits['val']['balanced_accuracy'])}{mark} | {_with_ci(splits['test'], 'accuracy')} | "
                      f"{_with_ci(splits['test'], 'balanced_accuracy')} | {_pct(splits['test'].get('roc_auc'))} | "
                      f"{_training_cost(splits)} |")
     for name, splits in metrics.get("baselines", {}).items():
         lines.append(f"| {name} ({splits['test'].get('answer', '')}) | – | {_pct(splits['val']['accuracy'])} | "
                      f"{_pct(splits['val']['balanced_accuracy'])} | {_pct(splits['test']['accuracy'])} | "
                      f"{_pct(splits['test']['balanced_accuracy'])} | – | – |")
+    if notes:
+        lines.append("\n" + "\n".join(f"<sup>{number}</sup> {note[0].upper()}{note[1:]}."
+                                       for number, note in enumerate(notes, 1)))
     for run, reason in metrics.get("skipped", {}).items():
         lines.append(f"\n`{run}` was skipped: {reason.split('. ')[0]}.")
     if run_log:
@@ -271,14 +283,19 @@ def _loss_weighting_markdown(scores: dict, evidence: dict | None = None) -> str:
         return " Its training loss balanced the two labels only, which leaves that shortcut open."
     else:
         return " Its training loss was not weighted, which leaves that shortcut open."
-    from .ablation import ABOVE, WITHIN
+    from .ablation import HELPS, HURTS, NO_SCORE
 
     plain = {variant["variant"]: variant for variant in (evidence or {}).get("variants", [])}.get("unweighted_loss")
-    if grouped and plain and plain["against_seeds"] in (WITHIN, ABOVE):
-        where, reading = (("within", "is not shown to beat plain cross-entropy beyond seed noise")
-                          if plain["against_seeds"] == WITHIN else ("above", "a hint that it does worse"))
-        text += (f" On validation, though, plain cross-entropy (`unweighted_loss`, {plain['best']:.3f}) lies {where} "
-                 f"the range of `improved`'s seeds (see *How firm the design is*): the group weighting {reading}.")
+    if grouped and plain and plain["reading"] not in (HELPS, NO_SCORE):
+        where = {"below every seed": "below", "within the seeds": "within", "above every seed": "above"}
+        best, settled = where[plain["best_against_seeds"]], where[plain["settled_against_seeds"]]
+        views = f"its best epoch and the mean of its last {evidence['settled_epochs']} epochs"
+        places = (f"{best} the range of `improved`'s seeds on both {views}" if best == settled else
+                  f"{best} the range of `improved`'s seeds on {views.replace(' and ', ', and ' + settled + ' it on ', 1)}")
+        verdict = ("a hint that the group weighting does worse than plain cross-entropy" if plain["reading"] == HURTS
+                   else "the group weighting is not shown to beat plain cross-entropy beyond seed noise")
+        text += (f" On validation, though, plain cross-entropy (`unweighted_loss`) lies {places} (see *How firm the "
+                 f"design is*): {verdict}.")
     return text
 
 
@@ -304,11 +321,13 @@ def _score(value: float) -> str:
 
 def _design_markdown(evidence: dict | None) -> str:
     """The model card's section on how far the seed repeats let the ablations speak; empty without them."""
-    from .ablation import ABOVE, BELOW, NO_SCORE, WITHIN
+    from .ablation import ABOVE, BELOW, HELPS, HURTS, MIXED, NO_EVIDENCE, NO_SCORE, WITHIN
 
-    low, high = (evidence or {}).get("range", (float("nan"),) * 2)
+    low, high = (evidence or {}).get("ranges", {}).get("best", (float("nan"),) * 2)
     if low != low or high != high:  # no repeat, or no seed with a score: no yardstick
         return ""
+    settled_low, settled_high = evidence["ranges"]["settled"]
+    last = evidence["settled_epochs"]
     study, *repeats = evidence["seeds"]
     scored = [seed["best"] for seed in evidence["seeds"] if seed["best"] == seed["best"]]
     others = [seed["best"] for seed in repeats if seed["best"] == seed["best"]]
@@ -319,22 +338,37 @@ def _design_markdown(evidence: dict | None) -> str:
         if study["best"] > max(others) or study["best"] < min(others):
             rank = (f" The study's run is the {'highest' if study['best'] > max(others) else 'lowest'} of the "
                     f"{len(scored)}, and the recipe was chosen on validation at its seed.")
-    readings = {BELOW: "a hint that the choice helps", WITHIN: "no evidence either way",
-                ABOVE: "a hint that the choice hurts", NO_SCORE: "the variant diverged"}
-    order = list(readings)
-    rows = "\n".join(f"| {variant['question']} | `{variant['variant']}` | {_score(variant['best'])} | "
-                     f"{variant['against_seeds']}: {readings[variant['against_seeds']]} |"
-                     for variant in sorted(evidence["variants"], key=lambda v: (
-                         order.index(v["against_seeds"]), -v["best"] if v["best"] == v["best"] else 0)))
-    table = ("Each ablation undoes one design choice and trains once, at the study's seed, judged on validation "
-             "only:\n\n| the choice, and what the variant does instead | variant | best val BA | against "
-             f"`improved`'s seeds |\n| --- | --- | --- | --- |\n{rows}\n\n" if rows else "\n\n")
+    variants = evidence["variants"]
+    order = [HELPS, HURTS, MIXED, NO_EVIDENCE, NO_SCORE]
+    places = {BELOW: "below", WITHIN: "within", ABOVE: "above", NO_SCORE: "n/a"}
+    rows = "\n".join(f"| {v['question']} | `{v['variant']}` | {_score(v['best'])} ({places[v['best_against_seeds']]}) | "
+                     f"{_score(v['settled'])} ({places[v['settled_against_seeds']]}) | {v['reading']} |"
+                     for v in sorted(variants, key=lambda v: (order.index(v["reading"]),
+                                                              -v["best"] if v["best"] == v["best"] else 0)))
+    counts = {reading: sum(v["reading"] == reading for v in variants) for reading in order}
+    table = (f"""Each ablation undoes one design choice and trains once, at the study's seed, judged on validation only.
+Each of its two scores is placed below, within or above the range of `improved`'s seeds on the same view: the best
+epoch (the study's selection metric) and the mean of the last {last} epochs ({settled_low:.3f} to {settled_high:.3f} over the
+seeds), where a run settles. Only when both views agree is a placement read as a hint.
+
+| the choice, and what the variant does instead | variant | best val BA | mean of last {last} | reading |
+| --- | --- | --- | --- | --- |
+{rows}
+
+If no choice mattered, each view would still put a variant below the seeds' range 1 time in {len(scored) + 1}, and above it
+1 time in {len(scored) + 1}: about {len(variants) / (len(scored) + 1):.1f} of these {len(variants)} variants below on the best epoch by chance alone.
+Here {counts[HELPS]} of {len(variants)} read as a hint that the choice helps, {counts[HURTS]} as a hint that it hurts, and
+{counts[MIXED]} are mixed.{" So no choice of the recipe stands out of seed noise on both views." if not counts[HELPS] else ""}
+""" if variants else "")
     return f"""
 ## How firm the design is
 Notebook 05 trained `improved` (this project's own model) again with only the seed changed. Its best validation
 balanced accuracy was {_score(study['best'])} at the study's seed {study['seed']}, and {at_seeds}: a range of
-{low:.3f} to {high:.3f}.{rank} {table}The range is a rough yardstick, not a test: with {len(scored)} seeds, a further run of the
-same recipe lands outside it 2 times in {len(scored) + 1}.
+{low:.3f} to {high:.3f}.{rank}
+
+{table}
+The range is a rough yardstick, not a test: with {len(scored)} seeds, a further run of the same recipe lands outside it
+2 times in {len(scored) + 1}.
 """
 
 
@@ -401,7 +435,8 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     card = f"""# Model card: {headline}
 
 *Generated by `run_all.py --profile {metrics.get('profile')}` at commit `{metrics.get('commit')}`; every number
-below comes from `metrics.json` in this folder{sources}.{written_by}*
+below comes from `metrics.json` in this folder{sources}, apart from the data set's fixed counts and shares
+under *Data* and *Limits*.{written_by}*
 
 ## Intended use
 Sorting raw Mars rover camera images into **Rover** (the rover's own hardware: wheels, deck, arm, instruments,

@@ -158,7 +158,8 @@ def render_only(profile: str, output_dir: Path | None = None) -> int:
         if run.get("outputs"):
             render_html(output_dir / run["outputs"]["notebook"])
     # Through the same merge as a run, so totals follow one rule even after partial reruns.
-    log = reporting.write_run_log(output_dir, {**log, "notebooks": [], "total_seconds": log.get("this_run_seconds")})
+    log = reporting.write_run_log(output_dir, {**log, "notebooks": [], "total_seconds": log.get("this_run_seconds"),
+                                               "peak_rss_gib": log.get("this_run_peak_rss_gib")})
     finish_report(profile, output_dir, log)
     return 0
 
