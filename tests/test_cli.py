@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -139,19 +140,37 @@ def test_an_output_that_cannot_be_written_is_refused_before_classifying(tiny_mod
     a_file = tmp_path / "taken.csv"
     a_file.write_text("x")
     assert cli.main(["predict", str(images), "--model", str(tiny_model), "--out", str(a_file / "p.csv")]) == 1
-    error = capsys.readouterr().err
-    assert f"cannot write --out {a_file / 'p.csv'}: {a_file} is a file, not a folder" in error
-    assert "image(s) found" not in capsys.readouterr().out  # refused before the model was even loaded
+    printed = capsys.readouterr()
+    assert f"cannot write --out {a_file / 'p.csv'}: {a_file} is a file, not a folder" in printed.err
+    assert "image(s) found" not in printed.out  # refused before the model was even loaded
     assert cli.main(["sort", str(images), "--model", str(tiny_model), "--into", str(a_file)]) == 1
     assert f"cannot write --into {a_file}: {a_file} is a file, not a folder" in capsys.readouterr().err
     assert a_file.read_text() == "x"
+
+
+def test_a_folder_that_refuses_files_is_named_before_classifying(tiny_model, images, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    def refuse(dir=None, **_):
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    assert cli.main(["sort", str(images), "--model", str(tiny_model), "--into", str(tmp_path / "sorted")]) == 1
+    printed = capsys.readouterr()
+    assert f"cannot write --into {tmp_path / 'sorted'}: Permission denied ({tmp_path / 'sorted'})" in printed.err
+    assert "image(s) found" not in printed.out
 
 
 def test_a_file_that_is_not_a_model_is_named_as_such(images, tmp_path, capsys):
     junk = tmp_path / "junk.keras"
     junk.write_text("not a model")
     assert cli.main(["predict", str(images), "--model", str(junk), "--out", str(tmp_path / "p.csv")]) == 1
-    assert f"{junk} is not a readable .keras model" in capsys.readouterr().err
+    assert f"{junk} is not a .keras model: a .keras file is a zip archive, and this one is not" in capsys.readouterr().err
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(broken, "w") as archive:  # a zip, but not what Keras saves
+        archive.writestr("config.json", "{}")
+    assert cli.main(["predict", str(images), "--model", str(broken), "--out", str(tmp_path / "p.csv")]) == 1
+    assert f"could not load the model in {broken}" in capsys.readouterr().err
 
 
 def test_bad_options_are_refused_by_argparse(tiny_model, images):

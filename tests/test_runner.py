@@ -230,8 +230,10 @@ def test_the_model_card_says_which_design_choices_stand_out_of_seed_noise(tmp_pa
             "a hint that the choice helps |") in section
     assert "| `unweighted_loss` | 0.920 (within) | 0.920 (within) | no evidence either way |" in section
     assert "| `no_batch_norm` | 0.940 (within) | 0.820 (below) | mixed: the two views disagree |" in section
-    assert "about 0.8 of these 3 variants below on the best epoch by chance alone" in section
-    assert "Here 1 of 3 read as a hint that the choice helps, 0 as a hint that it hurts, and\n1 are mixed." in section
+    assert "would land below the range\n1 time in 4 on either view" in section
+    assert "best epoch up to 2 times in 4 by chance" in section  # the variants share the seed the choices won at
+    assert "Here 1 of 3 read as a hint that the choice helps, 0 as a hint that it hurts, and\n1 is mixed." in section
+    assert "stands out of seed noise" not in section
     assert "2 times in 4" in section
     # the headline's group-weighted loss is not claimed to help when plain cross-entropy is within the seeds
     limits = card.split("## Limits")[1]
@@ -253,6 +255,7 @@ def test_the_design_section_reads_a_diverged_run_a_tie_and_a_variant_above_the_s
     assert "highest" not in section and "lowest" not in section  # no rank for a run without a score
     assert "| `flip_only` | diverged (n/a) | diverged (n/a) | n/a (no score) |" in section
     assert "| `unweighted_loss` | 0.950 (above) | 0.950 (above) | a hint that the choice hurts |" in section
+    assert "stands out of seed noise" not in section  # a hint that a choice hurts is a choice that stands out
     assert "lies above the range of `improved`'s seeds on both" in card
     assert "a hint that the group weighting does worse than plain cross-entropy" in card
     assert "written by the code at" not in card  # the card's text and its numbers come from one commit
@@ -265,7 +268,9 @@ def test_the_design_section_reads_a_diverged_run_a_tie_and_a_variant_above_the_s
 
     mixed = tmp_path / "mixed"
     _write_seed_repeats(mixed, [0.90], {1: [0.95]}, {"unweighted_loss": ("plain?", [0.80, 0.93])})
-    limits = reporting.write_model_card(mixed, METRICS).read_text().split("## Limits")[1]
+    card = reporting.write_model_card(mixed, METRICS).read_text()
+    assert "So no choice of the recipe stands out of seed noise on both views." in card  # no hint either way
+    limits = card.split("## Limits")[1]
     assert ("lies within the range of `improved`'s seeds on its best epoch, and below it on the mean of its last 5 "
             "epochs") in limits
 
@@ -346,9 +351,9 @@ def test_the_index_page_names_the_commit_each_notebook_ran_at_and_flags_a_partia
            "notebooks": [notebook("04_model.ipynb", "new456"), notebook("05_training.ipynb", "old123")]}
     page = reporting.write_index(tmp_path, log).read_text()
     assert "<td>1.0 s</td><td><code>old123</code></td>" in page
-    assert "the notebooks ran at 2\ncommits (table below): a partial rerun" in page
+    assert "the notebooks ran at 2\ncommits (table below)" in page
     one_commit = {**log, "notebooks": [notebook("04_model.ipynb", "new456")]}
-    assert "partial rerun" not in reporting.write_index(tmp_path, one_commit).read_text()
+    assert "commits (table below)" not in reporting.write_index(tmp_path, one_commit).read_text()
 
 
 def test_each_distinct_score_note_is_one_numbered_footnote_in_order_of_appearance(tmp_path):

@@ -45,7 +45,7 @@ def _unwritable(folder: Path, option: str, given: Path) -> str | None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        return f"cannot write {option} {given}: {error.strerror or error} ({folder})"
+        return f"cannot write {option} {given}: {error.strerror or error} ({error.filename or folder})"
     return None
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,10 +109,13 @@ def load_model(path: str | os.PathLike | None = None):
 
     from . import models  # noqa: F401  registers the package's own layers, which saved models name
 
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would call it "not found"
+        raise ValueError(f"{path} is not a .keras model: a .keras file is a zip archive, and this one is not")
     try:
         return keras.models.load_model(path, compile=False)
-    except (ValueError, OSError, KeyError, TypeError) as error:  # the file is there: say it is not a model
-        raise ValueError(f"{path} is not a readable .keras model ({type(error).__name__}: {error})") from error
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        raise ValueError(f"could not load the model in {path} ({type(error).__name__}: {error}); a damaged file, "
+                         "or one saved by another version of marsrover or Keras") from error
 
 
 def model_image_size(model) -> tuple[int, int]:

@@ -82,7 +82,7 @@ _INDEX_TEMPLATE = jinja2.Template("""<!doctype html>
 <h1>Mars rover images: Rover or Surface?</h1>
 <p class="note">Profile <b>{{ profile }}</b> · commit <code>{{ commit }}</code> · run started {{ started }} ·
 total {{ "%.1f"|format(total_seconds / 60) }} min{% if commits|length > 1 %} · the notebooks ran at {{ commits|length }}
-commits (table below): a partial rerun{% endif %}</p>
+commits (table below){% endif %}</p>
 {% if failed %}<p class="failed">The run failed: {{ failed }}</p>{% endif %}
 
 <h2>Headline</h2>
@@ -221,7 +221,7 @@ def results_markdown(metrics: dict, run_log: dict | None = None) -> str:
                      f"{_pct(splits['val']['balanced_accuracy'])} | {_pct(splits['test']['accuracy'])} | "
                      f"{_pct(splits['test']['balanced_accuracy'])} | – | – |")
     if notes:
-        lines.append("\n" + "\n".join(f"<sup>{number}</sup> {note[0].upper()}{note[1:]}."
+        lines.append("\n" + "\n\n".join(f"<sup>{number}</sup> {note[0].upper()}{note[1:]}."
                                        for number, note in enumerate(notes, 1)))
     for run, reason in metrics.get("skipped", {}).items():
         lines.append(f"\n`{run}` was skipped: {reason.split('. ')[0]}.")
@@ -355,10 +355,14 @@ seeds), where a run settles. Only when both views agree is a placement read as a
 | --- | --- | --- | --- | --- |
 {rows}
 
-If no choice mattered, each view would still put a variant below the seeds' range 1 time in {len(scored) + 1}, and above it
-1 time in {len(scored) + 1}: about {len(variants) / (len(scored) + 1):.1f} of these {len(variants)} variants below on the best epoch by chance alone.
+How often would chance alone put a variant outside? A further seed of the same recipe would land below the range
+1 time in {len(scored) + 1} on either view, and above it 1 time in {len(scored) + 1}. The variants, though, train at the study's seed,
+where the recipe's choices were made: a choice kept because it won at that seed puts its variant below on the
+best epoch up to 2 times in {len(scored) + 1} by chance. Agreement of the two views is rarer by chance, but they read one
+curve, so it is not a second, independent confirmation.
 Here {counts[HELPS]} of {len(variants)} read as a hint that the choice helps, {counts[HURTS]} as a hint that it hurts, and
-{counts[MIXED]} are mixed.{" So no choice of the recipe stands out of seed noise on both views." if not counts[HELPS] else ""}
+{counts[MIXED]} {"is" if counts[MIXED] == 1 else "are"} mixed.{" So no choice of the recipe stands out of seed noise on both views."
+                                                       if not counts[HELPS] and not counts[HURTS] else ""}
 """ if variants else "")
     return f"""
 ## How firm the design is
