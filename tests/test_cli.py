@@ -173,11 +173,12 @@ def test_a_file_that_is_not_a_model_is_named_as_such(images, tmp_path, capsys):
     assert f"could not load the model in {broken}" in capsys.readouterr().err
 
 
-def test_bad_options_are_refused_by_argparse(tiny_model, images):
+def test_bad_options_are_refused_with_status_one_as_nothing_was_done(tiny_model, images, capsys):
     for bad in (["--threshold", "1.5"], ["--batch-size", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["predict", str(images), "--model", str(tiny_model), *bad])
-        assert exit_info.value.code == 2
+        assert exit_info.value.code == cli.EXIT_ERROR != cli.EXIT_SOME_FAILED  # 2 means "some images failed"
+        assert "usage: marsrover predict" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

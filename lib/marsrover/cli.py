@@ -2,7 +2,7 @@
 
 Exit status: 0 when everything worked; 2 when some images could not be read (predict, sort) or
 downloaded (fetch-raw), after the others were handled; 1 when nothing could be done (no model,
-no such path, the feed refused).
+no such path, the feed refused, a usage error).
 """
 
 from __future__ import annotations
@@ -153,9 +153,16 @@ def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error exits with 1 (nothing was done): 2 stays "some images failed"."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="marsrover", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="marsrover", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="get, verify and extract the MSL archive and build the index")
