@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from marsrover import provenance
 from marsrover.provenance import git_commit
 
 
@@ -61,3 +62,16 @@ def test_importing_the_package_reads_the_commit_before_any_result_exists():
     imported = subprocess.run([sys.executable, "-c", "import sys, marsrover; print('marsrover.provenance' in sys.modules)"],
                               capture_output=True, text=True, check=True)
     assert imported.stdout.strip() == "True"
+
+
+def test_the_cpu_is_described_by_model_and_the_instruction_sets_that_change_kernels():
+    cpuinfo = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+               "model name\t: Intel(R) Xeon(R) Platinum 8480+\nstepping\t: 8\n"
+               "flags\t\t: fpu sse avx2 fma avx512f avx512_bf16 amx_tile amx_bf16 ht\n\n"
+               "processor\t: 1\nvendor_id\t: GenuineIntel\n")
+    assert provenance.cpu_description(cpuinfo) == {
+        "vendor": "GenuineIntel", "family": "6", "model": "143", "stepping": "8",
+        "model_name": "Intel(R) Xeon(R) Platinum 8480+",
+        "flags": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]}
+    assert provenance.cpu_description("") == {"flags": []}
+    assert "flags" in provenance.cpu_description()  # this machine's, whatever it is

@@ -58,6 +58,29 @@ def package_versions(packages=RECORDED_PACKAGES) -> dict[str, str | None]:
     return versions
 
 
+# Instruction sets by which oneDNN (TensorFlow's CPU kernels) chooses its code paths: two CPUs that differ in
+# them, or in model, can give a seeded run different last bits, so a record names both.
+NUMERIC_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_description(cpuinfo: str | None = None) -> dict[str, object]:
+    """The CPU as /proc/cpuinfo names it (vendor, family, model, stepping, model name) and which of
+    :data:`NUMERIC_CPU_FLAGS` it has; only ``flags`` (empty) where /proc/cpuinfo cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {"flags": []}
+    first = cpuinfo.split("\n\n")[0]  # every core repeats the same block
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    described = {name: fields[key] for name, key in (("vendor", "vendor_id"), ("family", "cpu family"),
+                                                      ("model", "model"), ("stepping", "stepping"),
+                                                      ("model_name", "model name")) if key in fields}
+    flags = set(fields.get("flags", "").split())
+    return {**described, "flags": [flag for flag in NUMERIC_CPU_FLAGS if flag in flags]}
+
+
 def run_environment() -> dict[str, object]:
     """Commit, library versions and machine, recorded beside every run's metrics."""
     import tensorflow as tf  # here, so that reading provenance needs no TensorFlow elsewhere
@@ -68,6 +91,7 @@ def run_environment() -> dict[str, object]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_description(),
         "gpus": len(tf.config.list_physical_devices("GPU")),
         "versions": package_versions(),
     }
