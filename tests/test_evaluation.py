@@ -319,6 +319,17 @@ def test_every_average_of_train_only_runs_is_scored_and_ranked_on_validation_bes
     assert table.loc["a", "models averaged"] == 1 and table.loc["a+b+c", "models averaged"] == 3
     assert table.loc["c", "val worst group"] == 0.0  # every Rover group called Surface
     assert table.loc["a+b", ["val mean of the groups", "test accuracy"]].tolist() == [1.0, 1.0]
+    # the notebook's words come from the same table: only a+b, whose models err apart, beats its models
+    from marsrover.study import ensemble_findings
+
+    words = ensemble_findings(scores)
+    assert words.startswith("Of the 4 averages, 1 scored a higher validation balanced accuracy than each of their "
+                            "models, and 1 a higher test accuracy and test balanced accuracy")
+    assert "Validation put the average `a+b` first (1.000, against 0.875 for `a` alone)" in words
+    assert "By the study's rule the headline is `a_refit` (refit on train+val)." in words
+    single = StudyScores({"headline": "a", "models": {"a": models["a"]}, "ensembles": {}}, {"a": runs["a"]}, {}, {}, {})
+    assert "Of the 0 averages" in ensemble_findings(single) and "a single model first, `a`" in ensemble_findings(single)
+
 
 
 def test_sol_ranges_label_blocks_of_sols(predictions):

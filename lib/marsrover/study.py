@@ -768,6 +768,42 @@ def ensembles_table(scores: StudyScores) -> pd.DataFrame:
         ["val balanced accuracy", "models averaged"], ascending=[False, True], kind="stable")
 
 
+def ensemble_findings(scores: StudyScores) -> str:
+    """What :func:`ensembles_table` shows, in words and counts (Markdown), so the notebook's text follows
+    the run: how many averages beat each of their models on validation and on test, which candidate
+    validation put first, and what the study's rule then made the headline."""
+    table = ensembles_table(scores)
+    if table.empty:
+        return "No train-only runs to compare."
+    metrics = scores.metrics
+    members = {name: record["members"] for name, record in {**metrics["models"], **metrics.get("ensembles", {})}.items()
+               if record.get("members") and name in table.index}
+
+    def above_members(name: str, column: str) -> bool:
+        return all(table.loc[name, column] > table.loc[member, column] for member in members[name])
+
+    on_val = sum(above_members(name, "val balanced accuracy") for name in members)
+    on_test = sum(above_members(name, "test accuracy") and above_members(name, "test balanced accuracy")
+                  for name in members)
+    winner = table.index[0]
+    lines = [f"Of the {len(members)} averages, {on_val} scored a higher validation balanced accuracy than each of "
+             f"their models, and {on_test} a higher test accuracy and test balanced accuracy than each of their "
+             "models (the test columns came after the choice)."]
+    if winner in members:
+        best_member = max(members[winner], key=lambda member: table.loc[member, "val balanced accuracy"])
+        lines.append(f"Validation put the average `{winner}` first ({table.loc[winner, 'val balanced accuracy']:.3f}, "
+                     f"against {table.loc[best_member, 'val balanced accuracy']:.3f} for `{best_member}` alone); on "
+                     f"test its balanced accuracy is {table.loc[winner, 'test balanced accuracy']:.3f}, against "
+                     f"{table.loc[best_member, 'test balanced accuracy']:.3f} for `{best_member}`.")
+    else:
+        lines.append(f"Validation put a single model first, `{winner}` "
+                     f"({table.loc[winner, 'val balanced accuracy']:.3f}), above every average.")
+    headline = metrics.get("headline")
+    kind = metrics.get("models", {}).get(headline, {}).get("kind", "")
+    lines.append(f"By the study's rule the headline is `{headline}` ({kind}).")
+    return " ".join(lines)
+
+
 def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, max_distance: int,
                    progress: bool = True) -> pd.DataFrame:
     """Near-duplicates shared between training and evaluation images under each protocol."""
