@@ -331,6 +331,7 @@ def test_the_headline_model_is_exported_under_its_name_and_training_commit(tmp_p
     models_dir.mkdir()
     (models_dir / "improved_refit-older.keras").write_bytes(b"old")
     (models_dir / "seed_blog-keep.keras").write_bytes(b"other")
+    (models_dir / "gone+run_refit-f8de64483ed8.keras").write_bytes(b"a former headline of a run no longer here")
     exported = export_headline(report, {"headline": "improved_refit", "commit": "scored2"}, models_dir)
     assert exported.name == "improved_refit-trained1.keras" and exported.read_bytes() == b"weights"
     assert sorted(p.name for p in models_dir.iterdir()) == ["improved_refit-trained1.keras", "seed_blog-keep.keras"]

@@ -7,6 +7,7 @@ Notebook 01 calls :func:`acquire`; every later notebook calls :func:`load_index`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -575,12 +576,17 @@ def write_test_predictions(predictions_dir: Path, predictions: dict[str, dict[st
     return written
 
 
+# What export_headline names a file: <run>-<12-digit commit>[-dirty].keras.
+EXPORT_NAME = re.compile(r".+-[0-9a-f]{12}(-dirty)?\.keras")
+
+
 def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.MODELS_DIR) -> Path:
     """Copy the headline model to ``models/<run>-<commit>.keras`` so `marsrover predict` finds it.
 
     The commit is the one the model was trained at (its run record), which can be older than the
-    commit that scored it when notebook 06 is rerun alone. Earlier exports of any of the study's runs
-    are removed, so `predict` never picks up a former headline; other files in ``models_dir`` stay.
+    commit that scored it when notebook 06 is rerun alone. Earlier exports (of any of the study's runs,
+    or any file named like an export) are removed, so `predict` never picks up a former headline; other
+    files in ``models_dir`` stay.
     """
     import shutil
 
@@ -592,6 +598,9 @@ def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.M
     target.parent.mkdir(parents=True, exist_ok=True)
     for study_run in {run, *metrics.get("models", {})}:  # one headline file: an earlier headline is another run
         for old in Path(models_dir).glob(f"{study_run}-*.keras"):
+            old.unlink()
+    for old in Path(models_dir).glob("*.keras"):  # a former headline of a run this study no longer has
+        if EXPORT_NAME.fullmatch(old.name):
             old.unlink()
     shutil.copy2(Path(output_dir) / "models" / f"{run}.keras", target)
     print(f"Headline model exported to {target} ({target.stat().st_size / 2**20:.1f} MiB)")
