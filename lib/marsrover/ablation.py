@@ -194,6 +194,7 @@ def seed_range(base_run: dict, records: dict[str, dict], view: str = "best") -> 
 
 # Where a variant's score lies against the range of improved's seeds on the same view.
 BELOW, WITHIN, ABOVE, NO_SCORE = "below every seed", "within the seeds", "above every seed", "n/a (no score)"
+PLACE_WORDS = {BELOW: "below", WITHIN: "within", ABOVE: "above", NO_SCORE: "n/a"}  # in a sentence or a cell
 
 
 def _against(score: float, spread: tuple[float, float]) -> str:

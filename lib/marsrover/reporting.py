@@ -283,15 +283,14 @@ def _loss_weighting_markdown(scores: dict, evidence: dict | None = None) -> str:
         return " Its training loss balanced the two labels only, which leaves that shortcut open."
     else:
         return " Its training loss was not weighted, which leaves that shortcut open."
-    from .ablation import HELPS, HURTS, NO_SCORE
+    from .ablation import HELPS, HURTS, NO_SCORE, PLACE_WORDS
 
     plain = {variant["variant"]: variant for variant in (evidence or {}).get("variants", [])}.get("unweighted_loss")
     if grouped and plain and plain["reading"] not in (HELPS, NO_SCORE):
-        where = {"below every seed": "below", "within the seeds": "within", "above every seed": "above"}
-        best, settled = where[plain["best_against_seeds"]], where[plain["settled_against_seeds"]]
-        views = f"its best epoch and the mean of its last {evidence['settled_epochs']} epochs"
-        places = (f"{best} the range of `improved`'s seeds on both {views}" if best == settled else
-                  f"{best} the range of `improved`'s seeds on {views.replace(' and ', ', and ' + settled + ' it on ', 1)}")
+        best, settled = PLACE_WORDS[plain["best_against_seeds"]], PLACE_WORDS[plain["settled_against_seeds"]]
+        last = f"the mean of its last {evidence['settled_epochs']} epochs"
+        places = (f"{best} the range of `improved`'s seeds on both its best epoch and {last}" if best == settled else
+                  f"{best} the range of `improved`'s seeds on its best epoch, and {settled} it on {last}")
         verdict = ("a hint that the group weighting does worse than plain cross-entropy" if plain["reading"] == HURTS
                    else "the group weighting is not shown to beat plain cross-entropy beyond seed noise")
         text += (f" On validation, though, plain cross-entropy (`unweighted_loss`) lies {places} (see *How firm the "
@@ -321,7 +320,7 @@ def _score(value: float) -> str:
 
 def _design_markdown(evidence: dict | None) -> str:
     """The model card's section on how far the seed repeats let the ablations speak; empty without them."""
-    from .ablation import ABOVE, BELOW, HELPS, HURTS, MIXED, NO_EVIDENCE, NO_SCORE, WITHIN
+    from .ablation import HELPS, HURTS, MIXED, NO_EVIDENCE, NO_SCORE, PLACE_WORDS as places
 
     low, high = (evidence or {}).get("ranges", {}).get("best", (float("nan"),) * 2)
     if low != low or high != high:  # no repeat, or no seed with a score: no yardstick
@@ -340,7 +339,6 @@ def _design_markdown(evidence: dict | None) -> str:
                     f"{len(scored)}, and the recipe was chosen on validation at its seed.")
     variants = evidence["variants"]
     order = [HELPS, HURTS, MIXED, NO_EVIDENCE, NO_SCORE]
-    places = {BELOW: "below", WITHIN: "within", ABOVE: "above", NO_SCORE: "n/a"}
     rows = "\n".join(f"| {v['question']} | `{v['variant']}` | {_score(v['best'])} ({places[v['best_against_seeds']]}) | "
                      f"{_score(v['settled'])} ({places[v['settled_against_seeds']]}) | {v['reading']} |"
                      for v in sorted(variants, key=lambda v: (order.index(v["reading"]),

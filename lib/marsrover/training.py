@@ -34,10 +34,9 @@ def set_seeds(seed: int, *, deterministic: bool = True) -> dict[str, object]:
 
 def cpu_supports_bfloat16() -> bool:
     """Whether this CPU has native bfloat16 instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    from .provenance import cpu_description
+
+    flags = cpu_description()["flags"]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
