@@ -157,8 +157,18 @@ def test_a_folder_that_refuses_files_is_named_before_classifying(tiny_model, ima
     monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
     assert cli.main(["sort", str(images), "--model", str(tiny_model), "--into", str(tmp_path / "sorted")]) == 1
     printed = capsys.readouterr()
-    assert f"cannot write --into {tmp_path / 'sorted'}: Permission denied ({tmp_path / 'sorted'})" in printed.err
+    assert f"cannot write --into {tmp_path / 'sorted'}: Permission denied ({tmp_path})" in printed.err
     assert "image(s) found" not in printed.out
+
+
+def test_a_run_that_fails_after_the_output_check_leaves_no_empty_folder(images, tmp_path, capsys):
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a model")
+    out, into = tmp_path / "new" / "deeper" / "p.csv", tmp_path / "sorted" / "here"
+    assert cli.main(["predict", str(images), "--model", str(junk), "--out", str(out)]) == 1
+    assert cli.main(["sort", str(images), "--model", str(junk), "--into", str(into)]) == 1
+    assert "is not a .keras model" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "sorted").exists()
 
 
 def test_a_file_that_is_not_a_model_is_named_as_such(images, tmp_path, capsys):

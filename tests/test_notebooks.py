@@ -33,6 +33,7 @@ def test_each_notebook_opens_with_badge_then_colab_setup_then_parameters(path):
     assert f"colab.research.google.com/github/{config.GITHUB_REPO}/blob/main/notebooks/{path.name}" in cells[0].source
     setup = next(cell for cell in cells if cell.cell_type == "code")
     assert '"google.colab" in sys.modules' in setup.source and "Not on Colab" in setup.source
+    assert "run_all.py --profile gpu" in setup.source  # a badge opens the smoke values: say where the GPU study is
     tagged = [cell for cell in cells if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1 and cells.index(tagged[0]) > cells.index(setup)
 

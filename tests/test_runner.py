@@ -302,6 +302,11 @@ def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_tr
     assert "<sup>1</sup> The validation split was part of this run's training data." in page
     assert page.count("<sup>") == 3
     assert "<b>transfer</b> was skipped. could not load 'imagenet' weights." in page  # a model left out says why
+    assert "model card" not in page  # none written in this folder yet
+    reporting.write_model_card(tmp_path, METRICS)
+    page = reporting.write_index(tmp_path, log).read_text()
+    assert ('The <a href="MODEL_CARD.md">model card</a> gives its intended use and limits, and the study\'s choices '
+            "made after\nearlier runs' test scores had been seen.") in page
 
 
 def test_the_index_page_shows_a_dash_for_missing_splits_and_survives_a_headline_without_scores(tmp_path):

@@ -34,18 +34,22 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _unwritable(folder: Path, option: str, given: Path) -> str | None:
-    """Why nothing can be written into ``folder`` (created if missing), or None: checked before any image
-    is classified, so a bad ``--out`` or ``--into`` never costs a whole run's work."""
+    """Why nothing can be written into ``folder``, or None: checked before any image is classified, so a bad
+    ``--out`` or ``--into`` never costs a whole run's work. Nothing is created here: a missing folder is
+    judged by the nearest folder above it that exists, where it would be made, so a run that fails later
+    (a model that will not load, no images) leaves no empty folder behind."""
     import tempfile
 
-    if folder.exists() and not folder.is_dir():
-        return f"cannot write {option} {given}: {folder} is a file, not a folder"
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot write {option} {given}: {existing} is a file, not a folder"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        return f"cannot write {option} {given}: {error.strerror or error} ({error.filename or folder})"
+        return f"cannot write {option} {given}: {error.strerror or error} ({error.filename or existing})"
     return None
 
 

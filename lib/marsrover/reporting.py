@@ -88,7 +88,9 @@ commits (table below){% endif %}</p>
 <h2>Headline</h2>
 {% if rows %}
 <p>Headline model: <b>{{ metrics.headline or "–" }}</b> (chosen on the validation split; the test split is scored once){{ trained }}.
-{% if headline_n is not none %}Test split: {{ headline_n }} images.{% endif %}</p>
+{% if headline_n is not none %}Test split: {{ headline_n }} images.{% endif %}
+{% if card %}The <a href="{{ card }}">model card</a> gives its intended use and limits, and the study's choices made after
+earlier runs' test scores had been seen.{% endif %}</p>
 <table><tr><th>model</th>{% for split in ["val", "test"] %}<th>{{ split }} accuracy</th><th>{{ split }} balanced accuracy</th>{% endfor %}</tr>
 {% for row in rows %}<tr{% if row.baseline %} class="note"{% endif %}><td>{{ row.name }}{% if row.headline %} ★{% endif %}</td>
 {% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>
@@ -162,13 +164,15 @@ def write_index(output_dir: Path, log: dict) -> Path:
     page = _INDEX_TEMPLATE.render(
         metrics=metrics, figures=figures, failed=failed, notes=notes, trained=_how_trained(metrics), rows=rows,
         headline_n=((models.get(metrics.get("headline")) or {}).get("test") or {}).get("n"),
-        commits=sorted({run["commit"] for run in log["notebooks"] if run.get("commit")}), **log,
+        commits=sorted({run["commit"] for run in log["notebooks"] if run.get("commit")}),
+        card=MODEL_CARD_FILE if (output_dir / MODEL_CARD_FILE).exists() else None, **log,
     )
     path = output_dir / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
 
 
+MODEL_CARD_FILE = "MODEL_CARD.md"
 README_BEGIN = "<!-- results:begin (written by run_all.py --profile full from reports/full/metrics.json) -->"
 README_END = "<!-- results:end -->"
 
@@ -479,6 +483,6 @@ was scored once per final model. {_caveats_markdown(scores)}
   would file such a picture under Rover.
 - A random 80/20 split (the seed's protocol) overstates accuracy: see the leakage study in notebook 06.
 {_error_groups_markdown(test)}"""
-    path = Path(report_dir) / "MODEL_CARD.md"
+    path = Path(report_dir) / MODEL_CARD_FILE
     path.write_text(card, encoding="utf-8")
     return path

@@ -137,13 +137,13 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
 
 def finish_report(profile: str, output_dir: Path, log: dict) -> Path:
     """The front page, and for the committed full study the model card and the README's results."""
-    index = reporting.write_index(output_dir, log)
     metrics = reporting.load_json(output_dir / reporting.METRICS_FILE)
     if profile == "full" and metrics.get("models") and all(run["status"] == "ok" for run in log["notebooks"]):
-        print(f"Model card: {reporting.write_model_card(output_dir, metrics)}")
+        print(f"Model card: {reporting.write_model_card(output_dir, metrics)}")  # first: the front page links it
         if output_dir == (config.REPORTS_DIR / "full").resolve():
             reporting.update_readme(config.PROJECT_ROOT / "README.md", metrics, log)
             print("README results section updated from metrics.json")
+    index = reporting.write_index(output_dir, log)
     print(f"Report: {index}")
     return index
 
