@@ -155,6 +155,36 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert not reporting.update_readme(tmp_path / "no_markers.md", METRICS)
 
 
+def test_the_results_say_where_the_training_time_went_from_the_run_records(tmp_path):
+    def write(folder, name, model, seconds):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        record = {"config": {"model": model, "run": name}}
+        if seconds is not None:
+            record["train_seconds"] = seconds
+        (tmp_path / folder / f"{name}.json").write_text(json.dumps(record))
+
+    write("runs", "improved", "improved", 180)
+    write("runs", "improved_refit", "improved", 120)
+    write("selection", "improved_forward", "improved", 150)
+    write("runs", "seed_notebook_random_split", "seed_notebook", 300)
+    write("runs", "seed_notebook", "seed_notebook", 240)
+    write("runs", "improved+seed_notebook", "improved+seed_notebook", None)  # an average trains nothing
+    write("runs", "transfer", "transfer", None)  # skipped
+    write("ablations", "flip_only", "improved-flip_only", 90)
+    write("ablations", "no_batch_norm", "improved-no_batch_norm", 60)
+    write("ablations", "repeat_seed_1", "improved", 180)
+    groups = reporting.training_minutes(tmp_path)
+    assert list(groups) == ["seed_notebook", "improved", "ablations", "seed repeats of improved"]  # the study's order
+    assert groups["improved"] == {"minutes": 7.5, "runs": ["improved", "improved_forward", "improved_refit"]}
+    assert groups["ablations"]["minutes"] == 2.5 and groups["seed repeats of improved"]["runs"] == ["repeat_seed_1"]
+    text = reporting.results_markdown(METRICS, {"total_seconds": 1800, "peak_rss_gib": 3.2}, tmp_path)
+    assert ("Training time in this run, in minutes, from notebook 05's records: `seed_notebook`: 9.0 (2 runs: "
+            "seed_notebook, seed_notebook_random_split); `improved`: 7.5 (3 runs: improved, improved_forward, "
+            "improved_refit); the 2 ablations: 2.5; the 1 seed repeat of improved: 3.0; 22.0 in all, of the "
+            "profile's 30.0. Without the ablations and seed repeats the profile would have taken about 24 minutes.") in text
+    assert "Training time" not in reporting.results_markdown(METRICS, {"total_seconds": 1800}, tmp_path / "empty")
+
+
 def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     card = reporting.write_model_card(tmp_path, METRICS).read_text()
     assert card.startswith("# Model card: improved_refit") and "abc123" in card

@@ -195,8 +195,67 @@ def _training_cost(splits: dict) -> str:
     return f"{splits.get('epochs')} in {seconds / 60:.1f} min"
 
 
-def results_markdown(metrics: dict, run_log: dict | None = None) -> str:
-    """The study's results as a Markdown table, from ``metrics.json`` (and the run log's timing)."""
+def training_minutes(report_dir: Path) -> dict[str, dict]:
+    """Where notebook 05's training time went, from its records: ``{group: {"minutes", "runs"}}``, one group per
+    model family (its train-only, random-split, forward and refit runs together), then the ablations and the
+    seed repeats of ``improved``. Records without a training time (averages, skipped models) count nothing."""
+    from .ablation import is_repeat, load_records
+
+    report_dir = Path(report_dir)
+    groups: dict[str, dict] = {}
+
+    def add(group: str, name: str, record: dict) -> None:
+        if record.get("train_seconds") is None:
+            return
+        entry = groups.setdefault(group, {"minutes": 0.0, "runs": []})
+        entry["minutes"] += record["train_seconds"] / 60
+        entry["runs"].append(name)
+
+    for folder in ("runs", SELECTION_RUNS):
+        for path in sorted((report_dir / folder).glob("*.json")):
+            record = load_json(path)
+            add(record.get("config", {}).get("model", path.stem), path.stem, record)
+    from .profiles import ALL_MODELS
+
+    families = sorted(groups, key=lambda group: ALL_MODELS.index(group) if group in ALL_MODELS else len(ALL_MODELS))
+    groups = {group: {**groups[group], "runs": sorted(groups[group]["runs"])} for group in families}
+    for name, record in load_records(report_dir).items():
+        add(REPEATS_GROUP if is_repeat(name) else ABLATIONS_GROUP, name, record)
+    return groups
+
+
+ABLATIONS_GROUP, REPEATS_GROUP = "ablations", "seed repeats of improved"
+SELECTION_RUNS = "selection"  # notebook 05's records of runs that only choose a setting; never scored on test
+
+
+def time_markdown(report_dir: Path, run_log: dict) -> str:
+    """A paragraph on where the run's time went (:func:`training_minutes`) and what it would have taken
+    without the ablations and seed repeats; empty when the run has no training records."""
+    groups = training_minutes(report_dir)
+    if not groups:
+        return ""
+    parts = []
+    for group, entry in groups.items():
+        count = len(entry["runs"])
+        if group in (ABLATIONS_GROUP, REPEATS_GROUP):
+            named = group if count > 1 else {ABLATIONS_GROUP: "ablation", REPEATS_GROUP: "seed repeat of improved"}[group]
+            parts.append(f"the {count} {named}: {entry['minutes']:.1f}")
+        else:
+            parts.append(f"`{group}`: {entry['minutes']:.1f} ({count} run{'s' if count > 1 else ''}: "
+                         f"{', '.join(entry['runs'])})")
+    total = run_log["total_seconds"] / 60
+    optional = sum(groups.get(group, {}).get("minutes", 0.0) for group in (ABLATIONS_GROUP, REPEATS_GROUP))
+    text = (f"Training time in this run, in minutes, from notebook 05's records: {'; '.join(parts)}; "
+            f"{sum(entry['minutes'] for entry in groups.values()):.1f} in all, of the profile's {total:.1f}.")
+    if optional:
+        text += (f" Without the ablations and seed repeats the profile would have taken about "
+                 f"{total - optional:.0f} minutes.")
+    return text
+
+
+def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Path | None = None) -> str:
+    """The study's results as a Markdown table, from ``metrics.json`` (and the run log's timing; with
+    ``report_dir``, where the training time went)."""
     lines = [
         f"Profile `{metrics.get('profile')}`, commit `{metrics.get('commit')}`; headline model "
         f"**{metrics['headline']}** (selection: {metrics.get('selection', 'validation')}). "
@@ -233,6 +292,8 @@ def results_markdown(metrics: dict, run_log: dict | None = None) -> str:
         lines.append(f"\nThe whole profile took {run_log['total_seconds'] / 60:.0f} minutes on "
                      f"{metrics.get('processor') or 'this machine'} with {metrics.get('cpu_count')} CPU cores "
                      f"({metrics.get('platform', '')}), peak kernel memory {run_log.get('peak_rss_gib')} GiB.")
+        if report_dir is not None and (breakdown := time_markdown(report_dir, run_log)):
+            lines.append(f"\n{breakdown}")
     return "\n".join(lines)
 
 
@@ -248,9 +309,9 @@ def replace_section(path: Path, begin: str, end: str, body: str) -> bool:
     return True
 
 
-def update_readme(readme: Path, metrics: dict, run_log: dict | None = None) -> bool:
+def update_readme(readme: Path, metrics: dict, run_log: dict | None = None, report_dir: Path | None = None) -> bool:
     """Replace the README's results section with :func:`results_markdown`."""
-    return replace_section(readme, README_BEGIN, README_END, results_markdown(metrics, run_log))
+    return replace_section(readme, README_BEGIN, README_END, results_markdown(metrics, run_log, report_dir))
 
 
 def _error_groups_markdown(test: dict) -> str:

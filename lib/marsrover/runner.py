@@ -141,7 +141,7 @@ def finish_report(profile: str, output_dir: Path, log: dict) -> Path:
     if profile == "full" and metrics.get("models") and all(run["status"] == "ok" for run in log["notebooks"]):
         print(f"Model card: {reporting.write_model_card(output_dir, metrics)}")  # first: the front page links it
         if output_dir == (config.REPORTS_DIR / "full").resolve():
-            reporting.update_readme(config.PROJECT_ROOT / "README.md", metrics, log)
+            reporting.update_readme(config.PROJECT_ROOT / "README.md", metrics, log, output_dir)
             print("README results section updated from metrics.json")
     index = reporting.write_index(output_dir, log)
     print(f"Report: {index}")

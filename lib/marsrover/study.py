@@ -90,7 +90,7 @@ RANDOM_SPLIT_SUFFIX = "_random_split"
 TRAIN_ONLY = "train only"  # the kind of run that competes for the headline, chosen on validation
 FORWARD_SUFFIX = "_forward"
 ENSEMBLE_JOIN = "+"  # an average of runs is named by its members, e.g. "improved+seed_blog" (a file name too)
-SELECTION_RUNS = "selection"  # records of runs that only choose a setting; never scored on test
+SELECTION_RUNS = reporting.SELECTION_RUNS  # records of runs that only choose a setting; never scored on test
 
 
 def random_split_index(index: pd.DataFrame, seed: int) -> pd.DataFrame:
