@@ -200,6 +200,7 @@ def training_minutes(report_dir: Path) -> dict[str, dict]:
     model family (its train-only, random-split, forward and refit runs together), then the ablations and the
     seed repeats of ``improved``. Records without a training time (averages, skipped models) count nothing."""
     from .ablation import is_repeat, load_records
+    from .profiles import ALL_MODELS
 
     report_dir = Path(report_dir)
     groups: dict[str, dict] = {}
@@ -215,11 +216,9 @@ def training_minutes(report_dir: Path) -> dict[str, dict]:
         for path in sorted((report_dir / folder).glob("*.json")):
             record = load_json(path)
             add(record.get("config", {}).get("model", path.stem), path.stem, record)
-    from .profiles import ALL_MODELS
-
     families = sorted(groups, key=lambda group: ALL_MODELS.index(group) if group in ALL_MODELS else len(ALL_MODELS))
-    groups = {group: {**groups[group], "runs": sorted(groups[group]["runs"])} for group in families}
-    for name, record in load_records(report_dir).items():
+    groups = {group: {**groups[group], "runs": sorted(groups[group]["runs"])} for group in families}  # study order
+    for name, record in load_records(report_dir).items():  # after the models
         add(REPEATS_GROUP if is_repeat(name) else ABLATIONS_GROUP, name, record)
     return groups
 
