@@ -234,12 +234,11 @@ def ablation_table(base_run: dict, records: dict[str, dict]) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
     evidence = seed_evidence(base_run, records)
     if evidence:
-        for column in ("best against the seeds", f"last {SETTLED_EPOCHS} against the seeds", "reading"):
-            table[column] = ""
+        columns = ["best against the seeds", f"last {SETTLED_EPOCHS} against the seeds", "reading"]
+        table[columns] = ""
         for variant in evidence["variants"]:
-            table.loc[variant["variant"], ["best against the seeds", f"last {SETTLED_EPOCHS} against the seeds",
-                                           "reading"]] = [variant["best_against_seeds"],
-                                                          variant["settled_against_seeds"], variant["reading"]]
+            table.loc[variant["variant"], columns] = [variant["best_against_seeds"], variant["settled_against_seeds"],
+                                                      variant["reading"]]
     return table
 
 

@@ -203,23 +203,19 @@ def training_minutes(report_dir: Path) -> dict[str, dict]:
     from .profiles import ALL_MODELS
 
     report_dir = Path(report_dir)
+    models = [(record.get("config", {}).get("model", path.stem), path.stem, record)
+              for folder in ("runs", SELECTION_RUNS) for path in sorted((report_dir / folder).glob("*.json"))
+              for record in [load_json(path)]]
+    models.sort(key=lambda item: (ALL_MODELS.index(item[0]) if item[0] in ALL_MODELS else len(ALL_MODELS), item[1]))
+    variants = [(REPEATS_GROUP if is_repeat(name) else ABLATIONS_GROUP, name, record)
+                for name, record in load_records(report_dir).items()]
     groups: dict[str, dict] = {}
-
-    def add(group: str, name: str, record: dict) -> None:
+    for group, name, record in models + variants:  # the study's models in its order, then the ablations
         if record.get("train_seconds") is None:
-            return
+            continue
         entry = groups.setdefault(group, {"minutes": 0.0, "runs": []})
         entry["minutes"] += record["train_seconds"] / 60
         entry["runs"].append(name)
-
-    for folder in ("runs", SELECTION_RUNS):
-        for path in sorted((report_dir / folder).glob("*.json")):
-            record = load_json(path)
-            add(record.get("config", {}).get("model", path.stem), path.stem, record)
-    families = sorted(groups, key=lambda group: ALL_MODELS.index(group) if group in ALL_MODELS else len(ALL_MODELS))
-    groups = {group: {**groups[group], "runs": sorted(groups[group]["runs"])} for group in families}  # study order
-    for name, record in load_records(report_dir).items():  # after the models
-        add(REPEATS_GROUP if is_repeat(name) else ABLATIONS_GROUP, name, record)
     return groups
 
 
