@@ -21,7 +21,7 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
                                  full_report=report, out=out)
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result))
-    for key in ("train_pipeline_ratio", "inference_ratio", "inference_images_per_s", "cpu_count", "commit", "machine",
+    for key in ("train_pipeline_ratio", "train_pipeline_ceiling_ratio", "inference_ratio", "inference_images_per_s", "cpu_count", "commit", "machine",
                 "platform"):
         assert written[key], key
     assert written["full_profile_minutes"] == 30.0 and written["peak_rss_gib"] == 3.5
@@ -36,6 +36,10 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
         assert written["train_setup_ratio_bfloat16"] > 0
     else:
         assert written["train_setup_ratio_bfloat16"] is None
+    # The ceiling of any input pipeline: the same model trained without input work, beside the two pipelines.
+    assert written["train_pipeline_ceiling_ratio"] == round(
+        written["measurements"]["train_input_free"]["images_per_s"]
+        / written["measurements"]["train_seed_pipeline"]["images_per_s"], 2)
     for name in ("train_seed_pipeline", "train_project_pipeline"):  # up to the last step, and until fit returned
         assert 0 < written["measurements"][name]["seconds"] <= written["measurements"][name]["seconds_with_teardown"]
     assert list(bench.table(result).columns) == ["images/s", "seconds", "seconds incl. iterator deletion",
@@ -54,6 +58,9 @@ def test_the_readme_section_shows_the_table_ratios_and_machine():
     }
     text = bench.bench_markdown(result)
     assert "| train_seed_pipeline | 10.0 | 1.0 | – | 1.0 |" in text
+    assert "ceiling" not in text  # benchmarks from before the ceiling was measured still render
+    text_with_ceiling = bench.bench_markdown({**result, "train_pipeline_ceiling_ratio": 1.1})
+    assert "the ceiling, the same model fed one batch already in memory: **1.1×**" in text_with_ceiling
     assert "**2.5×**" in text and "**420.0 images/s**" in text and "41.0 minutes" in text and "2 CPU cores" in text
     assert "on riscv64 with 2 CPU cores (Linux-9.9-test)" in text  # the machine it ran on, not the reader's
 
