@@ -250,7 +250,8 @@ def test_the_model_card_says_which_design_choices_stand_out_of_seed_noise(tmp_pa
     _write_seed_repeats(tmp_path, [0.90, 0.95], {1: [0.93], 2: [0.91]},
                         {"flip_only": ("photometric, or flip only?", [0.85]),
                          "unweighted_loss": ("group-weighted loss, or plain?", [0.92]),
-                         "no_batch_norm": ("batch norm, or none?", [0.70, 0.94])})
+                         "no_batch_norm": ("batch norm, or none?", [0.70, 0.94]),
+                         "closeup_zoom": ("zoom, or none?", [0.80, 0.96])})
     card = reporting.write_model_card(tmp_path, METRICS).read_text()
     section = card.split("## How firm the design is")[1].split("## Limits")[0]
     assert "0.950 at the study's seed 42, and 0.930 and 0.910 at seeds 1 and 2: a range of\n0.910 to 0.950" in section
@@ -262,7 +263,11 @@ def test_the_model_card_says_which_design_choices_stand_out_of_seed_noise(tmp_pa
     assert "| `no_batch_norm` | 0.940 (within) | 0.820 (below) | mixed: the two views disagree |" in section
     assert "would land below the range\n1 time in 4 on either view" in section
     assert "best epoch up to 2 times in 4 by chance" in section  # the variants share the seed the choices won at
-    assert "Here 1 of 3 read as a hint that the choice helps, 0 as a hint that it hurts, and\n1 is mixed." in section
+    assert "| `closeup_zoom` | 0.960 (above) | 0.880 (below) | mixed: the two views disagree |" in section
+    # "mixed" lumps opposite kinds, so the count says which
+    assert ("Here 1 of 4 read as a hint that the choice helps, 0 as a hint that it hurts, and\n2 are mixed "
+            "(1 above on the best epoch and below on the last 5; 1 within on the best epoch and below on the last 5)."
+            ) in section
     assert "stands out of seed noise" not in section
     assert "2 times in 4" in section
     # the headline's group-weighted loss is not claimed to help when plain cross-entropy is within the seeds

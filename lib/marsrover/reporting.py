@@ -399,11 +399,19 @@ def _design_markdown(evidence: dict | None) -> str:
                     f"{len(scored)}, and the recipe was chosen on validation at its seed.")
     variants = evidence["variants"]
     order = [HELPS, HURTS, MIXED, NO_EVIDENCE, NO_SCORE]
+    variants = sorted(variants, key=lambda v: (order.index(v["reading"]), -v["best"] if v["best"] == v["best"] else 0))
     rows = "\n".join(f"| {v['question']} | `{v['variant']}` | {_score(v['best'])} ({places[v['best_against_seeds']]}) | "
                      f"{_score(v['settled'])} ({places[v['settled_against_seeds']]}) | {v['reading']} |"
-                     for v in sorted(variants, key=lambda v: (order.index(v["reading"]),
-                                                              -v["best"] if v["best"] == v["best"] else 0)))
+                     for v in variants)
     counts = {reading: sum(v["reading"] == reading for v in variants) for reading in order}
+    # "Mixed" covers opposite kinds (worse on one view only, better on one view only): say which.
+    mixed_kinds: dict[tuple[str, str], int] = {}
+    for v in variants:
+        if v["reading"] == MIXED:
+            kind = (places[v["best_against_seeds"]], places[v["settled_against_seeds"]])
+            mixed_kinds[kind] = mixed_kinds.get(kind, 0) + 1
+    mixed_detail = (" (" + "; ".join(f"{n} {best} on the best epoch and {settled} on the last {last}"
+                                      for (best, settled), n in mixed_kinds.items()) + ")") if mixed_kinds else ""
     table = (f"""Each ablation undoes one design choice and trains once, at the study's seed, judged on validation only.
 Each of its two scores is placed below, within or above the range of `improved`'s seeds on the same view: the best
 epoch (the study's selection metric) and the mean of the last {last} epochs ({settled_low:.3f} to {settled_high:.3f} over the
@@ -419,7 +427,7 @@ where the recipe's choices were made: a choice kept because it won at that seed 
 best epoch up to 2 times in {len(scored) + 1} by chance. Agreement of the two views is rarer by chance, but they read one
 curve, so it is not a second, independent confirmation.
 Here {counts[HELPS]} of {len(variants)} read as a hint that the choice helps, {counts[HURTS]} as a hint that it hurts, and
-{counts[MIXED]} {"is" if counts[MIXED] == 1 else "are"} mixed.{" So no choice of the recipe stands out of seed noise on both views."
+{counts[MIXED]} {"is" if counts[MIXED] == 1 else "are"} mixed{mixed_detail}.{" So no choice of the recipe stands out of seed noise on both views."
                                                        if not counts[HELPS] and not counts[HURTS] else ""}
 """ if variants else "")
     return f"""
