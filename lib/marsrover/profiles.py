@@ -15,7 +15,7 @@ ALL_MODELS = ["seed_notebook", "seed_blog", "improved", "transfer"]
 # The names of marsrover.ablation.ABLATIONS (kept here so the runner needs no TensorFlow; a test checks).
 ALL_ABLATIONS = ["geometric_augmentation", "flip_only", "no_batch_norm", "flatten_dense_head", "group_norm",
                  "per_image_scaling", "unweighted_loss", "label_weighting", "constant_learning_rate", "weight_averaging",
-                 "closeup_zoom", "full_resolution_stem"]
+                 "closeup_zoom", "full_resolution_stem", "plain_recipe"]
 
 _COMMON: dict[str, Any] = {
     "seed": 42,
