@@ -146,7 +146,8 @@ def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
     from .inference import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS
 
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="image files (.jpg, .jpeg, .png), folders (searched recursively) or glob patterns")
+                        help="image files (tried whatever their extension), folders (searched recursively for "
+                             ".jpg, .jpeg and .png files) or glob patterns")
     parser.add_argument("--model", type=Path,
                         help="saved .keras model (default: the newest *.keras under models/ or reports/*/models/)")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
