@@ -21,8 +21,8 @@ def test_the_benchmark_measures_every_path_and_writes_its_json(tmp_path):
                                  full_report=report, out=out)
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result))
-    for key in ("train_pipeline_ratio", "train_pipeline_ceiling_ratio", "inference_ratio", "inference_images_per_s", "cpu_count", "commit", "machine",
-                "platform"):
+    for key in ("train_pipeline_ratio", "train_pipeline_ceiling_ratio", "inference_ratio", "inference_images_per_s",
+                "cpu_count", "commit", "machine", "platform"):
         assert written[key], key
     assert written["full_profile_minutes"] == 30.0 and written["peak_rss_gib"] == 3.5
     for measurement in written["measurements"].values():

@@ -397,9 +397,9 @@ def _design_markdown(evidence: dict | None) -> str:
         if study["best"] > max(others) or study["best"] < min(others):
             rank = (f" The study's run is the {'highest' if study['best'] > max(others) else 'lowest'} of the "
                     f"{len(scored)}, and the recipe was chosen on validation at its seed.")
-    variants = evidence["variants"]
     order = [HELPS, HURTS, MIXED, NO_EVIDENCE, NO_SCORE]
-    variants = sorted(variants, key=lambda v: (order.index(v["reading"]), -v["best"] if v["best"] == v["best"] else 0))
+    variants = sorted(evidence["variants"],  # as the table shows them: by reading, then best score first
+                      key=lambda v: (order.index(v["reading"]), -v["best"] if v["best"] == v["best"] else 0))
     rows = "\n".join(f"| {v['question']} | `{v['variant']}` | {_score(v['best'])} ({places[v['best_against_seeds']]}) | "
                      f"{_score(v['settled'])} ({places[v['settled_against_seeds']]}) | {v['reading']} |"
                      for v in variants)
