@@ -107,12 +107,7 @@ def train_project_pipeline(images_path: str, labels: list[int], batch_size: int,
     ``policy="mixed_bfloat16"`` adds the numeric policy the full profile trains with on CPUs that
     support it, to show what the project's whole training setup gains, not only its input pipeline.
     """
-    from .training import make_dataset
-
-    images = np.load(images_path)
-    dataset = make_dataset(images, np.asarray(labels), batch_size=batch_size, shuffle=True, seed=0).repeat()
-    timing = _time_training(_compiled_seed_model(images.shape[1], policy), dataset, steps)
-    return {"images_per_s": steps * batch_size / timing["seconds"], **timing, "policy": policy}
+    return {**_train_from_cache(images_path, labels, batch_size, steps, policy), "policy": policy}
 
 
 def train_input_free(images_path: str, labels: list[int], batch_size: int, steps: int) -> dict:
@@ -121,11 +116,18 @@ def train_input_free(images_path: str, labels: list[int], batch_size: int, steps
     No decoding, copying or shuffling happens per step, so no float32 pipeline, however fast, can train this
     model faster on this machine; its ratio to the seed's pipeline bounds what an input pipeline can gain.
     """
+    return _train_from_cache(images_path, labels, batch_size, steps, one_batch=True)
+
+
+def _train_from_cache(images_path: str, labels: list[int], batch_size: int, steps: int, policy: str = "float32",
+                      *, one_batch: bool = False) -> dict:
+    """The seed-notebook model trained from the cached array: shuffled batches, or its first batch every step."""
     from .training import make_dataset
 
     images = np.load(images_path)
-    dataset = make_dataset(images, np.asarray(labels), batch_size=batch_size, shuffle=False).take(1).cache().repeat()
-    timing = _time_training(_compiled_seed_model(images.shape[1]), dataset, steps)
+    dataset = make_dataset(images, np.asarray(labels), batch_size=batch_size, shuffle=not one_batch, seed=0)
+    dataset = (dataset.take(1).cache() if one_batch else dataset).repeat()
+    timing = _time_training(_compiled_seed_model(images.shape[1], policy), dataset, steps)
     return {"images_per_s": steps * batch_size / timing["seconds"], **timing}
 
 

@@ -8,6 +8,7 @@ of each notebook) and ``index.html``, which links them and shows the headline me
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import jinja2
@@ -405,11 +406,8 @@ def _design_markdown(evidence: dict | None) -> str:
                      for v in variants)
     counts = {reading: sum(v["reading"] == reading for v in variants) for reading in order}
     # "Mixed" covers opposite kinds (worse on one view only, better on one view only): say which.
-    mixed_kinds: dict[tuple[str, str], int] = {}
-    for v in variants:
-        if v["reading"] == MIXED:
-            kind = (places[v["best_against_seeds"]], places[v["settled_against_seeds"]])
-            mixed_kinds[kind] = mixed_kinds.get(kind, 0) + 1
+    mixed_kinds = Counter((places[v["best_against_seeds"]], places[v["settled_against_seeds"]])
+                          for v in variants if v["reading"] == MIXED)
     mixed_detail = (" (" + "; ".join(f"{n} {best} on the best epoch and {settled} on the last {last}"
                                       for (best, settled), n in mixed_kinds.items()) + ")") if mixed_kinds else ""
     table = (f"""Each ablation undoes one design choice and trains once, at the study's seed, judged on validation only.
