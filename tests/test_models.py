@@ -43,6 +43,21 @@ def test_models_default_to_their_published_input_size():
     assert models.build_model("seed_notebook").input_shape == (None, 256, 256, 3)
 
 
+def test_the_quick_cnn_is_the_improved_network_trained_plainly_and_matches_the_plain_recipe_ablation():
+    from dataclasses import asdict
+
+    from marsrover.ablation import variant_spec
+
+    quick, improved = models.get_spec("quick_cnn"), models.get_spec("improved")
+    assert quick.build_body is improved.build_body and quick.body_options == improved.body_options
+    assert quick.image_size == 128  # as the brief describes it
+    assert (quick.augmentation, quick.schedule, quick.loss_weighting, quick.restore_best) == (
+        "flip", "constant", "none", False)  # no validation in its training: the last epoch is kept
+    plain = variant_spec("plain_recipe")  # the same recipe, judged among the ablations on validation
+    differing = {key for key, value in asdict(quick).items() if asdict(plain)[key] != value}
+    assert differing == {"name", "description", "restore_best"}
+
+
 def test_seed_blog_has_four_conv_pool_dropout_blocks_and_two_dense_layers():
     model = models.build_model("seed_blog", 64)
     kinds = [type(layer).__name__ for layer in model.layers]

@@ -155,6 +155,15 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert not reporting.update_readme(tmp_path / "no_markers.md", METRICS)
 
 
+def test_the_results_show_the_briefs_quick_cnn_claim_as_a_footnoted_row_beside_the_seeds(tmp_path):
+    metrics = {**METRICS, "quick_cnn_claim": {"test": {"accuracy": 0.95, "balanced_accuracy": 0.93}}}
+    text = reporting.results_markdown(metrics)
+    assert "| quick CNN claim (brief) | train only | – | – | 95.0%<sup>2</sup> | 93.0%<sup>2</sup> | – | – |" in text
+    assert text.index("| seed claim (blog)") < text.index("| quick CNN claim (brief)") < text.index("| improved |")
+    assert "<sup>2</sup> The study brief's figures for a quick batch-norm + global-pooling CNN" in text
+    assert "`quick_cnn` is this study's reading of it" in text
+
+
 def test_the_results_say_where_the_training_time_went_from_the_run_records(tmp_path):
     def write(folder, name, model, seconds):
         (tmp_path / folder).mkdir(exist_ok=True)

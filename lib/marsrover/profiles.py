@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ALL_MODELS = ["seed_notebook", "seed_blog", "improved", "transfer"]
+ALL_MODELS = ["seed_notebook", "seed_blog", "improved", "quick_cnn", "transfer"]
 # The names of marsrover.ablation.ABLATIONS (kept here so the runner needs no TensorFlow; a test checks).
 ALL_ABLATIONS = ["geometric_augmentation", "flip_only", "no_batch_norm", "flatten_dense_head", "group_norm",
                  "per_image_scaling", "unweighted_loss", "label_weighting", "constant_learning_rate", "weight_averaging",

@@ -268,6 +268,12 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
                           "official test split", notes)
         lines.append(f"| seed claim (blog) | random 80/20 split | {_pct(claim['val']['accuracy'])}{mark} | – | "
                      f"{_pct(claim['test']['accuracy'])}{mark} | – | – | – |")
+    quick = metrics.get("quick_cnn_claim")
+    if quick:
+        mark = _note_mark("the study brief's figures for a quick batch-norm + global-pooling CNN fitted on train at "
+                          "128 px, on the official test split; `quick_cnn` is this study's reading of it", notes)
+        lines.append(f"| quick CNN claim (brief) | train only | – | – | {_pct(quick['test']['accuracy'])}{mark} | "
+                     f"{_pct(quick['test']['balanced_accuracy'])}{mark} | – | – |")
     for run, splits in metrics["models"].items():
         star = " ★" if run == metrics["headline"] else ""
         mark = _note_mark(splits["val"].get("note"), notes)

@@ -1,0 +1,37 @@
+"""The committed study (reports/full/) agrees with what else the repository ships from it."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from marsrover import config, reporting
+
+REPORT = config.REPORTS_DIR / "full"
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    return json.loads((REPORT / "metrics.json").read_text())
+
+
+def test_the_readme_results_section_is_exactly_what_the_committed_report_generates(metrics):
+    run_log = json.loads((REPORT / "run_log.json").read_text())
+    readme = (config.PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split(reporting.README_BEGIN)[1].split(reporting.README_END)[0]
+    assert section.strip() == reporting.results_markdown(metrics, run_log, REPORT).strip(), (
+        "README results differ from reports/full: run `python run_all.py --profile full --render-only`")
+
+
+def test_the_exported_headline_model_is_the_one_the_report_names_small_and_tracked_by_git(metrics):
+    record = json.loads((REPORT / "runs" / f"{metrics['headline']}.json").read_text())
+    exported = config.MODELS_DIR / f"{metrics['headline']}-{record['environment']['commit']}.keras"
+    assert exported.is_file(), f"{exported} is missing: `marsrover predict` would have no model after installing"
+    assert exported.stat().st_size < 20 * 2**20  # the study commits its headline only when under 20 MB
+    if shutil.which("git") is None or not (config.PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout: cannot ask what is tracked")
+    tracked = subprocess.run(["git", "ls-files", "models/*.keras"], cwd=config.PROJECT_ROOT, check=True,
+                             capture_output=True, text=True).stdout.split()
+    # models/*.keras is git-ignored: a rerun's commit drops the old export without adding the new one
+    assert tracked == [f"models/{exported.name}"], "commit the new export with `git add -f`"
