@@ -387,3 +387,20 @@ def test_the_targets_table_reports_the_improved_runs_against_the_issue_targets()
     table = targets_table({"models": {**metrics["models"], "improved+seed_blog_refit": average,
                                       "seed_blog+seed_notebook_refit": others}})
     assert list(table.index) == ["improved", "improved_refit", "improved+seed_blog_refit"]  # averages with improved
+
+
+def test_the_comparison_table_sets_the_claims_the_report_carries_above_every_run_and_the_majority_answer():
+    from marsrover.study import comparison_table
+
+    run = {"kind": "train only", "val": {"accuracy": 0.9}, "test": {"accuracy": 0.8, "balanced_accuracy": 0.7}}
+    metrics = {"models": {"quick_cnn": run}, "baselines": {"majority class": {"test": {"answer": "Rover", "accuracy": 0.75}}},
+               "seed_claim": {"val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}},
+               "quick_cnn_claim": {"test": {"accuracy": 0.95, "balanced_accuracy": 0.93}}}
+    table = comparison_table(metrics)
+    assert list(table.index) == ["seed claim: blog, random 80/20 split",
+                                 "claim: the brief's quick CNN, train only, official split",
+                                 "quick_cnn (train only)", "always 'Rover' (test majority)"]
+    assert table.iloc[1]["test balanced accuracy"] == 0.93 and pd.isna(table.iloc[1]["val accuracy"])
+    assert pd.isna(table.iloc[0]["test balanced accuracy"])  # the blog gave no balanced accuracy
+    older = {key: value for key, value in metrics.items() if key != "quick_cnn_claim"}  # a report from before the row
+    assert len(comparison_table(older)) == 3

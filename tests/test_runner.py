@@ -337,6 +337,15 @@ def test_the_model_card_of_an_average_names_its_models(tmp_path):
     assert "| average of 2 runs |" in reporting.results_markdown(metrics)  # it trained nothing itself
 
 
+def test_the_model_card_owns_up_when_the_headline_includes_the_quick_cnn_added_after_test_scores(tmp_path):
+    scores = {**METRICS["models"]["improved_refit"], "members": ["improved_refit", "quick_cnn_refit"]}
+    metrics = {**METRICS, "headline": "improved+quick_cnn_refit", "models": {"improved+quick_cnn_refit": scores}}
+    card = reporting.write_model_card(tmp_path, metrics).read_text()
+    assert "Four caveats" in card and "- `quick_cnn`, the study brief's quick CNN as read here, joined" in card
+    alone = {**METRICS, "headline": "quick_cnn_refit", "models": {"quick_cnn_refit": METRICS["models"]["improved_refit"]}}
+    assert "Three caveats" in reporting.write_model_card(tmp_path, alone).read_text()
+
+
 def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_training_data(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
     log = {"profile": "full", "commit": "abc123", "started": "today", "total_seconds": 60, "notebooks": []}

@@ -60,7 +60,7 @@ ABLATIONS: dict[str, Ablation] = {
                  {"augmentation": "closeup"}),
         Ablation("full_resolution_stem", "a stride-2 stem, or a first convolution at full resolution (4x the cost)?",
                  {"body_options": {"stem_strides": 1}}),
-        # Several choices at once: a plain recipe, our reading of the quick batch-norm + global-pooling CNN issue 3 mentions.
+        # Several choices at once: the recipe of the model quick_cnn, which keeps its last epoch instead of its best.
         Ablation("plain_recipe", "this recipe, or the same network with the seed's flip only, plain cross-entropy "
                  "and a constant learning rate?",
                  {"augmentation": "flip", "instrument_balance": False, "schedule": "constant"}),

@@ -1,9 +1,10 @@
-"""The model zoo: the seed's two models as published, and this project's own design.
+"""The model zoo: the seed's two models as published, this project's own design, the study brief's quick
+CNN as read here (a reference), and a pretrained backbone.
 
 Every model takes uint8-range RGB images ``(size, size, 3)``, augments them (training only),
-rescales to [0, 1] and ends in a two-unit softmax over ``config.CLASS_NAMES`` (Rover, Surface).
-Each :class:`ModelSpec` also carries the training recipe the model was published with, so that
-``seed_*`` models are trained exactly as their sources describe.
+scales them (to [0, 1], except the pretrained backbone's own preprocessing) and ends in a two-unit
+softmax over ``config.CLASS_NAMES`` (Rover, Surface). Each :class:`ModelSpec` also carries the model's
+training recipe, so that ``seed_*`` models are trained exactly as their sources describe.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def refit_epochs(name: str, train_only_run: dict, paths, index, output_dir, *, s
 
     The train-only run's best epoch measures a jump from train's early sols to validation's later ones;
     the refit instead trains on every sol up to the test split's. A recipe that keeps its last epoch (the
-    seed models, as published) is refitted for its own number of epochs. Otherwise a forward-validation run (see
+    seed models, as published, and ``quick_cnn``) is refitted for its own number of epochs. Otherwise a forward-validation run (see
     :func:`forward_validation_index`) trains the model on train plus the earlier validation sols and
     picks the best epoch on the later ones; its record goes to ``selection/``, not ``runs/``, so it is
     never scored on test. Without enough validation sols, the train-only run's best epoch is used.
@@ -160,7 +160,7 @@ def refit_epochs(name: str, train_only_run: dict, paths, index, output_dir, *, s
 
     if not get_spec(name).restore_best:
         recipe_epochs = train_only_run["config"]["epochs"]
-        return recipe_epochs, "recipe's own number of epochs (it keeps its last epoch, as published)", None
+        return recipe_epochs, "recipe's own number of epochs (the recipe keeps its last epoch)", None
     forward_index = forward_validation_index(index)
     if forward_index is None:
         train_only = train_only_run["config"]
@@ -692,11 +692,11 @@ def per_class_table(metrics: dict, split: str = "test") -> pd.DataFrame:
 
 def comparison_table(metrics: dict) -> pd.DataFrame:
     """The claims (the seed blog's; the study brief's quick CNN) beside every run as scored here."""
-    rows = [{"": "seed claim: blog, random 80/20 split", "val accuracy": SEED_CLAIM["val"]["accuracy"],
-             "test accuracy": SEED_CLAIM["test"]["accuracy"], "test balanced accuracy": None},
-            {"": "claim: the brief's quick CNN, train only, official split", "val accuracy": None,
-             "test accuracy": QUICK_CNN_CLAIM["test"]["accuracy"],
-             "test balanced accuracy": QUICK_CNN_CLAIM["test"]["balanced_accuracy"]}]
+    rows = [{"": label, "val accuracy": claim.get("val", {}).get("accuracy"), "test accuracy": claim["test"]["accuracy"],
+             "test balanced accuracy": claim["test"].get("balanced_accuracy")}
+            for key, label in (("seed_claim", "seed claim: blog, random 80/20 split"),
+                               ("quick_cnn_claim", "claim: the brief's quick CNN, train only, official split"))
+            if (claim := metrics.get(key))]
     for run, splits in metrics["models"].items():
         rows.append({"": f"{run} ({splits['kind']})", "val accuracy": splits["val"]["accuracy"],
                      "test accuracy": splits["test"]["accuracy"],
