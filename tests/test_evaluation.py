@@ -397,8 +397,7 @@ def test_the_comparison_table_sets_the_claims_the_report_carries_above_every_run
                "seed_claim": {"val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}},
                "quick_cnn_claim": {"test": {"accuracy": 0.95, "balanced_accuracy": 0.93}}}
     table = comparison_table(metrics)
-    assert list(table.index) == ["seed claim: blog, random 80/20 split",
-                                 "claim: the brief's quick CNN, train only, official split",
+    assert list(table.index) == ["seed claim (blog), random 80/20 split", "quick CNN claim (brief), train only",
                                  "quick_cnn (train only)", "always 'Rover' (test majority)"]
     assert table.iloc[1]["test balanced accuracy"] == 0.93 and pd.isna(table.iloc[1]["val accuracy"])
     assert pd.isna(table.iloc[0]["test balanced accuracy"])  # the blog gave no balanced accuracy

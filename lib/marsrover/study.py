@@ -692,11 +692,9 @@ def per_class_table(metrics: dict, split: str = "test") -> pd.DataFrame:
 
 def comparison_table(metrics: dict) -> pd.DataFrame:
     """The claims (the seed blog's; the study brief's quick CNN) beside every run as scored here."""
-    rows = [{"": label, "val accuracy": claim.get("val", {}).get("accuracy"), "test accuracy": claim["test"]["accuracy"],
-             "test balanced accuracy": claim["test"].get("balanced_accuracy")}
-            for key, label in (("seed_claim", "seed claim: blog, random 80/20 split"),
-                               ("quick_cnn_claim", "claim: the brief's quick CNN, train only, official split"))
-            if (claim := metrics.get(key))]
+    rows = [{"": f"{row}, {trained_on}", "val accuracy": claim.get("val", {}).get("accuracy"),
+             "test accuracy": claim["test"]["accuracy"], "test balanced accuracy": claim["test"].get("balanced_accuracy")}
+            for key, row, trained_on, _ in reporting.CLAIM_ROWS if (claim := metrics.get(key))]
     for run, splits in metrics["models"].items():
         rows.append({"": f"{run} ({splits['kind']})", "val accuracy": splits["val"]["accuracy"],
                      "test accuracy": splits["test"]["accuracy"],
