@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from marsrover import ablation, models, profiles
-from marsrover.study import best_on_validation, forward_validation_index, kept_val_balanced_accuracy, resolve_refit
+from marsrover.study import (best_on_validation, estimated_refit_seconds, forward_validation_index,
+                             kept_val_balanced_accuracy, resolve_refit, within_refit_budget)
 
 
 def test_the_profiles_know_every_ablation_by_name():
@@ -215,6 +216,45 @@ def test_when_an_average_wins_on_validation_each_of_its_models_is_refitted():
     assert resolve_refit(["seed_blog+improved"], runs) == (["improved", "seed_blog"], ["improved+seed_blog"])
     with pytest.raises(ValueError, match="twice"):
         resolve_refit(["improved+improved"], runs)
+
+
+def _sized_index(n_train, val_sols):
+    return pd.DataFrame([("train", 1)] * n_train + [("val", sol) for sol in val_sols], columns=["split", "sol"])
+
+
+def test_a_refit_is_estimated_from_the_train_only_time_scaled_by_the_images_it_fits_on():
+    index = _sized_index(100, [10] * 25 + [11] * 25)  # 50 validation images; sol 10 is the earlier half
+    runs = {"seed_blog": {"train_seconds": 600.0}, "improved": {"train_seconds": 200.0}}
+    assert estimated_refit_seconds(["seed_blog"], runs, index) == pytest.approx(600 * 150 / 100)
+    # improved keeps its best epoch, so its refit also pays a forward run on train + the earlier 25 images.
+    assert estimated_refit_seconds(["improved"], runs, index) == pytest.approx(200 * 150 / 100 + 200 * 125 / 100)
+    assert estimated_refit_seconds(["improved", "seed_blog"], runs, index) == pytest.approx(900 + 550)
+    no_forward = _sized_index(100, [10] * 50)  # one validation sol: no forward run, the train-only best epoch
+    assert estimated_refit_seconds(["improved"], runs, no_forward) == pytest.approx(300)
+
+
+def test_an_average_whose_refit_overruns_the_budget_cannot_win_but_a_single_model_always_can(capsys):
+    index = _sized_index(100, [10] * 50)
+    runs = {"seed_blog": {"train_seconds": 1200.0}, "seed_notebook": {"train_seconds": 300.0},
+            "improved": {"train_seconds": 240.0}}  # refits: 30, 7.5 and 6 minutes
+    scores = {"seed_blog": 0.85, "seed_notebook": 0.88, "improved": 0.90, "improved+seed_notebook": 0.93,
+              "improved+seed_blog": 0.96, "improved+seed_blog+seed_notebook": 0.97}
+    kept = within_refit_budget(scores, runs, index, budget_minutes=20)
+    assert kept == {"seed_blog": 0.85, "seed_notebook": 0.88, "improved": 0.90, "improved+seed_notebook": 0.93}
+    printed = capsys.readouterr().out
+    assert "20-minute budget" in printed
+    assert printed.index("improved+seed_blog+seed_notebook: validation balanced accuracy 0.970, refit about 44 min") \
+        < printed.index("improved+seed_blog: validation balanced accuracy 0.960, refit about 36 min")
+    assert resolve_refit(["best_on_val"], runs, kept) == (["improved", "seed_notebook"], ["improved+seed_notebook"])
+    assert within_refit_budget(scores, runs, index, budget_minutes=None) == scores
+    assert within_refit_budget(scores, runs, index, budget_minutes=0) == \
+        {"seed_blog": 0.85, "seed_notebook": 0.88, "improved": 0.90}
+
+
+def test_only_the_full_profile_caps_the_refit_of_an_average():
+    assert profiles.get_profile("full")["average_refit_budget_minutes"] == 30
+    assert profiles.get_profile("smoke")["average_refit_budget_minutes"] is None
+    assert profiles.get_profile("gpu")["average_refit_budget_minutes"] is None
 
 
 def test_a_recipe_that_keeps_its_last_epoch_is_refitted_for_its_own_epochs_without_a_forward_run(tmp_path):

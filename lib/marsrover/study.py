@@ -231,6 +231,54 @@ def validation_scores(runs: dict[str, dict], paths: config.DataPaths, index: pd.
     return scored
 
 
+def estimated_refit_seconds(members: Sequence[str], runs: dict[str, dict], index: pd.DataFrame) -> float:
+    """A rough cost, on this machine, of refitting ``members`` on train+val, from their train-only runs.
+
+    Each member's training seconds are scaled by the images its refit fits on (train+val against train),
+    and a recipe that keeps its best epoch adds its forward-validation run (:func:`refit_epochs`). The
+    train-only time also paid for a validation pass every epoch, so the estimate errs on the high side.
+    """
+    from .models import get_spec
+
+    n_train, n_val = int((index["split"] == "train").sum()), int((index["split"] == "val").sum())
+    forward = forward_validation_index(index)
+    n_early = 0 if forward is None else int((forward["split"] == "val_early").sum())
+    seconds = 0.0
+    for member in members:
+        spent = runs[member].get("train_seconds") or 0.0
+        seconds += spent * (n_train + n_val) / n_train
+        if forward is not None and get_spec(member).restore_best:
+            seconds += spent * (n_train + n_early) / n_train
+    return seconds
+
+
+def within_refit_budget(scores: dict[str, float], runs: dict[str, dict], index: pd.DataFrame,
+                        budget_minutes: float | None) -> dict[str, float]:
+    """The candidates of ``scores`` that may win the selection: every single run, and each average whose
+    refit (:func:`estimated_refit_seconds`) fits ``budget_minutes`` (None: every average).
+
+    A single run always competes, as the protocol reports the best model refitted; the averages are the
+    study's own addition, and refitting all their models can cost more than the rest of the profile.
+    The averages left out are printed with their estimates, best on validation first.
+    """
+    if budget_minutes is None:
+        return dict(scores)
+    kept, left_out = {}, {}
+    for name, score in scores.items():
+        members = average_members_of(name)
+        minutes = estimated_refit_seconds(members, runs, index) / 60 if len(members) > 1 else 0.0
+        if minutes <= budget_minutes:
+            kept[name] = score
+        else:
+            left_out[name] = (score, minutes)
+    if left_out:
+        print(f"Averages left out of the selection: refitting their models would take longer than the "
+              f"{budget_minutes:g}-minute budget (estimated from their train-only runs on this machine):")
+        for name, (score, minutes) in sorted(left_out.items(), key=lambda item: (-item[1][0], item[0])):
+            print(f"  {name}: validation balanced accuracy {score:.3f}, refit about {minutes:.0f} min")
+    return kept
+
+
 def resolve_refit(refit: list[str] | tuple[str, ...], runs: dict[str, dict],
                   scores: dict[str, float] | None = None) -> tuple[list[str], list[str]]:
     """The models to refit, and the averages to build from them.
@@ -288,7 +336,8 @@ def save_average(members: list[str], run_name: str, output_dir: Path, runs: dict
 def train_models(model_names: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *,
                  image_size: int | None, epochs: int | None, batch_size: int | None, seed: int,
                  jit_compile: bool = False, refit: list[str] = (), leakage_model: str | None = None,
-                 transfer_weights: str | None = "imagenet") -> dict[str, dict]:
+                 transfer_weights: str | None = "imagenet",
+                 average_refit_budget_minutes: float | None = None) -> dict[str, dict]:
     """Every training run of the study, saved under ``models/`` and ``runs/``.
 
     1. Each model on the train split, watching the validation split (selection happens there only).
@@ -296,7 +345,8 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
        validation (:func:`refit_epochs`); ``"best_on_val"`` in ``refit`` stands for the model that
        step 1 found best on validation, or, when an average of step 1's models scores best there
        (:func:`validation_scores`), for each of its models; that average and the average of their
-       refits are then saved as runs of their own (:func:`save_average`).
+       refits are then saved as runs of their own (:func:`save_average`). An average competes only if
+       its refit fits ``average_refit_budget_minutes`` (:func:`within_refit_budget`).
     3. ``leakage_model`` on the seed blog's random 80/20 split of train+val, to measure how much a
        random split flatters the validation score.
     A pretrained model whose weights cannot be loaded is recorded as skipped, with the reason.
@@ -319,6 +369,8 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
             (output_dir / "runs").mkdir(parents=True, exist_ok=True)
             (output_dir / "runs" / f"{name}.json").write_text(json.dumps(runs[name], indent=2))
     scores = validation_scores(runs, paths, index, output_dir) if BEST_ON_VAL in refit else None
+    if scores is not None:
+        scores = within_refit_budget(scores, runs, index, average_refit_budget_minutes)
     to_refit, averages = resolve_refit(refit, runs, scores)
     for name in to_refit:
         if "skipped" in runs.get(name, {"skipped": True}):
@@ -558,7 +610,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     metrics = {
         "headline": headline, "best_on_val": best,
         "selection": "best validation balanced accuracy among train-only runs (an average of runs saved by "
-                     "notebook 05 is one); its train+val refit if any",
+                     "notebook 05 is one, if its refit fit the profile's budget); its train+val refit if any",
         "profile": profile, "models": scores, "skipped": skipped, "baselines": baselines,
         "ensembles": ensembles, "seed_claim": SEED_CLAIM, "quick_cnn_claim": QUICK_CNN_CLAIM, **run_environment(),
     }
