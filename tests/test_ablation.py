@@ -251,6 +251,23 @@ def test_an_average_whose_refit_overruns_the_budget_cannot_win_but_a_single_mode
         {"seed_blog": 0.85, "seed_notebook": 0.88, "improved": 0.90}
 
 
+def test_an_average_with_a_model_of_unknown_training_time_is_left_out_and_no_budget_drops_a_single_model(capsys):
+    index = _sized_index(100, [10] * 50)
+    runs = {"seed_blog": {"train_seconds": None}, "improved": {"train_seconds": 240.0}}
+    assert estimated_refit_seconds(["improved", "seed_blog"], runs, index) == float("inf")
+    scores = {"seed_blog": 0.8, "improved": 0.9, "improved+seed_blog": 0.95}
+    assert within_refit_budget(scores, runs, index, budget_minutes=-1) == {"seed_blog": 0.8, "improved": 0.9}
+    assert "improved+seed_blog: validation balanced accuracy 0.950, refit unknown" in capsys.readouterr().out
+
+
+def test_only_recipes_that_keep_their_best_epoch_train_a_forward_run_before_their_refit(tmp_path):
+    from marsrover.study import chooses_refit_length, refit_epochs
+
+    assert [name for name in profiles.ALL_MODELS if chooses_refit_length(name)] == ["improved", "transfer"]
+    run = {"config": {"epochs": 15, "best_epoch_on_val": 4, "kept_weights": "epoch 15 (last)"}}
+    assert refit_epochs("quick_cnn", run, None, None, tmp_path, size=32, epochs=None)[2] is None
+
+
 def test_only_the_full_profile_caps_the_refit_of_an_average():
     assert profiles.get_profile("full")["average_refit_budget_minutes"] == 30
     assert profiles.get_profile("smoke")["average_refit_budget_minutes"] is None

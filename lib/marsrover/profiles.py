@@ -28,7 +28,7 @@ _COMMON: dict[str, Any] = {
     # then their average)
     "refit": ["best_on_val"],
     # An average competes for best_on_val only if refitting its models would take at most this many minutes,
-    # estimated from their train-only runs (None: no limit). A single model always competes.
+    # estimated from their train-only runs (None: no limit). A single model, or an average named above, always does.
     "average_refit_budget_minutes": None,
     # Variants of the improved recipe, each trained on train and judged on val (marsrover.ablation).
     "ablations": ["geometric_augmentation", "flip_only", "closeup_zoom", "no_batch_norm", "flatten_dense_head",

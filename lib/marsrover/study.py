@@ -7,6 +7,7 @@ Notebook 01 calls :func:`acquire`; every later notebook calls :func:`load_index`
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,14 @@ def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_spl
     return reporting.load_json(Path(output_dir) / records / f"{run_name}.json")
 
 
+def chooses_refit_length(name: str) -> bool:
+    """Whether the refit of model ``name`` trains a forward-validation run first to choose its epochs: a
+    recipe that keeps its best epoch does; one that keeps its last (the seeds, ``quick_cnn``) does not."""
+    from .models import get_spec
+
+    return get_spec(name).restore_best
+
+
 def refit_epochs(name: str, train_only_run: dict, paths, index, output_dir, *, size: int,
                  epochs: int | None, **common) -> tuple[int, str, dict | None]:
     """How many epochs to refit ``name`` on train+val, how that number was chosen, and the record of
@@ -156,9 +165,7 @@ def refit_epochs(name: str, train_only_run: dict, paths, index, output_dir, *, s
     picks the best epoch on the later ones; its record goes to ``selection/``, not ``runs/``, so it is
     never scored on test. Without enough validation sols, the train-only run's best epoch is used.
     """
-    from .models import get_spec
-
-    if not get_spec(name).restore_best:
+    if not chooses_refit_length(name):
         recipe_epochs = train_only_run["config"]["epochs"]
         return recipe_epochs, "recipe's own number of epochs (the recipe keeps its last epoch)", None
     forward_index = forward_validation_index(index)
@@ -235,20 +242,23 @@ def estimated_refit_seconds(members: Sequence[str], runs: dict[str, dict], index
     """A rough cost, on this machine, of refitting ``members`` on train+val, from their train-only runs.
 
     Each member's training seconds are scaled by the images its refit fits on (train+val against train),
-    and a recipe that keeps its best epoch adds its forward-validation run (:func:`refit_epochs`). The
-    train-only time also paid for a validation pass every epoch, so the estimate errs on the high side.
+    and a recipe that chooses its refit's length (:func:`chooses_refit_length`) adds its forward-validation
+    run on train plus the earlier validation sols. Rough: it ignores that the train-only run also paid for a
+    validation pass every epoch, and that such a refit often stops before the recipe's last epoch. A member
+    without a recorded training time makes the estimate infinite (unknown, so never within a budget).
     """
-    from .models import get_spec
-
     n_train, n_val = int((index["split"] == "train").sum()), int((index["split"] == "val").sum())
-    forward = forward_validation_index(index)
-    n_early = 0 if forward is None else int((forward["split"] == "val_early").sum())
+    forward = None
     seconds = 0.0
     for member in members:
-        spent = runs[member].get("train_seconds") or 0.0
+        spent = runs[member].get("train_seconds")
+        if not spent:
+            return math.inf
         seconds += spent * (n_train + n_val) / n_train
-        if forward is not None and get_spec(member).restore_best:
-            seconds += spent * (n_train + n_early) / n_train
+        if chooses_refit_length(member):
+            forward = forward_validation_index(index) if forward is None else forward
+            if forward is not None:
+                seconds += spent * (n_train + int((forward["split"] == "val_early").sum())) / n_train
     return seconds
 
 
@@ -258,24 +268,30 @@ def within_refit_budget(scores: dict[str, float], runs: dict[str, dict], index: 
     refit (:func:`estimated_refit_seconds`) fits ``budget_minutes`` (None: every average).
 
     A single run always competes, as the protocol reports the best model refitted; the averages are the
-    study's own addition, and refitting all their models can cost more than the rest of the profile.
-    The averages left out are printed with their estimates, best on validation first.
+    study's own addition, and refitting all their models can add most of an hour to the profile. The
+    averages left out are printed with their estimates, best on validation first. The budget only filters
+    the candidates for ``"best_on_val"``: an average named in ``refit`` is built whatever it costs.
     """
     if budget_minutes is None:
         return dict(scores)
     kept, left_out = {}, {}
     for name, score in scores.items():
         members = average_members_of(name)
-        minutes = estimated_refit_seconds(members, runs, index) / 60 if len(members) > 1 else 0.0
+        if len(members) == 1:
+            kept[name] = score
+            continue
+        minutes = estimated_refit_seconds(members, runs, index) / 60
         if minutes <= budget_minutes:
             kept[name] = score
         else:
             left_out[name] = (score, minutes)
     if left_out:
         print(f"Averages left out of the selection: refitting their models would take longer than the "
-              f"{budget_minutes:g}-minute budget (estimated from their train-only runs on this machine):")
+              f"{budget_minutes:g}-minute budget (estimated from their train-only runs on this machine); "
+              "the best of the rest on validation is chosen below:")
         for name, (score, minutes) in sorted(left_out.items(), key=lambda item: (-item[1][0], item[0])):
-            print(f"  {name}: validation balanced accuracy {score:.3f}, refit about {minutes:.0f} min")
+            cost = "unknown (a model has no training time)" if math.isinf(minutes) else f"about {minutes:.0f} min"
+            print(f"  {name}: validation balanced accuracy {score:.3f}, refit {cost}")
     return kept
 
 
