@@ -199,7 +199,8 @@ def _training_cost(splits: dict) -> str:
 def training_minutes(report_dir: Path) -> dict[str, dict]:
     """Where notebook 05's training time went, from its records: ``{group: {"minutes", "runs"}}``, one group per
     model family (its train-only, random-split, forward and refit runs together), then the ablations and the
-    seed repeats of ``improved``. Records without a training time (averages, skipped models) count nothing."""
+    seed repeats of ``improved``. Averages (their models' records count) and records without a training time
+    (skipped models) count nothing."""
     from .ablation import is_repeat, load_records
     from .profiles import ALL_MODELS
 
@@ -212,8 +213,8 @@ def training_minutes(report_dir: Path) -> dict[str, dict]:
                 for name, record in load_records(report_dir).items()]
     groups: dict[str, dict] = {}
     for group, name, record in models + variants:  # the study's models in its order, then the ablations
-        if record.get("train_seconds") is None:
-            continue
+        if record.get("train_seconds") is None or record.get("config", {}).get("members"):
+            continue  # an average's record sums its models' seconds, which their own records already count
         entry = groups.setdefault(group, {"minutes": 0.0, "runs": []})
         entry["minutes"] += record["train_seconds"] / 60
         entry["runs"].append(name)
