@@ -199,7 +199,8 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
           val_data: tuple[np.ndarray, np.ndarray] | None = None, *, image_size: int | None = None,
           epochs: int | None = None, batch_size: int | None = None, seed: int = 42, jit_compile: bool = False,
           weights: str | None = "imagenet", run_name: str | None = None, verbose: int = 2,
-          train_groups: np.ndarray | None = None) -> TrainingResult:
+          train_groups: np.ndarray | None = None,
+          extra_callbacks: list[keras.callbacks.Callback] | tuple = ()) -> TrainingResult:
     """Build model ``name`` and fit it with its recipe (Adam, sparse cross-entropy).
 
     ``train_groups`` names each training image's instrument x label group; recipes with
@@ -208,6 +209,7 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
     With ``val_data``, the validation balanced accuracy is tracked every epoch and recorded with the
     best epoch; specs with ``restore_best`` keep that epoch's weights (selection on validation only).
     Without it (a refit on train+val), the model trains for exactly ``epochs``.
+    ``extra_callbacks`` run before the recipe's own, so they see each epoch before the best one is kept.
     """
     spec = get_spec(name)
     epochs = epochs or spec.epochs
@@ -236,7 +238,7 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
                              f"{'none' if train_groups is None else len(train_groups)}")
         sample_weights = instrument_balance_weights(train_groups)
         group_weights = {str(group): round(float(weight), 3) for group, weight in zip(train_groups, sample_weights)}
-    callbacks = []
+    callbacks = list(extra_callbacks)
     if use_ema:  # the averaged weights are the ones validated, kept at the best epoch, and returned
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if val_data is not None and spec.restore_best:
@@ -261,7 +263,7 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
         **({"group_weights": group_weights} if group_weights else {}),  # instrument_balance's weight per group
         "weights": weights if spec.pretrained else None,
         "best_epoch_on_val": best_epoch, "kept_weights": f"epoch {best_epoch} (best on val)"
-        if callbacks and best_epoch else f"epoch {epochs} (last)",
+        if val_data is not None and spec.restore_best and best_epoch else f"epoch {epochs} (last)",
         "train_images": int(len(train_data[1])), "val_images": int(len(val_data[1])) if val_data else 0,
         "seeds": fixed,
     }
@@ -274,6 +276,44 @@ def release_models() -> None:
     keras.backend.clear_session()  # also resets the dtype policy to float32: the study's choice is kept
     keras.mixed_precision.set_global_policy(policy)
     gc.collect()
+
+
+def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """The model's own BatchNormalization layers, in graph order (not those inside a nested model)."""
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def recalibrate_batch_norm(model: keras.Model, images: np.ndarray, weights: np.ndarray | None = None, *,
+                           batch_size: int = EVAL_BATCH_SIZE) -> int:
+    """Set each BatchNormalization layer's running mean and variance to the statistics of its input over
+    ``images`` (each image counted by ``weights``, default 1), with no augmentation ("precise BN").
+
+    Keras keeps running statistics as a moving average over the last few hundred training batches, taken
+    from augmented images and from weights that kept changing; inference uses them, training never does
+    (a training step normalises by its batch). Layers are done in graph order, each with its predecessors'
+    new statistics, as inference will see them. Returns how many layers were set.
+    """
+    layers_ = batch_norm_layers(model)
+    weights = np.ones(len(images)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(weights) != len(images) or not len(images) or weights.sum() <= 0:
+        raise ValueError(f"recalibrating batch norm needs images and positive weights, one per image "
+                         f"({len(images)} images, {len(weights)} weights summing to {weights.sum():g})")
+    for layer in layers_:
+        if layer.axis not in (-1, len(layer.input.shape) - 1):
+            raise ValueError(f"{layer.name} normalises axis {layer.axis}; only channels-last layers are supported")
+        inputs_of_layer = keras.Model(model.input, layer.input)
+        total = weighted_sum = weighted_squares = 0.0
+        for start in range(0, len(images), batch_size):
+            values = np.asarray(inputs_of_layer(images[start:start + batch_size], training=False), dtype=np.float64)
+            per_value = weights[start:start + batch_size].reshape((-1,) + (1,) * (values.ndim - 1))
+            positions = values[..., :1].size // len(values)  # spatial positions per image
+            weighted_sum = weighted_sum + (values * per_value).reshape(-1, values.shape[-1]).sum(0)
+            weighted_squares = weighted_squares + (values ** 2 * per_value).reshape(-1, values.shape[-1]).sum(0)
+            total += per_value.sum() * positions
+        mean = weighted_sum / total
+        layer.moving_mean.assign(mean.astype("float32"))
+        layer.moving_variance.assign(np.maximum(weighted_squares / total - mean ** 2, 0.0).astype("float32"))
+    return len(layers_)
 
 
 def save_run(result: TrainingResult, output_dir: Path, *, records: str = "runs",

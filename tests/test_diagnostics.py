@@ -1,0 +1,118 @@
+"""Batch-norm statistics: recomputing them, and the side check that compares them with Keras' running ones."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import write_tiny_set
+
+from marsrover import config, dataset, diagnostics
+from marsrover.training import batch_norm_layers, recalibrate_batch_norm
+
+
+def _two_norm_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(5, 3)(keras.layers.Activation("relu")(x)))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
+
+
+def _inputs_of(model, layer, images):
+    return np.asarray(keras.Model(model.input, layer.input)(images, training=False), dtype=np.float64)
+
+
+def test_recomputed_statistics_are_each_layers_input_statistics_given_the_layers_before_it():
+    model = _two_norm_model()
+    images = np.random.default_rng(1).uniform(0, 5, (10, 8, 8, 3)).astype("float32")
+    assert recalibrate_batch_norm(model, images, batch_size=3) == 2
+    for layer in batch_norm_layers(model):  # the second layer's input depends on the first's new statistics
+        values = _inputs_of(model, layer, images).reshape(-1, layer.moving_mean.shape[0])
+        np.testing.assert_allclose(layer.moving_mean.numpy(), values.mean(0), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), values.var(0), rtol=1e-3, atol=1e-4)
+
+
+def test_weights_count_images_so_a_zero_weight_leaves_an_image_out():
+    model, alone = _two_norm_model(), _two_norm_model()
+    images = np.random.default_rng(2).uniform(0, 5, (6, 8, 8, 3)).astype("float32")
+    images[3:] *= 4  # a different population the zero weights must exclude
+    recalibrate_batch_norm(model, images, np.array([1, 1, 1, 0, 0, 0]))
+    recalibrate_batch_norm(alone, images[:3])
+    for weighted, unweighted in zip(batch_norm_layers(model), batch_norm_layers(alone)):
+        np.testing.assert_allclose(weighted.moving_mean.numpy(), unweighted.moving_mean.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(weighted.moving_variance.numpy(), unweighted.moving_variance.numpy(),
+                                   rtol=1e-3, atol=1e-5)
+
+
+def test_recalibration_refuses_weights_that_do_not_match_the_images():
+    images = np.zeros((4, 8, 8, 3), "float32")
+    with pytest.raises(ValueError, match="one per image"):
+        recalibrate_batch_norm(_two_norm_model(), images, np.ones(3))
+    with pytest.raises(ValueError, match="positive weights"):
+        recalibrate_batch_norm(_two_norm_model(), images, np.zeros(4))
+
+
+def test_scoring_with_recomputed_statistics_puts_the_running_ones_back():
+    model = _two_norm_model()
+    before = [layer.moving_mean.numpy().copy() for layer in batch_norm_layers(model)]
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 5, (6, 8, 8, 3)).astype("float32")
+    scores = diagnostics.validation_scores_by_statistics(model, (images, np.array([0, 1] * 3)), images, np.ones(6))
+    assert set(scores) == set(diagnostics.STATISTICS) and all(0 <= v <= 1 for v in scores.values())
+    for layer, mean in zip(batch_norm_layers(model), before):
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
+
+
+@pytest.fixture
+def tiny_paths(tmp_path):
+    paths = config.data_paths(tmp_path / "data")
+    write_tiny_set(paths.images_root)
+    paths.index_csv.parent.mkdir(parents=True, exist_ok=True)
+    dataset.build_index(paths.images_root, progress=False).to_csv(paths.index_csv, index=False)
+    return paths
+
+
+def test_a_trajectory_scores_every_epoch_and_its_running_column_repeats_the_runs_own_history(tiny_paths):
+    from marsrover import study
+
+    paths, index = study.load_index(tiny_paths.root)
+    table, history = diagnostics.trajectory_check("quick_cnn", paths, index, image_size=32, epochs=2,
+                                                  batch_size=2, sample_size=3)
+    assert list(table.index) == [1, 2] and list(table.columns) == list(diagnostics.STATISTICS)
+    # Probing between epochs changed nothing the run itself measured.
+    np.testing.assert_allclose(table["running"], history, atol=1e-6)
+    summary = diagnostics.summarise_trajectory(table, last=2)
+    assert summary["running"]["best"] == round(max(history), 3)
+
+
+def test_the_side_check_scores_a_runs_saved_models_and_writes_its_json(tiny_paths, tmp_path):
+    from marsrover import study
+
+    paths, index = study.load_index(tiny_paths.root)
+    run_dir = tmp_path / "reports" / "smoke"
+    common = dict(batch_size=2, seed=42, jit_compile=False, weights=None, size=32, epochs=1)
+    study._fit_and_save("quick_cnn", "quick_cnn", paths, index, run_dir, fit_splits=["train"], val_split="val",
+                        **common)
+    study._fit_and_save("quick_cnn", "quick_cnn_refit", paths, index, run_dir, fit_splits=["train", "val"],
+                        val_split=None, **common)
+    study._fit_and_save("seed_notebook", "seed_notebook", paths, index, run_dir, fit_splits=["train"],
+                        val_split="val", **common)
+    (run_dir / "metrics.json").write_text(json.dumps({"profile": "smoke"}))
+    out = tmp_path / "side_checks" / "batch_norm.json"
+    result = diagnostics.batch_norm_side_check(run_dir, data_dir=tiny_paths.root, out=out, image_size=32)
+    # The seed model has no batch normalisation; the refit says it was fitted on validation too.
+    assert set(result["saved_models"]) == {"quick_cnn", "quick_cnn_refit"}
+    assert result["saved_models"]["quick_cnn_refit"]["fit on"] == "train+val"
+    assert json.loads(out.read_text())["environment"]["commit"] == result["environment"]["commit"]
+
+
+def test_the_saved_models_check_says_where_a_missing_model_comes_from(tiny_paths, tmp_path):
+    from marsrover import study
+
+    (tmp_path / "run" / "runs").mkdir(parents=True)
+    (tmp_path / "run" / "runs" / "improved.json").write_text(json.dumps({"config": {"image_size": 32}}))
+    paths, index = study.load_index(tiny_paths.root)
+    with pytest.raises(FileNotFoundError, match="notebook 05"):
+        diagnostics.saved_models_check(tmp_path / "run", paths, index)
