@@ -116,3 +116,54 @@ def test_the_saved_models_check_says_where_a_missing_model_comes_from(tiny_paths
     paths, index = study.load_index(tiny_paths.root)
     with pytest.raises(FileNotFoundError, match="notebook 05"):
         diagnostics.saved_models_check(tmp_path / "run", paths, index)
+
+
+@pytest.mark.parametrize("model, statistics", [
+    ("improved", "recomputed over the training images, each weighted as in the loss"),
+    ("quick_cnn", "recomputed over the training images"),  # plain cross-entropy: every image counts once
+    ("seed_notebook", "none (no batch normalisation)"),
+])
+def test_a_run_asked_to_recompute_its_statistics_ends_with_those_of_its_images_weighted_as_its_loss(
+        tiny_paths, model, statistics):
+    from marsrover import study
+    from marsrover.training import instrument_balance_weights, train
+
+    paths, index = study.load_index(tiny_paths.root)
+    images, labels = study.split_arrays(paths, index, "train", 32, progress=False)
+    groups = study.split_groups(index, "train")
+    result = train(model, (images, labels), image_size=32, epochs=1, batch_size=2, train_groups=groups,
+                   recompute_batch_norm=True, verbose=0)
+    assert result.config["batch_norm_statistics"] == statistics
+    kept = [layer.moving_mean.numpy().copy() for layer in batch_norm_layers(result.model)]
+    recalibrate_batch_norm(result.model, images, instrument_balance_weights(groups) if model == "improved" else None)
+    for layer, mean in zip(batch_norm_layers(result.model), kept):  # recomputing again changes nothing
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+
+
+def test_without_the_option_a_run_keeps_keras_running_statistics(tiny_paths):
+    from marsrover import study
+    from marsrover.training import train
+
+    paths, index = study.load_index(tiny_paths.root)
+    data = study.split_arrays(paths, index, "train", 32, progress=False)
+    result = train("quick_cnn", data, image_size=32, epochs=1, batch_size=2, verbose=0)
+    assert result.config["batch_norm_statistics"] == "running (Keras' moving average)"
+
+
+def test_only_refits_recompute_their_statistics_and_only_when_the_profile_asks(tmp_path, monkeypatch):
+    from marsrover import profiles, study
+
+    calls = {}
+
+    def fake_fit_and_save(name, run_name, *args, recompute_batch_norm=False, **kwargs):
+        calls[run_name] = recompute_batch_norm
+        return {"config": {"image_size": 32, "epochs": 1, "kept_weights": "epoch 1 (last)"}, "train_seconds": 1.0}
+
+    monkeypatch.setattr(study, "_fit_and_save", fake_fit_and_save)
+    study.train_models(["quick_cnn"], None, None, tmp_path, image_size=32, epochs=1, batch_size=2, seed=42,
+                       refit=["quick_cnn"], refit_recomputes_batch_norm=True)
+    assert calls == {"quick_cnn": False, "quick_cnn_refit": True}
+    assert profiles.get_profile("smoke")["refit_recomputes_batch_norm"] is True
+    # full and gpu keep Keras' running statistics until full's committed report is rerun with the option
+    assert profiles.get_profile("full")["refit_recomputes_batch_norm"] is False
+    assert profiles.get_profile("gpu")["refit_recomputes_batch_norm"] is False

@@ -125,7 +125,7 @@ def forward_validation_index(index: pd.DataFrame, held_fraction: float = 0.5) ->
 
 def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_splits, val_split, size, epochs,
                   batch_size, seed, jit_compile, weights, records: str = "runs", save_model: bool = True,
-                  config_notes: dict | None = None) -> dict:
+                  config_notes: dict | None = None, recompute_batch_norm: bool = False) -> dict:
     from .training import release_models, save_run, train
 
     print(f"\n=== {run_name}: {name} at {size}px on {'+'.join(fit_splits)} ===")
@@ -137,7 +137,8 @@ def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_spl
     val_data = split_arrays(paths, index, val_split, size) if val_split else None
     result = train(name, fit_data, val_data, image_size=size, epochs=epochs, batch_size=batch_size,
                    seed=seed, jit_compile=jit_compile, weights=weights, run_name=run_name,
-                   train_groups=np.concatenate([split_groups(index, split) for split in fit_splits]))
+                   train_groups=np.concatenate([split_groups(index, split) for split in fit_splits]),
+                   recompute_batch_norm=recompute_batch_norm)
     result.config.update({"fit_on": "+".join(fit_splits), **(config_notes or {})})
     save_run(result, output_dir, records=records, save_model=save_model)
     del result, fit_data, val_data
@@ -353,7 +354,8 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
                  image_size: int | None, epochs: int | None, batch_size: int | None, seed: int,
                  jit_compile: bool = False, refit: list[str] = (), leakage_model: str | None = None,
                  transfer_weights: str | None = "imagenet",
-                 average_refit_budget_minutes: float | None = None) -> dict[str, dict]:
+                 average_refit_budget_minutes: float | None = None,
+                 refit_recomputes_batch_norm: bool = False) -> dict[str, dict]:
     """Every training run of the study, saved under ``models/`` and ``runs/``.
 
     1. Each model on the train split, watching the validation split (selection happens there only).
@@ -362,7 +364,9 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
        step 1 found best on validation, or, when an average of step 1's models scores best there
        (:func:`validation_scores`), for each of its models; that average and the average of their
        refits are then saved as runs of their own (:func:`save_average`). An average competes only if
-       its refit fits ``average_refit_budget_minutes`` (:func:`within_refit_budget`).
+       its refit fits ``average_refit_budget_minutes`` (:func:`within_refit_budget`). With
+       ``refit_recomputes_batch_norm``, a refit ends by recomputing its batch-norm statistics over the
+       images it was fitted on (it has no validation split to tell stale running statistics).
     3. ``leakage_model`` on the seed blog's random 80/20 split of train+val, to measure how much a
        random split flatters the validation score.
     A pretrained model whose weights cannot be loaded is recorded as skipped, with the reason.
@@ -400,7 +404,8 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
         print(f"Refit of {name}: {chosen_epochs} epochs, the {how}")
         runs[name + REFIT_SUFFIX] = _fit_and_save(
             name, name + REFIT_SUFFIX, paths, index, output_dir, fit_splits=["train", "val"], val_split=None,
-            size=size, epochs=chosen_epochs, config_notes={"epochs_chosen_by": how}, **common)
+            size=size, epochs=chosen_epochs, config_notes={"epochs_chosen_by": how},
+            recompute_batch_norm=refit_recomputes_batch_norm, **common)
     for average in averages:  # save it, and the average of its members' refits
         members = average_members_of(average)
         if any("skipped" in runs.get(member, {"skipped": True}) for member in members):
@@ -576,8 +581,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             run_index = random_index
         scores[run], predictions[run] = {"kind": _run_kind(run), "image_size": size,
                                          "epochs": record["config"].get("epochs"),
-                                         **({"epochs_chosen_by": record["config"]["epochs_chosen_by"]}
-                                            if "epochs_chosen_by" in record["config"] else {}),
+                                         **{key: record["config"][key] for key in
+                                            ("epochs_chosen_by", "batch_norm_statistics") if key in record["config"]},
                                          **{key: record["config"][key] for key in ("group_weights", "class_weight")
                                             if record["config"].get(key)},  # how its loss was weighted
                                          "train_seconds": record.get("train_seconds")}, {}
@@ -694,7 +699,8 @@ def runs_table(runs: dict[str, dict]) -> pd.DataFrame:
         rows.append({
             "run": run_name, "model": config_.get("model"), "fit on": config_.get("fit_on"),
             "image size": config_.get("image_size"), "epochs": config_.get("epochs"),
-            "kept weights": config_.get("kept_weights"), "train images": config_.get("train_images"),
+            "kept weights": config_.get("kept_weights"),
+            "batch-norm statistics": config_.get("batch_norm_statistics"), "train images": config_.get("train_images"),
             "seconds": run.get("train_seconds"), "seconds per epoch": run.get("seconds_per_epoch"),
             "val BA of kept weights": kept_val_balanced_accuracy(run),
             "best val BA": max(val_balanced) if val_balanced else None,

@@ -200,7 +200,8 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
           epochs: int | None = None, batch_size: int | None = None, seed: int = 42, jit_compile: bool = False,
           weights: str | None = "imagenet", run_name: str | None = None, verbose: int = 2,
           train_groups: np.ndarray | None = None,
-          extra_callbacks: list[keras.callbacks.Callback] | tuple = ()) -> TrainingResult:
+          extra_callbacks: list[keras.callbacks.Callback] | tuple = (),
+          recompute_batch_norm: bool = False) -> TrainingResult:
     """Build model ``name`` and fit it with its recipe (Adam, sparse cross-entropy).
 
     ``train_groups`` names each training image's instrument x label group; recipes with
@@ -210,6 +211,8 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
     best epoch; specs with ``restore_best`` keep that epoch's weights (selection on validation only).
     Without it (a refit on train+val), the model trains for exactly ``epochs``.
     ``extra_callbacks`` run before the recipe's own, so they see each epoch before the best one is kept.
+    ``recompute_batch_norm`` ends the run by replacing batch normalisation's running statistics with those
+    of the training images, each counted by its weight in the loss (:func:`recalibrate_batch_norm`).
     """
     spec = get_spec(name)
     epochs = epochs or spec.epochs
@@ -250,6 +253,16 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, callbacks=callbacks,
                         class_weight=class_weight, shuffle=False)  # tf.data already shuffles
+    statistics = "running (Keras' moving average)"
+    if recompute_batch_norm:
+        loss_weights = sample_weights
+        if class_weight is not None:
+            loss_weights = np.array([class_weight[int(label)] for label in train_data[1]])
+        if recalibrate_batch_norm(model, train_data[0], loss_weights):
+            statistics = ("recomputed over the training images" if loss_weights is None
+                          else "recomputed over the training images, each weighted as in the loss")
+        else:
+            statistics = "none (no batch normalisation)"
     seconds = time.perf_counter() - started
     clean_history = {key: [float(v) for v in values] for key, values in history.history.items()}
     best_epoch = None
@@ -264,6 +277,7 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
         "weights": weights if spec.pretrained else None,
         "best_epoch_on_val": best_epoch, "kept_weights": f"epoch {best_epoch} (best on val)"
         if val_data is not None and spec.restore_best and best_epoch else f"epoch {epochs} (last)",
+        "batch_norm_statistics": statistics,
         "train_images": int(len(train_data[1])), "val_images": int(len(val_data[1])) if val_data else 0,
         "seeds": fixed,
     }
