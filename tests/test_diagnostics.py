@@ -119,11 +119,11 @@ def test_the_saved_models_check_says_where_a_missing_model_comes_from(tiny_paths
 
 
 @pytest.mark.parametrize("model, statistics", [
-    ("improved", "recomputed over the training images, each weighted as in the loss"),
-    ("quick_cnn", "recomputed over the training images"),  # plain cross-entropy: every image counts once
+    ("improved", "recomputed over the training images, weighted by instrument x label group"),
+    ("quick_cnn", "recomputed over the training images, weighted by instrument x label group"),  # whatever its loss
     ("seed_notebook", "none (no batch normalisation)"),
 ])
-def test_a_run_asked_to_recompute_its_statistics_ends_with_those_of_its_images_weighted_as_its_loss(
+def test_a_run_asked_to_recompute_its_statistics_ends_with_those_of_its_images_weighted_by_group(
         tiny_paths, model, statistics):
     from marsrover import study
     from marsrover.training import instrument_balance_weights, train
@@ -135,7 +135,7 @@ def test_a_run_asked_to_recompute_its_statistics_ends_with_those_of_its_images_w
                    recompute_batch_norm=True, verbose=0)
     assert result.config["batch_norm_statistics"] == statistics
     kept = [layer.moving_mean.numpy().copy() for layer in batch_norm_layers(result.model)]
-    recalibrate_batch_norm(result.model, images, instrument_balance_weights(groups) if model == "improved" else None)
+    recalibrate_batch_norm(result.model, images, instrument_balance_weights(groups))
     for layer, mean in zip(batch_norm_layers(result.model), kept):  # recomputing again changes nothing
         np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
 
@@ -148,6 +148,8 @@ def test_without_the_option_a_run_keeps_keras_running_statistics(tiny_paths):
     data = study.split_arrays(paths, index, "train", 32, progress=False)
     result = train("quick_cnn", data, image_size=32, epochs=1, batch_size=2, verbose=0)
     assert result.config["batch_norm_statistics"] == "running (Keras' moving average)"
+    result = train("quick_cnn", data, image_size=32, epochs=1, batch_size=2, verbose=0, recompute_batch_norm=True)
+    assert result.config["batch_norm_statistics"] == "recomputed over the training images"  # no groups given
 
 
 def test_only_refits_recompute_their_statistics_and_only_when_the_profile_asks(tmp_path, monkeypatch):

@@ -30,8 +30,8 @@ _COMMON: dict[str, Any] = {
     # An average competes for best_on_val only if refitting its models would take at most this many minutes,
     # estimated from their train-only runs (None: no limit). A single model, or an average named above, always does.
     "average_refit_budget_minutes": None,
-    # A refit ends by recomputing batch normalisation's running statistics over its fit images, weighted as in
-    # its loss (marsrover.diagnostics batch-norm: a refit that keeps its last epoch can end with stale ones).
+    # A refit ends by recomputing batch normalisation's running statistics over its fit images, weighted by
+    # instrument x label group (marsrover.diagnostics batch-norm: a refit can end with stale running ones).
     "refit_recomputes_batch_norm": False,
     # Variants of the improved recipe, each trained on train and judged on val (marsrover.ablation).
     "ablations": ["geometric_augmentation", "flip_only", "closeup_zoom", "no_batch_norm", "flatten_dense_head",

@@ -366,7 +366,8 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
        refits are then saved as runs of their own (:func:`save_average`). An average competes only if
        its refit fits ``average_refit_budget_minutes`` (:func:`within_refit_budget`). With
        ``refit_recomputes_batch_norm``, a refit ends by recomputing its batch-norm statistics over the
-       images it was fitted on (it has no validation split to tell stale running statistics).
+       images it was fitted on, weighted by instrument x label group (it has no validation split to tell
+       stale running statistics; ``training.train``).
     3. ``leakage_model`` on the seed blog's random 80/20 split of train+val, to measure how much a
        random split flatters the validation score.
     A pretrained model whose weights cannot be loaded is recorded as skipped, with the reason.
