@@ -46,6 +46,17 @@ def test_weights_count_images_so_a_zero_weight_leaves_an_image_out():
                                    rtol=1e-3, atol=1e-5)
 
 
+def test_batch_norm_inside_a_nested_model_is_named_as_such_and_left_alone():
+    from marsrover.training import batch_norm_description
+
+    inner = _two_norm_model()
+    inputs = keras.Input((8, 8, 3))
+    outer = keras.Model(inputs, inner(inputs))
+    assert batch_norm_layers(outer) == [] and batch_norm_description(outer).startswith("a nested model's own")
+    assert recalibrate_batch_norm(outer, np.zeros((2, 8, 8, 3), "float32")) == 0
+    assert batch_norm_description(inner) == "running (Keras' moving average)"
+
+
 def test_recalibration_refuses_weights_that_do_not_match_the_images():
     images = np.zeros((4, 8, 8, 3), "float32")
     with pytest.raises(ValueError, match="one per image"):
@@ -56,13 +67,15 @@ def test_recalibration_refuses_weights_that_do_not_match_the_images():
 
 def test_scoring_with_recomputed_statistics_puts_the_running_ones_back():
     model = _two_norm_model()
-    before = [layer.moving_mean.numpy().copy() for layer in batch_norm_layers(model)]
+    before = [(layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
+              for layer in batch_norm_layers(model)]
     rng = np.random.default_rng(3)
     images = rng.uniform(0, 5, (6, 8, 8, 3)).astype("float32")
     scores = diagnostics.validation_scores_by_statistics(model, (images, np.array([0, 1] * 3)), images, np.ones(6))
     assert set(scores) == set(diagnostics.STATISTICS) and all(0 <= v <= 1 for v in scores.values())
-    for layer, mean in zip(batch_norm_layers(model), before):
+    for layer, (mean, variance) in zip(batch_norm_layers(model), before):
         np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
+        np.testing.assert_array_equal(layer.moving_variance.numpy(), variance)
 
 
 @pytest.fixture
@@ -81,8 +94,15 @@ def test_a_trajectory_scores_every_epoch_and_its_running_column_repeats_the_runs
     table, history = diagnostics.trajectory_check("quick_cnn", paths, index, image_size=32, epochs=2,
                                                   batch_size=2, sample_size=3)
     assert list(table.index) == [1, 2] and list(table.columns) == list(diagnostics.STATISTICS)
-    # Probing between epochs changed nothing the run itself measured.
+    # The probe scores the weights Keras validated, with the running statistics...
     np.testing.assert_allclose(table["running"], history, atol=1e-6)
+    # ...and puts them back: the same run without it measures the same history.
+    from marsrover.training import train
+
+    images, labels = study.split_arrays(paths, index, "train", 32, progress=False)
+    unprobed = train("quick_cnn", (images, labels), study.split_arrays(paths, index, "val", 32, progress=False),
+                     image_size=32, epochs=2, batch_size=2, verbose=0)
+    np.testing.assert_allclose(unprobed.history["val_balanced_accuracy"], history, atol=1e-6)
     summary = diagnostics.summarise_trajectory(table, last=2)
     assert summary["running"]["best"] == round(max(history), 3)
 
@@ -121,7 +141,6 @@ def test_the_saved_models_check_says_where_a_missing_model_comes_from(tiny_paths
 @pytest.mark.parametrize("model, statistics", [
     ("improved", "recomputed over the training images, weighted by instrument x label group"),
     ("quick_cnn", "recomputed over the training images, weighted by instrument x label group"),  # whatever its loss
-    ("seed_notebook", "none (no batch normalisation)"),
 ])
 def test_a_run_asked_to_recompute_its_statistics_ends_with_those_of_its_images_weighted_by_group(
         tiny_paths, model, statistics):
@@ -130,14 +149,30 @@ def test_a_run_asked_to_recompute_its_statistics_ends_with_those_of_its_images_w
 
     paths, index = study.load_index(tiny_paths.root)
     images, labels = study.split_arrays(paths, index, "train", 32, progress=False)
-    groups = study.split_groups(index, "train")
+    groups = np.array(["a", "a", "a", "b"])  # uneven, so group weights differ from counting each image once
     result = train(model, (images, labels), image_size=32, epochs=1, batch_size=2, train_groups=groups,
                    recompute_batch_norm=True, verbose=0)
-    assert result.config["batch_norm_statistics"] == statistics
-    kept = [layer.moving_mean.numpy().copy() for layer in batch_norm_layers(result.model)]
+    assert result.config["batch_norm_statistics"] == statistics and result.config["batch_norm_seconds"] >= 0
+    kept = [(layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
+            for layer in batch_norm_layers(result.model)]
     recalibrate_batch_norm(result.model, images, instrument_balance_weights(groups))
-    for layer, mean in zip(batch_norm_layers(result.model), kept):  # recomputing again changes nothing
+    for layer, (mean, variance) in zip(batch_norm_layers(result.model), kept):  # recomputing again changes nothing
         np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-5, atol=1e-6)
+    recalibrate_batch_norm(result.model, images)  # counting each image once gives other statistics
+    assert not np.allclose(batch_norm_layers(result.model)[0].moving_mean.numpy(), kept[0][0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_without_batch_norm_says_so_whatever_it_was_asked(tiny_paths):
+    from marsrover import study
+    from marsrover.training import train
+
+    paths, index = study.load_index(tiny_paths.root)
+    data = study.split_arrays(paths, index, "train", 32, progress=False)
+    for recompute in (False, True):
+        result = train("seed_notebook", data, image_size=32, epochs=1, batch_size=2, verbose=0,
+                       recompute_batch_norm=recompute)
+        assert result.config["batch_norm_statistics"] == "none (no batch normalisation)"
 
 
 def test_without_the_option_a_run_keeps_keras_running_statistics(tiny_paths):

@@ -153,6 +153,16 @@ def test_the_refit_length_comes_from_forward_validation_or_the_recipe_and_is_nev
     assert not (smoke_report / "selection" / "seed_notebook_forward.json").exists()
 
 
+def test_smoke_refits_end_with_batch_norm_statistics_recomputed_by_group_and_train_only_runs_keep_keras_own(
+        smoke_report):
+    records = {name: json.loads((smoke_report / "runs" / f"{name}.json").read_text())["config"]
+               for name in ("improved", "improved_refit", "seed_notebook_refit")}
+    assert records["improved_refit"]["batch_norm_statistics"] == \
+        "recomputed over the training images, weighted by instrument x label group"
+    assert records["improved"]["batch_norm_statistics"] == "running (Keras' moving average)"
+    assert records["seed_notebook_refit"]["batch_norm_statistics"] == "none (no batch normalisation)"
+
+
 def test_every_ablation_is_trained_on_train_and_judged_on_val(smoke_report):
     from marsrover.profiles import get_profile
 

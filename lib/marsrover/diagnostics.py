@@ -4,15 +4,17 @@
 Keras keeps them as a moving average over the last training batches, taken from augmented images while
 the weights still move. Two checks, each against the same statistics recomputed without augmentation
 over the images the model was fitted on (``training.recalibrate_batch_norm``), once plainly and once
-with each image counted by its weight in the recipe's loss (instrument x label groups):
+with each image counted by its instrument x label group's weight in ``improved``'s loss, for every model
+(the column ``recomputed_loss_weighted``; ``quick_cnn``'s own loss is unweighted):
 
 1. the saved models of a finished run (``reports/full/models``): validation balanced accuracy with
    their running statistics and with recomputed ones. A refit was fitted on validation too, so its
    row says how well it fits images it was trained on.
 2. a recipe's training trajectory (``--trajectory improved quick_cnn``): the model trained again, with
    the run's seed and numeric policy, and validation scored each epoch all three ways. Recomputing
-   statistics cannot change training (a training step normalises by its own batch), so the column
-   ``running`` must repeat the run's own validation history.
+   statistics cannot change training (a training step normalises by its own batch, and the probe puts
+   the running statistics back), so on the same CPU type the column ``running`` repeats the validation
+   history in the finished run's record, ``committed_history_matches`` in the JSON.
 
     python -m marsrover.diagnostics batch-norm [--trajectory improved quick_cnn]
 
@@ -63,12 +65,14 @@ def validation_scores_by_statistics(model, val_data, fit_images: np.ndarray, los
     layers_ = batch_norm_layers(model)
     saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers_]
     scores = {"running": score()}
-    for name, weights in (("recomputed", None), ("recomputed_loss_weighted", loss_weights)):
-        recalibrate_batch_norm(model, fit_images, weights)
-        scores[name] = score()
-    for layer, (mean, variance) in zip(layers_, saved):
-        layer.moving_mean.assign(mean)
-        layer.moving_variance.assign(variance)
+    try:
+        for name, weights in (("recomputed", None), ("recomputed_loss_weighted", loss_weights)):
+            recalibrate_batch_norm(model, fit_images, weights)
+            scores[name] = score()
+    finally:
+        for layer, (mean, variance) in zip(layers_, saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
     return scores
 
 
@@ -151,6 +155,15 @@ def summarise_trajectory(table: pd.DataFrame, last: int = 5) -> dict:
                      "last": round(float(table[column].iloc[-1]), 3)} for column in STATISTICS}
 
 
+def _matches_record(record_path: Path, history: list[float]) -> bool | None:
+    """Whether a retrained run's validation history equals the finished run's record (None: no record)."""
+    if not record_path.is_file():
+        return None
+    recorded = reporting.load_json(record_path).get("history", {}).get("val_balanced_accuracy")
+    return (recorded is not None and len(recorded) == len(history)
+            and bool(np.allclose(recorded, history, atol=1e-6)))
+
+
 def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajectories: list[str] = (),
                           sample_size: int | None = 1500, out: Path | None = None, seed: int | None = None,
                           image_size: int | None = None, epochs: int | None = None) -> dict:
@@ -178,6 +191,7 @@ def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajec
         result["trajectories"][name] = {
             "epochs": {column: [round(float(v), 4) for v in table[column]] for column in STATISTICS},
             "run_history": [round(float(v), 4) for v in history],
+            "committed_history_matches": _matches_record(run_dir / "runs" / f"{name}.json", history),
             "summary": summarise_trajectory(table, last=min(5, len(table))),
         }
     result["environment"] = run_environment()

@@ -340,7 +340,7 @@ def save_average(members: list[str], run_name: str, output_dir: Path, runs: dict
     record = {"config": {"model": "average", "run": run_name, "members": members,
                          "image_size": int(model.input_shape[1]),
                          "fit_on": runs[members[0]]["config"].get("fit_on"),
-                         "kept_weights": "each member's own"},
+                         "kept_weights": "each member's own", "batch_norm_statistics": "each member's own"},
               "train_seconds": round(sum(runs[member].get("train_seconds") or 0 for member in members), 2),
               "environment": run_environment()}
     (output_dir / "runs" / f"{run_name}.json").write_text(json.dumps(record, indent=2, default=str))

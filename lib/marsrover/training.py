@@ -210,7 +210,8 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
     With ``val_data``, the validation balanced accuracy is tracked every epoch and recorded with the
     best epoch; specs with ``restore_best`` keep that epoch's weights (selection on validation only).
     Without it (a refit on train+val), the model trains for exactly ``epochs``.
-    ``extra_callbacks`` run before the recipe's own, so they see each epoch before the best one is kept.
+    ``extra_callbacks`` see each epoch's validated weights (the averaged ones under EMA) before the best
+    epoch is kept.
     ``recompute_batch_norm`` ends the run by replacing batch normalisation's running statistics with those
     of the training images (:func:`recalibrate_batch_norm`), each counted by its instrument x label group's
     weight in ``improved``'s loss (:func:`instrument_balance_weights`; every image once without ``train_groups``),
@@ -244,9 +245,10 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
                              f"{'none' if train_groups is None else len(train_groups)}")
         sample_weights = instrument_balance_weights(train_groups)
         group_weights = {str(group): round(float(weight), 3) for group, weight in zip(train_groups, sample_weights)}
-    callbacks = list(extra_callbacks)
+    callbacks = []
     if use_ema:  # the averaged weights are the ones validated, kept at the best epoch, and returned
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks.extend(extra_callbacks)  # they see the weights validation saw, before the best epoch is kept
     if val_data is not None and spec.restore_best:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_balanced_accuracy", mode="max",
                                                        patience=epochs, restore_best_weights=True))
@@ -256,15 +258,14 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, callbacks=callbacks,
                         class_weight=class_weight, shuffle=False)  # tf.data already shuffles
-    statistics = "running (Keras' moving average)"
-    if recompute_batch_norm:
+    fit_seconds = time.perf_counter() - started
+    statistics = batch_norm_description(model)
+    if recompute_batch_norm and batch_norm_layers(model):
         group_weights_ = None if train_groups is None else instrument_balance_weights(train_groups)
-        if recalibrate_batch_norm(model, train_data[0], group_weights_):
-            statistics = ("recomputed over the training images" if group_weights_ is None
-                          else "recomputed over the training images, weighted by instrument x label group")
-        else:
-            statistics = "none (no batch normalisation)"
-    seconds = time.perf_counter() - started
+        recalibrate_batch_norm(model, train_data[0], group_weights_)
+        statistics = ("recomputed over the training images" if group_weights_ is None
+                      else "recomputed over the training images, weighted by instrument x label group")
+    seconds = time.perf_counter() - started  # the recomputation is part of the run's cost
     clean_history = {key: [float(v) for v in values] for key, values in history.history.items()}
     best_epoch = None
     if "val_balanced_accuracy" in clean_history:
@@ -279,6 +280,7 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
         "best_epoch_on_val": best_epoch, "kept_weights": f"epoch {best_epoch} (best on val)"
         if val_data is not None and spec.restore_best and best_epoch else f"epoch {epochs} (last)",
         "batch_norm_statistics": statistics,
+        **({"batch_norm_seconds": round(seconds - fit_seconds, 2)} if recompute_batch_norm else {}),
         "train_images": int(len(train_data[1])), "val_images": int(len(val_data[1])) if val_data else 0,
         "seeds": fixed,
     }
@@ -296,6 +298,16 @@ def release_models() -> None:
 def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """The model's own BatchNormalization layers, in graph order (not those inside a nested model)."""
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def batch_norm_description(model: keras.Model) -> str:
+    """What a trained model's batch normalisation normalises by at inference, before any recomputation."""
+    if batch_norm_layers(model):
+        return "running (Keras' moving average)"
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model) and any(
+        isinstance(inner, keras.layers.BatchNormalization) for inner in layer.layers)]
+    return "a nested model's own, e.g. a pretrained backbone's (never recomputed)" if nested else \
+        "none (no batch normalisation)"
 
 
 def recalibrate_batch_norm(model: keras.Model, images: np.ndarray, weights: np.ndarray | None = None, *,
