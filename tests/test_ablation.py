@@ -251,6 +251,31 @@ def test_an_average_whose_refit_overruns_the_budget_cannot_win_but_a_single_mode
         {"seed_blog": 0.85, "seed_notebook": 0.88, "improved": 0.90}
 
 
+def test_the_estimate_of_every_average_is_kept_with_whether_it_competed(tmp_path):
+    index = _sized_index(100, [10] * 50)
+    runs = {"seed_blog": {"train_seconds": 1200.0}, "improved": {"train_seconds": 240.0},
+            "seed_notebook": {"train_seconds": None}}
+    scores = {"improved": 0.9, "improved+seed_blog": 0.96, "seed_blog+seed_notebook": 0.91}
+    record = tmp_path / "refit_budget.json"
+    within_refit_budget(scores, runs, index, budget_minutes=40, record_to=record)
+    assert json.loads(record.read_text()) == {"budget_minutes": 40, "averages": {
+        "improved+seed_blog": {"val_balanced_accuracy": 0.96, "competes": True, "estimated_refit_minutes": 36.0},
+        "seed_blog+seed_notebook": {"val_balanced_accuracy": 0.91, "competes": False,
+                                    "estimated_refit_minutes": None}}}  # unknown: a model has no training time
+    record.unlink()
+    within_refit_budget(scores, runs, index, budget_minutes=None, record_to=record)
+    assert not record.exists()  # no budget, nothing estimated
+
+
+def test_a_study_leaves_no_budget_record_of_an_earlier_run(tmp_path, monkeypatch):
+    from marsrover import study
+
+    (tmp_path / study.REFIT_BUDGET_FILE).write_text("{}")
+    monkeypatch.setattr(study, "_fit_and_save", lambda *args, **kwargs: {"config": {"image_size": 32}})
+    study.train_models(["quick_cnn"], None, None, tmp_path, image_size=32, epochs=1, batch_size=2, seed=42)
+    assert not (tmp_path / study.REFIT_BUDGET_FILE).exists()
+
+
 def test_an_average_with_a_model_of_unknown_training_time_is_left_out_and_no_budget_drops_a_single_model(capsys):
     index = _sized_index(100, [10] * 50)
     runs = {"seed_blog": {"train_seconds": None}, "improved": {"train_seconds": 240.0}}
@@ -268,9 +293,9 @@ def test_only_recipes_that_keep_their_best_epoch_train_a_forward_run_before_thei
     assert refit_epochs("quick_cnn", run, None, None, tmp_path, size=32, epochs=None)[2] is None
 
 
-def test_only_the_full_profile_caps_the_refit_of_an_average():
+def test_full_caps_the_refit_of_an_average_and_smoke_names_a_cap_its_tiny_runs_never_reach():
     assert profiles.get_profile("full")["average_refit_budget_minutes"] == 30
-    assert profiles.get_profile("smoke")["average_refit_budget_minutes"] is None
+    assert profiles.get_profile("smoke")["average_refit_budget_minutes"] == 60
     assert profiles.get_profile("gpu")["average_refit_budget_minutes"] is None
 
 

@@ -153,6 +153,13 @@ def test_the_refit_length_comes_from_forward_validation_or_the_recipe_and_is_nev
     assert not (smoke_report / "selection" / "seed_notebook_forward.json").exists()
 
 
+def test_the_estimate_of_every_average_is_in_the_metrics_and_within_smokes_budget_every_one_competes(smoke_report):
+    metrics = json.loads((smoke_report / "metrics.json").read_text())
+    budget = metrics["refit_budget"]
+    assert budget["budget_minutes"] == 60 and len(budget["averages"]) >= 10  # two or more of smoke's five models
+    assert all(average["competes"] and average["estimated_refit_minutes"] < 60 for average in budget["averages"].values())
+
+
 def test_smoke_refits_end_with_batch_norm_statistics_recomputed_by_group_and_train_only_runs_keep_keras_own(
         smoke_report):
     records = {name: json.loads((smoke_report / "runs" / f"{name}.json").read_text())["config"]

@@ -52,9 +52,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     # No download in CI: the transfer model is built from random weights there.
     # smoke also names an average, so CI builds, refits and scores one whatever wins its tiny validation set,
     # and recomputes its refits' batch-norm statistics; full does not yet: it reproduces its committed report.
+    # Its refit budget is one no tiny run can exceed: CI records every average's estimate, and every one competes.
     "smoke": {**_COMMON, "ablations": ALL_ABLATIONS, "max_images_per_split": 40, "image_size": 64, "epochs": 1, "sample_images": 12,
               "transfer_weights": None, "bootstrap_samples": 50, "seed_repeats": [1], "refit": ["best_on_val", "improved+seed_notebook"],
-              "refit_recomputes_batch_norm": True},
+              "refit_recomputes_batch_norm": True, "average_refit_budget_minutes": 60},
     # full: the refit is the one stage whose cost depends on what validation picks; the study's budget is 2 h on 2 cores.
     "full": {**_COMMON, "cpu_bfloat16": True, "export_headline": True, "average_refit_budget_minutes": 30},
     "gpu": {**_COMMON, "batch_size": 64, "mixed_precision": True, "jit_compile": True},

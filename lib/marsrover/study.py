@@ -92,6 +92,7 @@ TRAIN_ONLY = "train only"  # the kind of run that competes for the headline, cho
 FORWARD_SUFFIX = "_forward"
 ENSEMBLE_JOIN = "+"  # an average of runs is named by its members, e.g. "improved+seed_blog" (a file name too)
 SELECTION_RUNS = reporting.SELECTION_RUNS  # records of runs that only choose a setting; never scored on test
+REFIT_BUDGET_FILE = "refit_budget.json"  # each average's estimated refit cost, when the profile caps it
 
 
 def random_split_index(index: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -264,7 +265,7 @@ def estimated_refit_seconds(members: Sequence[str], runs: dict[str, dict], index
 
 
 def within_refit_budget(scores: dict[str, float], runs: dict[str, dict], index: pd.DataFrame,
-                        budget_minutes: float | None) -> dict[str, float]:
+                        budget_minutes: float | None, *, record_to: Path | None = None) -> dict[str, float]:
     """The candidates of ``scores`` that may win the selection: every single run, and each average whose
     refit (:func:`estimated_refit_seconds`) fits ``budget_minutes`` (None: every average).
 
@@ -272,10 +273,11 @@ def within_refit_budget(scores: dict[str, float], runs: dict[str, dict], index: 
     study's own addition, and refitting all their models can add most of an hour to the profile. The
     averages left out are printed with their estimates, best on validation first. The budget only filters
     the candidates for ``"best_on_val"``: an average named in ``refit`` is built whatever it costs.
+    ``record_to`` (a JSON path) keeps every average's estimate, as this machine's speed decides them.
     """
     if budget_minutes is None:
         return dict(scores)
-    kept, left_out = {}, {}
+    kept, left_out, estimates = {}, {}, {}
     for name, score in scores.items():
         members = average_members_of(name)
         if len(members) == 1:
@@ -286,6 +288,11 @@ def within_refit_budget(scores: dict[str, float], runs: dict[str, dict], index: 
             kept[name] = score
         else:
             left_out[name] = (score, minutes)
+        estimates[name] = {"val_balanced_accuracy": round(float(score), 4), "competes": minutes <= budget_minutes,
+                           "estimated_refit_minutes": None if math.isinf(minutes) else round(minutes, 1)}
+    if record_to is not None:
+        atomic.write_text(Path(record_to), json.dumps({"budget_minutes": budget_minutes, "averages": estimates},
+                                                      indent=2) + "\n")
     if left_out:
         print(f"Averages left out of the selection: refitting their models would take longer than the "
               f"{budget_minutes:g}-minute budget (estimated from their train-only runs on this machine); "
@@ -377,6 +384,7 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
     output_dir = Path(output_dir)
     for stale in [*(output_dir / "runs").glob("*.json"), *(output_dir / "models").glob("*.keras")]:
         stale.unlink()  # this notebook defines the runs that 06 scores: none left from an earlier setup
+    (output_dir / REFIT_BUDGET_FILE).unlink(missing_ok=True)  # nor an earlier budget's estimates
     runs: dict[str, dict] = {}
     common = {"batch_size": batch_size, "seed": seed, "jit_compile": jit_compile, "weights": transfer_weights}
     for name in model_names:
@@ -391,7 +399,8 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
             (output_dir / "runs" / f"{name}.json").write_text(json.dumps(runs[name], indent=2))
     scores = validation_scores(runs, paths, index, output_dir) if BEST_ON_VAL in refit else None
     if scores is not None:
-        scores = within_refit_budget(scores, runs, index, average_refit_budget_minutes)
+        scores = within_refit_budget(scores, runs, index, average_refit_budget_minutes,
+                                     record_to=output_dir / REFIT_BUDGET_FILE)
     to_refit, averages = resolve_refit(refit, runs, scores)
     for name in to_refit:
         if "skipped" in runs.get(name, {"skipped": True}):
@@ -636,6 +645,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
         "profile": profile, "models": scores, "skipped": skipped, "baselines": baselines,
         "ensembles": ensembles, "seed_claim": SEED_CLAIM, "quick_cnn_claim": QUICK_CNN_CLAIM, **run_environment(),
     }
+    if (output_dir / REFIT_BUDGET_FILE).is_file():  # which averages could compete, by this machine's speed
+        metrics["refit_budget"] = reporting.load_json(output_dir / REFIT_BUDGET_FILE)
     reporting.save_metrics(output_dir, metrics)
     write_test_predictions(output_dir / "predictions", predictions)
     return StudyScores(metrics, predictions, temperatures, error_groups, ensemble_predictions)
