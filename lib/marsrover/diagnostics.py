@@ -36,12 +36,6 @@ SIDE_CHECKS_DIR = config.REPORTS_DIR / "side_checks"
 STATISTICS = ("running", "recomputed", "recomputed_loss_weighted")
 
 
-def _fit_images(paths: config.DataPaths, index: pd.DataFrame, fit_splits: list[str], size: int):
-    parts = [study.split_arrays(paths, index, split, size, progress=False) for split in fit_splits]
-    groups = np.concatenate([study.split_groups(index, split) for split in fit_splits])
-    return np.concatenate([images for images, _ in parts]), groups
-
-
 def _sample(count: int, sample_size: int | None, seed: int) -> np.ndarray:
     if sample_size is None or sample_size >= count:
         return np.arange(count)
@@ -84,7 +78,7 @@ def saved_models_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFra
     from .training import batch_norm_layers, instrument_balance_weights, release_models
 
     run_dir = Path(run_dir)
-    rows = []
+    rows, val_arrays = [], {}  # validation images by size, loaded once
     for record_path in sorted((run_dir / "runs").glob("*.json")):
         record = reporting.load_json(record_path)
         run, conf = record_path.stem, record.get("config", {})
@@ -98,11 +92,12 @@ def saved_models_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFra
         if not batch_norm_layers(model):
             release_models()
             continue
-        fit_splits = conf.get("fit_on", "train").split("+")
-        images, groups = _fit_images(paths, index, fit_splits, conf["image_size"])
+        fit_splits, size = conf.get("fit_on", "train").split("+"), conf["image_size"]
+        images, _, groups = study.fit_arrays(paths, index, fit_splits, size, progress=False)
         chosen = _sample(len(images), sample_size, seed)
-        val_data = study.split_arrays(paths, index, "val", conf["image_size"], progress=False)
-        scores = validation_scores_by_statistics(model, val_data, images[chosen],
+        if size not in val_arrays:
+            val_arrays[size] = study.split_arrays(paths, index, "val", size, progress=False)
+        scores = validation_scores_by_statistics(model, val_arrays[size], images[chosen],
                                                  instrument_balance_weights(groups)[chosen])
         rows.append({"run": run, "fit on": "+".join(fit_splits), "kept weights": conf.get("kept_weights"),
                      **scores})
@@ -125,8 +120,7 @@ def trajectory_check(name: str, paths: config.DataPaths, index: pd.DataFrame, *,
     from .training import instrument_balance_weights, release_models, train
 
     size = image_size or get_spec(name).image_size
-    train_images, train_labels = study.split_arrays(paths, index, "train", size, progress=False)
-    groups = study.split_groups(index, "train")
+    train_images, train_labels, groups = study.fit_arrays(paths, index, ["train"], size, progress=False)
     val_data = study.split_arrays(paths, index, "val", size, progress=False)
     chosen = _sample(len(train_images), sample_size, seed)
     sample_images, sample_weights = train_images[chosen], instrument_balance_weights(groups)[chosen]

@@ -78,6 +78,18 @@ def split_arrays(paths: config.DataPaths, index: pd.DataFrame, split: str, size:
     return images, labels
 
 
+def fit_arrays(paths: config.DataPaths, index: pd.DataFrame, fit_splits: Sequence[str], size: int, *,
+               progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, instrument x label groups) of the splits a run is fitted on, in that order."""
+    images, labels = split_arrays(paths, index, fit_splits[0], size, progress=progress)
+    if len(fit_splits) > 1:  # one array for train+val, without keeping the parts alive beside it
+        parts = [(images, labels)] + [split_arrays(paths, index, split, size, progress=progress)
+                                      for split in fit_splits[1:]]
+        images, labels = np.concatenate([part for part, _ in parts]), np.concatenate([part for _, part in parts])
+        del parts
+    return images, labels, np.concatenate([split_groups(index, split) for split in fit_splits])
+
+
 def split_groups(index: pd.DataFrame, split: str) -> np.ndarray:
     """Each image's instrument x label group (e.g. ``MAHLI · Surface``), in :func:`split_arrays`' order."""
     from .evaluation import group_names
@@ -130,19 +142,14 @@ def _fit_and_save(name: str, run_name: str, paths, index, output_dir, *, fit_spl
     from .training import release_models, save_run, train
 
     print(f"\n=== {run_name}: {name} at {size}px on {'+'.join(fit_splits)} ===")
-    fit_data = split_arrays(paths, index, fit_splits[0], size)
-    if len(fit_splits) > 1:  # one array for train+val, without keeping the parts alive beside it
-        parts = [fit_data] + [split_arrays(paths, index, split, size) for split in fit_splits[1:]]
-        fit_data = (np.concatenate([images for images, _ in parts]), np.concatenate([labels for _, labels in parts]))
-        del parts
+    *fit_data, fit_groups = fit_arrays(paths, index, fit_splits, size)
     val_data = split_arrays(paths, index, val_split, size) if val_split else None
-    result = train(name, fit_data, val_data, image_size=size, epochs=epochs, batch_size=batch_size,
+    result = train(name, tuple(fit_data), val_data, image_size=size, epochs=epochs, batch_size=batch_size,
                    seed=seed, jit_compile=jit_compile, weights=weights, run_name=run_name,
-                   train_groups=np.concatenate([split_groups(index, split) for split in fit_splits]),
-                   recompute_batch_norm=recompute_batch_norm)
+                   train_groups=fit_groups, recompute_batch_norm=recompute_batch_norm)
     result.config.update({"fit_on": "+".join(fit_splits), **(config_notes or {})})
     save_run(result, output_dir, records=records, save_model=save_model)
-    del result, fit_data, val_data
+    del result, fit_data, fit_groups, val_data
     release_models()
     return reporting.load_json(Path(output_dir) / records / f"{run_name}.json")
 

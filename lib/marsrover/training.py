@@ -332,11 +332,11 @@ def recalibrate_batch_norm(model: keras.Model, images: np.ndarray, weights: np.n
         total = weighted_sum = weighted_squares = 0.0
         for start in range(0, len(images), batch_size):
             values = np.asarray(inputs_of_layer(images[start:start + batch_size], training=False), dtype=np.float64)
-            per_value = weights[start:start + batch_size].reshape((-1,) + (1,) * (values.ndim - 1))
-            positions = values[..., :1].size // len(values)  # spatial positions per image
-            weighted_sum = weighted_sum + (values * per_value).reshape(-1, values.shape[-1]).sum(0)
-            weighted_squares = weighted_squares + (values ** 2 * per_value).reshape(-1, values.shape[-1]).sum(0)
-            total += per_value.sum() * positions
+            per_image = values.reshape(len(values), -1, values.shape[-1])  # (image, position, channel)
+            batch_weights = weights[start:start + batch_size]
+            weighted_sum = weighted_sum + batch_weights @ per_image.sum(1)
+            weighted_squares = weighted_squares + batch_weights @ (per_image ** 2).sum(1)
+            total += batch_weights.sum() * per_image.shape[1]
         mean = weighted_sum / total
         layer.moving_mean.assign(mean.astype("float32"))
         layer.moving_variance.assign(np.maximum(weighted_squares / total - mean ** 2, 0.0).astype("float32"))
