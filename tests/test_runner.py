@@ -465,3 +465,41 @@ def test_render_only_rewrites_the_pages_but_not_what_the_last_run_measured(tmp_p
     again = json.loads((tmp_path / "run_log.json").read_text())
     assert {key: again[key] for key in log} == log  # a render measures nothing
     assert (tmp_path / "index.html").exists()
+
+
+def test_the_model_card_owns_up_when_the_headline_refits_recomputed_their_batch_norm_statistics(tmp_path):
+    recomputed = {**METRICS["models"]["improved_refit"],
+                  "batch_norm_statistics": "recomputed over the training images, weighted by instrument x label group"}
+    card = reporting.write_model_card(tmp_path, {**METRICS, "models": {"improved_refit": recomputed}}).read_text()
+    assert "Three caveats" in card and "prompted by an earlier run's test score of `quick_cnn_refit`." in card
+    # an average's own record says "each member's own": its members' records decide
+    average = {**METRICS["models"]["improved_refit"], "members": ["improved_refit", "quick_cnn_refit"],
+               "batch_norm_statistics": "each member's own"}
+    metrics = {**METRICS, "headline": "improved+quick_cnn_refit",
+               "models": {"improved+quick_cnn_refit": average, "improved_refit": recomputed}}
+    card = reporting.write_model_card(tmp_path, metrics).read_text()
+    assert "Five caveats" in card and "recomputing batch normalisation's statistics" in card
+    running = {**METRICS["models"]["improved_refit"], "batch_norm_statistics": "running (Keras' moving average)"}
+    card = reporting.write_model_card(tmp_path, {**METRICS, "models": {"improved_refit": running}}).read_text()
+    assert "Two caveats" in card and "batch normalisation" not in card.split("## Limits")[0]
+
+
+def test_the_model_card_says_when_the_refit_budget_decided_which_model_could_be_chosen(tmp_path):
+    def card_with(averages):
+        metrics = {**METRICS, "refit_budget": {"budget_minutes": 30, "averages": averages}}
+        return reporting.write_model_card(tmp_path, metrics).read_text()
+
+    # the choice, improved, scored 0.92 on validation
+    affordable = {"improved+seed_notebook": {"val_balanced_accuracy": 0.9, "competes": True,
+                                             "estimated_refit_minutes": 12.0}}
+    assert "at most 30 minutes; the one average did." in card_with(affordable)
+    dearer = {**affordable,
+              "improved+seed_blog": {"val_balanced_accuracy": 0.95, "competes": False, "estimated_refit_minutes": 41.4},
+              "quick_cnn+transfer": {"val_balanced_accuracy": 0.91, "competes": False, "estimated_refit_minutes": None}}
+    card = card_with(dearer)
+    assert "2 of 3 were left out: `improved+seed_blog` (validation balanced accuracy 0.950, refit about 41 min); " \
+           "`quick_cnn+transfer` (validation balanced accuracy 0.910, refit unknown)." in card
+    assert "Without the budget, validation would have chosen `improved+seed_blog`" in card
+    cheaper_choice = {name: {**average, "val_balanced_accuracy": 0.91} for name, average in dearer.items()}
+    assert "None scored above `improved`, the choice, so the budget did not change it." in card_with(cheaper_choice)
+    assert "estimated, from their train-only runs" not in reporting.write_model_card(tmp_path, METRICS).read_text()

@@ -475,8 +475,10 @@ def _groups_markdown(metrics: dict) -> str:
             f"| --- |{' --- |' * len(columns)}\n{rows}\n")
 
 
-def _caveats_markdown(headline: str, scores: dict) -> str:
+def _caveats_markdown(metrics: dict) -> str:
     """The study's choices made after test scores had been seen (notebook 06 tells each), as a list."""
+    headline = metrics["headline"]
+    scores = metrics["models"][headline]
     caveats = [
         "the rule that sets the refit's number of epochs (forward validation, on validation sols only; a model "
         "that keeps its last epoch refits for its recipe's own epochs) replaced an earlier rule after test scores "
@@ -492,9 +494,43 @@ def _caveats_markdown(headline: str, scores: dict) -> str:
         caveats.append("`quick_cnn`, the study brief's quick CNN as read here, joined the study after its test "
                        "scores were known, as a reproduction of the brief's figure; validation then chose it by the "
                        "study's rule;")
+    runs = [headline, *(scores.get("members") or [])]
+    if any(str(metrics["models"].get(run, {}).get("batch_norm_statistics", "")).startswith("recomputed")
+           for run in runs):
+        caveats.append("a refit ends by recomputing batch normalisation's statistics over its fit images, a choice "
+                       "made on validation only but prompted by an earlier run's test score of `quick_cnn_refit`;")
     caveats[-1] = caveats[-1].rstrip(";") + "."
-    count = ["Two", "Three", "Four"][len(caveats) - 2]
+    count = ["Two", "Three", "Four", "Five", "Six"][len(caveats) - 2]
     return f"{count} caveats, each stated in notebook 06:\n" + "\n".join(f"- {caveat}" for caveat in caveats)
+
+
+def _refit_budget_markdown(metrics: dict) -> str:
+    """Which averages the refit budget kept out of the selection on this machine (notebook 05's record)."""
+    record = metrics.get("refit_budget") or {}
+    averages, budget = record.get("averages") or {}, record.get("budget_minutes")
+    if not averages or budget is None:
+        return ""
+    left_out = sorted(((name, average) for name, average in averages.items() if not average["competes"]),
+                      key=lambda item: (-item[1]["val_balanced_accuracy"], item[0]))
+    rule = (f"An average of models competed for the headline only if refitting its models was estimated, from "
+            f"their train-only runs on this machine, to take at most {budget:g} minutes")
+    if not left_out:
+        return f"\n\n{rule}; {'the one average did' if len(averages) == 1 else f'all {len(averages)} did'}."
+
+    def described(name: str, average: dict) -> str:
+        minutes = average["estimated_refit_minutes"]
+        cost = "unknown" if minutes is None else f"about {minutes:.0f} min"
+        return f"`{name}` (validation balanced accuracy {average['val_balanced_accuracy']:.3f}, refit {cost})"
+
+    chosen = metrics["models"].get(metrics.get("best_on_val"), {}).get("val", {}).get("balanced_accuracy")
+    better = [name for name, average in left_out
+              if chosen is not None and average["val_balanced_accuracy"] > round(chosen, 4)]
+    verdict = (f" Without the budget, validation would have chosen `{better[0]}`: what this machine could afford "
+               "decided the headline." if better else
+               f" None scored above `{metrics.get('best_on_val')}`, the choice, so the budget did not change it.")
+    return (f"\n\n{rule}, so which model could be chosen depends on the machine's speed. "
+            f"{len(left_out)} of {len(averages)} were left out: "
+            f"{'; '.join(described(name, average) for name, average in left_out)}.{verdict}")
 
 
 def write_model_card(report_dir: Path, metrics: dict) -> Path:
@@ -549,7 +585,7 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {what}.
 The majority answer ("{metrics['baselines']['majority class']['test'].get('answer')}") scores
 {_pct(metrics['baselines']['majority class']['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split. Models, epochs and design choices were selected on the validation split only, and the test split
-was scored once per final model. {_caveats_markdown(headline, scores)}
+was scored once per final model. {_caveats_markdown(metrics)}{_refit_budget_markdown(metrics)}
 {_groups_markdown(metrics)}{_design_markdown(evidence)}
 ## Limits
 - **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
