@@ -119,12 +119,22 @@ def test_the_side_check_scores_a_runs_saved_models_and_writes_its_json(tiny_path
                         val_split=None, **common)
     study._fit_and_save("seed_notebook", "seed_notebook", paths, index, run_dir, fit_splits=["train"],
                         val_split="val", **common)
+    study._fit_and_save("quick_cnn", "quick_cnn_recomputed_refit", paths, index, run_dir,
+                        fit_splits=["train", "val"], val_split=None, recompute_batch_norm=True, **common)
     (run_dir / "metrics.json").write_text(json.dumps({"profile": "smoke"}))
     out = tmp_path / "side_checks" / "batch_norm.json"
-    result = diagnostics.batch_norm_side_check(run_dir, data_dir=tiny_paths.root, out=out, image_size=32)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # whatever the caller had, it gets back
+    try:
+        result = diagnostics.batch_norm_side_check(run_dir, data_dir=tiny_paths.root, out=out, image_size=32)
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     # The seed model has no batch normalisation; the refit says it was fitted on validation too.
-    assert set(result["saved_models"]) == {"quick_cnn", "quick_cnn_refit"}
+    assert set(result["saved_models"]) == {"quick_cnn", "quick_cnn_refit", "quick_cnn_recomputed_refit"}
     assert result["saved_models"]["quick_cnn_refit"]["fit on"] == "train+val"
+    # Each row names the statistics its model was saved with: the column "running" scores with those.
+    assert result["saved_models"]["quick_cnn_refit"]["saved statistics"].startswith("running")
+    assert result["saved_models"]["quick_cnn_recomputed_refit"]["saved statistics"].startswith("recomputed")
     assert json.loads(out.read_text())["environment"]["commit"] == result["environment"]["commit"]
 
 

@@ -8,8 +8,10 @@ with each image counted by its instrument x label group's weight in ``improved``
 (the column ``recomputed_loss_weighted``; ``quick_cnn``'s own loss is unweighted):
 
 1. the saved models of a finished run (``reports/full/models``): validation balanced accuracy with
-   their running statistics and with recomputed ones. A refit was fitted on validation too, so its
-   row says how well it fits images it was trained on.
+   the statistics each was saved with (the column ``running``: Keras' running ones, or, for a refit of a
+   profile with ``refit_recomputes_batch_norm``, recomputed ones, as the row's ``saved statistics``
+   says) and with recomputed ones. A refit was fitted on validation too, so its row says how well it
+   fits images it was trained on.
 2. a recipe's training trajectory (``--trajectory improved quick_cnn``): the model trained again, with
    the run's seed and numeric policy, and validation scored each epoch all three ways. Recomputing
    statistics cannot change training (a training step normalises by its own batch, and the probe puts
@@ -100,6 +102,8 @@ def saved_models_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFra
         scores = validation_scores_by_statistics(model, val_arrays[size], images[chosen],
                                                  instrument_balance_weights(groups)[chosen])
         rows.append({"run": run, "fit on": "+".join(fit_splits), "kept weights": conf.get("kept_weights"),
+                     # records from before the option name none: those models kept Keras' running statistics
+                     "saved statistics": conf.get("batch_norm_statistics", "running (Keras' moving average)"),
                      **scores})
         print(f"{run} (fitted on {'+'.join(fit_splits)}): "
               + ", ".join(f"{name} {value:.3f}" for name, value in scores.items()), flush=True)
@@ -161,7 +165,22 @@ def _matches_record(record_path: Path, history: list[float]) -> bool | None:
 def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajectories: list[str] = (),
                           sample_size: int | None = 1500, out: Path | None = None, seed: int | None = None,
                           image_size: int | None = None, epochs: int | None = None) -> dict:
-    """Both checks, with the run's profile's numeric policy and seed; writes ``out`` as JSON."""
+    """Both checks, with the run's profile's numeric policy and seed; writes ``out`` as JSON. The
+    process's own numeric policy is put back afterwards."""
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _batch_norm_side_check(run_dir, data_dir=data_dir, trajectories=trajectories,
+                                      sample_size=sample_size, out=out, seed=seed, image_size=image_size,
+                                      epochs=epochs)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _batch_norm_side_check(run_dir: Path, *, data_dir: Path | None, trajectories: list[str],
+                           sample_size: int | None, out: Path | None, seed: int | None,
+                           image_size: int | None, epochs: int | None) -> dict:
     from .profiles import get_profile
     from .provenance import run_environment
     from .training import configure_accelerator
