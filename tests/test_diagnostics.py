@@ -121,7 +121,7 @@ def test_the_side_check_scores_a_runs_saved_models_and_writes_its_json(tiny_path
                         val_split="val", **common)
     study._fit_and_save("quick_cnn", "quick_cnn_recomputed_refit", paths, index, run_dir,
                         fit_splits=["train", "val"], val_split=None, recompute_batch_norm=True, **common)
-    (run_dir / "metrics.json").write_text(json.dumps({"profile": "smoke"}))
+    (run_dir / "metrics.json").write_text(json.dumps({"profile": "smoke", "commit": "abc123"}))
     out = tmp_path / "side_checks" / "batch_norm.json"
     keras.mixed_precision.set_global_policy("mixed_bfloat16")  # whatever the caller had, it gets back
     try:
@@ -136,6 +136,7 @@ def test_the_side_check_scores_a_runs_saved_models_and_writes_its_json(tiny_path
     assert result["saved_models"]["quick_cnn_refit"]["saved statistics"].startswith("running")
     assert result["saved_models"]["quick_cnn_recomputed_refit"]["saved statistics"].startswith("recomputed")
     assert json.loads(out.read_text())["environment"]["commit"] == result["environment"]["commit"]
+    assert result["run_commit"] == "abc123"  # the models scored come from that run, which the JSON names
 
 
 def test_the_saved_models_check_says_where_a_missing_model_comes_from(tiny_paths, tmp_path):

@@ -501,5 +501,16 @@ def test_the_model_card_says_when_the_refit_budget_decided_which_model_could_be_
            "`quick_cnn+transfer` (validation balanced accuracy 0.910, refit unknown)." in card
     assert "Without the budget, validation would have chosen `improved+seed_blog`" in card
     cheaper_choice = {name: {**average, "val_balanced_accuracy": 0.91} for name, average in dearer.items()}
-    assert "None scored above `improved`, the choice, so the budget did not change it." in card_with(cheaper_choice)
+    assert "None ranked above `improved`, the choice, so the budget did not change it." in card_with(cheaper_choice)
+    # a tie goes to the first name A-Z, as in the selection itself
+    tied = {"aaa+bbb": {"val_balanced_accuracy": 0.92, "competes": False, "estimated_refit_minutes": 50.0}}
+    assert "1 of 1 was left out" in card_with(tied) and "would have chosen `aaa+bbb` over `improved`" in card_with(tied)
+    tied_later = {"zzz+yyy": {**tied["aaa+bbb"]}}
+    assert "None ranked above `improved`" in card_with(tied_later)
+    # an average the profile names is built whatever it costs: it was not left out
+    assert "the one average did" in card_with({"improved_refit": {**tied["aaa+bbb"]}})
+    # no choice on record: the left-out averages are listed, with no verdict
+    metrics = {**METRICS, "best_on_val": None, "refit_budget": {"budget_minutes": 30, "averages": dearer}}
+    card = reporting.write_model_card(tmp_path, metrics).read_text()
+    assert "2 of 3 were left out" in card and "None ranked" not in card and "would have chosen" not in card
     assert "estimated, from their train-only runs" not in reporting.write_model_card(tmp_path, METRICS).read_text()

@@ -105,7 +105,7 @@ def saved_models_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFra
                      # records from before the option name none: those models kept Keras' running statistics
                      "saved statistics": conf.get("batch_norm_statistics", "running (Keras' moving average)"),
                      **scores})
-        print(f"{run} (fitted on {'+'.join(fit_splits)}): "
+        print(f"{run} (fitted on {'+'.join(fit_splits)}; saved with {rows[-1]['saved statistics']} statistics): "
               + ", ".join(f"{name} {value:.3f}" for name, value in scores.items()), flush=True)
         del model, images
         release_models()
@@ -193,6 +193,8 @@ def _batch_norm_side_check(run_dir: Path, *, data_dir: Path | None, trajectories
     seed = profile["seed"] if seed is None else seed
     paths, index = study.load_index(data_dir, max_images_per_split=profile["max_images_per_split"], seed=seed)
     result: dict = {"run_dir": str(run_dir), "profile": profile["profile"], "seed": seed,
+                    # the scored run's own commit: its saved models are not committed
+                    "run_commit": reporting.load_json(metrics_path).get("commit") if metrics_path.is_file() else None,
                     "sample_size": sample_size, "saved_models": {}, "trajectories": {}}
     saved = saved_models_check(run_dir, paths, index, sample_size=sample_size, seed=seed)
     result["saved_models"] = {run: {key: (round(value, 4) if isinstance(value, float) else value)

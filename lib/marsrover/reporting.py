@@ -505,15 +505,18 @@ def _caveats_markdown(metrics: dict) -> str:
 
 
 def _refit_budget_markdown(metrics: dict) -> str:
-    """Which averages the refit budget kept out of the selection on this machine (notebook 05's record)."""
+    """Which averages the refit budget kept out of the selection where the study ran (notebook 05's record),
+    and whether validation would have chosen one of them without it."""
     record = metrics.get("refit_budget") or {}
     averages, budget = record.get("averages") or {}, record.get("budget_minutes")
     if not averages or budget is None:
         return ""
-    left_out = sorted(((name, average) for name, average in averages.items() if not average["competes"]),
+    # An average named in the profile's refit is built and competes whatever it costs.
+    left_out = sorted(((name, average) for name, average in averages.items()
+                       if not average["competes"] and name not in metrics.get("models", {})),
                       key=lambda item: (-item[1]["val_balanced_accuracy"], item[0]))
     rule = (f"An average of models competed for the headline only if refitting its models was estimated, from "
-            f"their train-only runs on this machine, to take at most {budget:g} minutes")
+            f"their train-only runs on the machine that ran the study, to take at most {budget:g} minutes")
     if not left_out:
         return f"\n\n{rule}; {'the one average did' if len(averages) == 1 else f'all {len(averages)} did'}."
 
@@ -522,15 +525,19 @@ def _refit_budget_markdown(metrics: dict) -> str:
         cost = "unknown" if minutes is None else f"about {minutes:.0f} min"
         return f"`{name}` (validation balanced accuracy {average['val_balanced_accuracy']:.3f}, refit {cost})"
 
-    chosen = metrics["models"].get(metrics.get("best_on_val"), {}).get("val", {}).get("balanced_accuracy")
+    text = (f"\n\n{rule}, so which model could be chosen depends on that machine's speed. {len(left_out)} of "
+            f"{len(averages)} {'was' if len(left_out) == 1 else 'were'} left out: "
+            f"{'; '.join(described(name, average) for name, average in left_out)}.")
+    chosen = metrics.get("best_on_val")
+    score = metrics.get("models", {}).get(chosen, {}).get("val", {}).get("balanced_accuracy")
+    if score is None:
+        return text
+    # study.best_on_validation's order: the higher score, then the first name A-Z
     better = [name for name, average in left_out
-              if chosen is not None and average["val_balanced_accuracy"] > round(chosen, 4)]
-    verdict = (f" Without the budget, validation would have chosen `{better[0]}`: what this machine could afford "
-               "decided the headline." if better else
-               f" None scored above `{metrics.get('best_on_val')}`, the choice, so the budget did not change it.")
-    return (f"\n\n{rule}, so which model could be chosen depends on the machine's speed. "
-            f"{len(left_out)} of {len(averages)} were left out: "
-            f"{'; '.join(described(name, average) for name, average in left_out)}.{verdict}")
+              if (-average["val_balanced_accuracy"], name) < (-round(score, 4), chosen)]
+    return text + (f" Without the budget, validation would have chosen `{better[0]}` over `{chosen}`: what that "
+                   "machine could afford decided the headline." if better else
+                   f" None ranked above `{chosen}`, the choice, so the budget did not change it.")
 
 
 def write_model_card(report_dir: Path, metrics: dict) -> Path:

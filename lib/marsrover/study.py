@@ -253,7 +253,8 @@ def estimated_refit_seconds(members: Sequence[str], runs: dict[str, dict], index
     Each member's training seconds are scaled by the images its refit fits on (train+val against train),
     and a recipe that chooses its refit's length (:func:`chooses_refit_length`) adds its forward-validation
     run on train plus the earlier validation sols. Rough: it ignores that the train-only run also paid for a
-    validation pass every epoch, and that such a refit often stops before the recipe's last epoch. A member
+    validation pass every epoch, that such a refit often stops before the recipe's last epoch, and that a
+    refit that recomputes its batch-norm statistics adds about one inference pass over its images. A member
     without a recorded training time makes the estimate infinite (unknown, so never within a budget).
     """
     n_train, n_val = int((index["split"] == "train").sum()), int((index["split"] == "val").sum())
