@@ -186,15 +186,15 @@ def _batch_norm_side_check(run_dir: Path, *, data_dir: Path | None, trajectories
     from .training import configure_accelerator
 
     run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    profile = get_profile(reporting.load_json(metrics_path)["profile"] if metrics_path.is_file() else "full")
+    run_metrics = reporting.load_json(run_dir / "metrics.json")  # {} before notebook 06 has run
+    profile = get_profile(run_metrics.get("profile", "full"))
     configure_accelerator(mixed_precision=profile["mixed_precision"], jit_compile=False,
                           cpu_bfloat16=profile["cpu_bfloat16"])
     seed = profile["seed"] if seed is None else seed
     paths, index = study.load_index(data_dir, max_images_per_split=profile["max_images_per_split"], seed=seed)
     result: dict = {"run_dir": str(run_dir), "profile": profile["profile"], "seed": seed,
                     # the scored run's own commit: its saved models are not committed
-                    "run_commit": reporting.load_json(metrics_path).get("commit") if metrics_path.is_file() else None,
+                    "run_commit": run_metrics.get("commit"),
                     "sample_size": sample_size, "saved_models": {}, "trajectories": {}}
     saved = saved_models_check(run_dir, paths, index, sample_size=sample_size, seed=seed)
     result["saved_models"] = {run: {key: (round(value, 4) if isinstance(value, float) else value)
