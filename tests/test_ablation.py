@@ -18,6 +18,18 @@ def test_the_profiles_know_every_ablation_by_name():
         assert set(profiles.get_profile(name)["ablations"]) <= set(ablation.ABLATIONS)
 
 
+def test_the_full_profile_questions_each_of_four_choices_of_the_recipe_at_two_more_seeds():
+    full = profiles.get_profile("full")
+    questioned = {(field, option) if field == "body_options" else field
+                  for name in full["ablations"] for field, value in ablation.ABLATIONS[name].changes.items()
+                  for option in (value if field == "body_options" else [None])}
+    assert questioned == {"augmentation", ("body_options", "norm"), ("body_options", "head"), "instrument_balance"}
+    assert len(full["ablations"]) == len(questioned)  # one variant each: the two-hour budget
+    assert full["seed_repeats"] == [1, 2]
+    # the gpu profile has the time for the alternatives the full one leaves out
+    assert set(full["ablations"]) < set(profiles.get_profile("gpu")["ablations"])
+
+
 @pytest.mark.parametrize("name", sorted(ablation.ABLATIONS))
 def test_each_variant_differs_from_improved_in_exactly_what_it_names(name):
     base, variant = models.get_spec("improved"), ablation.variant_spec(name)

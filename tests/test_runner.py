@@ -155,6 +155,26 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert not reporting.update_readme(tmp_path / "no_markers.md", METRICS)
 
 
+def test_the_results_say_whether_the_run_kept_inside_its_profiles_budget():
+    inside = reporting.results_markdown(METRICS, {"total_seconds": 6600, "budget_minutes": 120})
+    assert "took 110 minutes" in inside and "That is inside the profile's budget of 120 minutes." in inside
+    over = reporting.results_markdown(METRICS, {"total_seconds": 8180, "budget_minutes": 120})
+    assert "took 136 minutes" in over and "That is over the profile's budget of 120 minutes." in over
+    assert "budget" not in reporting.results_markdown(METRICS, {"total_seconds": 8180})  # a profile without one
+
+
+def test_only_the_full_profile_has_a_wall_time_budget_and_its_run_says_how_it_fared(toy_notebooks, tmp_path, capsys):
+    from marsrover.profiles import BUDGET_MINUTES
+
+    assert BUDGET_MINUTES == {"full": 120}  # issue 3: two hours on the 2-core CPU until the speed work lands
+    runner.run_study("full", output_dir=tmp_path / "full", notebooks_dir=toy_notebooks, only=["3"])
+    assert json.loads((tmp_path / "full" / "run_log.json").read_text())["budget_minutes"] == 120
+    assert "took 0 minutes in all. That is inside the profile's budget of 120 minutes." in capsys.readouterr().out
+    runner.run_study("smoke", output_dir=tmp_path / "smoke", notebooks_dir=toy_notebooks, only=["3"])
+    assert json.loads((tmp_path / "smoke" / "run_log.json").read_text())["budget_minutes"] is None
+    assert "budget" not in capsys.readouterr().out
+
+
 def test_the_results_show_the_briefs_quick_cnn_claim_as_a_footnoted_row_beside_the_seeds(tmp_path):
     metrics = {**METRICS, "quick_cnn_claim": {"test": {"accuracy": 0.95, "balanced_accuracy": 0.93}}}
     text = reporting.results_markdown(metrics)

@@ -225,6 +225,17 @@ ABLATIONS_GROUP, REPEATS_GROUP = "ablations", "seed repeats of improved"
 SELECTION_RUNS = "selection"  # notebook 05's records of runs that only choose a setting; never scored on test
 
 
+def budget_sentence(run_log: dict) -> str:
+    """Whether the report's wall time (every notebook's latest run) is inside its profile's budget
+    (``budget_minutes`` in its log); empty when the profile has none."""
+    budget = run_log.get("budget_minutes")
+    if budget is None:
+        return ""
+    minutes = run_log["total_seconds"] / 60
+    verdict = "inside" if minutes <= budget else "over"
+    return f"That is {verdict} the profile's budget of {budget:g} minutes."
+
+
 def time_markdown(report_dir: Path, run_log: dict) -> str:
     """A paragraph on where the run's time went (:func:`training_minutes`) and what it would have taken
     without the ablations and seed repeats; empty when the run has no training records."""
@@ -299,7 +310,8 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
     if run_log:
         lines.append(f"\nThe whole profile took {run_log['total_seconds'] / 60:.0f} minutes on "
                      f"{metrics.get('processor') or 'this machine'} with {metrics.get('cpu_count')} CPU cores "
-                     f"({metrics.get('platform', '')}), peak kernel memory {run_log.get('peak_rss_gib')} GiB.")
+                     f"({metrics.get('platform', '')}), peak kernel memory {run_log.get('peak_rss_gib')} GiB."
+                     + (f" {budget}" if (budget := budget_sentence(run_log)) else ""))
         if report_dir is not None and (breakdown := time_markdown(report_dir, run_log)):
             lines.append(f"\n{breakdown}")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import config, reporting
 from .provenance import code_commit, git_commit
-from .profiles import PROFILES, get_profile
+from .profiles import BUDGET_MINUTES, PROFILES, get_profile
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 
@@ -124,13 +124,15 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
     log = {
         "profile": profile, "started": started_at, "total_seconds": round(time.perf_counter() - started, 2),
         "notebooks": [run.__dict__ for run in runs], "commit": code_commit(), "cpu_count": os.cpu_count(),
-        "peak_rss_gib": peak_kernel_rss_gib(),
+        "peak_rss_gib": peak_kernel_rss_gib(), "budget_minutes": BUDGET_MINUTES.get(profile),
     }
     if any(run.commit not in ("", code_commit()) for run in runs):  # a commit landed during the run
         print(f"The code changed during the run (it started at {code_commit()}): each notebook's entry in "
               f"{reporting.RUN_LOG_FILE}, its run records and metrics.json name the commit it loaded",
               file=sys.stderr)
     log = reporting.write_run_log(output_dir, log)
+    if budget_line := reporting.budget_sentence(log):
+        print(f"The report's notebooks took {log['total_seconds'] / 60:.0f} minutes in all. {budget_line}")
     finish_report(profile, output_dir, log)
     return runs
 
