@@ -26,8 +26,10 @@ def test_the_full_profile_questions_each_of_four_choices_of_the_recipe_at_two_mo
     assert questioned == {"augmentation", ("body_options", "norm"), ("body_options", "head"), "instrument_balance"}
     assert len(full["ablations"]) == len(questioned)  # one variant each: the two-hour budget
     assert full["seed_repeats"] == [1, 2]
-    # the gpu profile has the time for the alternatives the full one leaves out
-    assert set(full["ablations"]) < set(profiles.get_profile("gpu")["ablations"])
+    # the gpu profile has the time for the alternatives and the seed the full one leaves out
+    gpu = profiles.get_profile("gpu")
+    assert set(gpu["ablations"]) == {*full["ablations"], "geometric_augmentation", "closeup_zoom", "label_weighting"}
+    assert gpu["seed_repeats"] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("name", sorted(ablation.ABLATIONS))

@@ -57,9 +57,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {**_COMMON, "ablations": ALL_ABLATIONS, "max_images_per_split": 40, "image_size": 64, "epochs": 1, "sample_images": 12,
               "transfer_weights": None, "bootstrap_samples": 50, "seed_repeats": [1], "refit": ["best_on_val", "improved+seed_notebook"],
               "average_refit_budget_minutes": 60},
-    # full: the study's budget is 2 h on 2 cores (BUDGET_MINUTES; the common set of ablations and repeats took
-    # 136 min at 742b75f), so it questions four choices of the recipe, at two more seeds; the refit is the one
-    # stage whose cost depends on what validation picks.
+    # full: the study's budget is 2 h on 2 cores (BUDGET_MINUTES). With the common set of ablations and repeats
+    # the whole study took 136 min at 742b75f; without the three variants and the seed left to gpu, about 110.
+    # The refit is the one stage whose cost depends on what validation picks.
     "full": {**_COMMON, "cpu_bfloat16": True, "export_headline": True, "average_refit_budget_minutes": 30,
              "ablations": FULL_ABLATIONS, "seed_repeats": [1, 2]},
     "gpu": {**_COMMON, "batch_size": 64, "mixed_precision": True, "jit_compile": True},

@@ -226,10 +226,11 @@ SELECTION_RUNS = "selection"  # notebook 05's records of runs that only choose a
 
 
 def budget_sentence(run_log: dict) -> str:
-    """Whether the report's wall time (every notebook's latest run) is inside its profile's budget
-    (``budget_minutes`` in its log); empty when the profile has none."""
+    """Whether the report's wall time is inside its profile's budget (``budget_minutes`` in its log); empty
+    when the profile has none or a notebook of the report did not finish. The time judged is the one the
+    README gives, the sum of every notebook's latest run (rendering each to HTML adds seconds, not minutes)."""
     budget = run_log.get("budget_minutes")
-    if budget is None:
+    if budget is None or any(run.get("status") != "ok" for run in run_log.get("notebooks", [])):
         return ""
     minutes = run_log["total_seconds"] / 60
     verdict = "inside" if minutes <= budget else "over"
