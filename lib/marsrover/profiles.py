@@ -58,7 +58,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "transfer_weights": None, "bootstrap_samples": 50, "seed_repeats": [1], "refit": ["best_on_val", "improved+seed_notebook"],
               "average_refit_budget_minutes": 60},
     # full: the study's budget is 2 h on 2 cores (BUDGET_MINUTES). With the common set of ablations and repeats
-    # the whole study took 136 min at 742b75f; without the three variants and the seed left to gpu, about 110.
+    # the whole study took 136 min at 742b75f; with these, 99 min at 50a185d (the README gives the latest run).
     # The refit is the one stage whose cost depends on what validation picks.
     "full": {**_COMMON, "cpu_bfloat16": True, "export_headline": True, "average_refit_budget_minutes": 30,
              "ablations": FULL_ABLATIONS, "seed_repeats": [1, 2]},
