@@ -107,6 +107,32 @@ def test_a_trajectory_scores_every_epoch_and_its_running_column_repeats_the_runs
     assert summary["running"]["best"] == round(max(history), 3)
 
 
+
+def test_a_forward_trajectory_is_the_run_that_sets_the_refits_length(tiny_paths):
+    from marsrover import study
+    from marsrover.training import train
+
+    paths, index = study.load_index(tiny_paths.root)
+    table, history = diagnostics.trajectory_check("quick_cnn", paths, index, image_size=32, epochs=2,
+                                                  batch_size=2, sample_size=3, forward=True)
+    np.testing.assert_allclose(table["running"], history, atol=1e-6)
+    # fitted on train + validation's earlier sols, scored on its later ones, as study.refit_epochs trains it
+    forward = study.forward_validation_index(index)
+    *fit_data, groups = study.fit_arrays(paths, forward, ["train", "val_early"], 32, progress=False)
+    assert len(fit_data[0]) == 5  # 4 train images and validation's first sol
+    run = train("quick_cnn", tuple(fit_data), study.split_arrays(paths, forward, "val", 32, progress=False),
+                image_size=32, epochs=2, batch_size=2, train_groups=groups, verbose=0)
+    np.testing.assert_allclose(run.history["val_balanced_accuracy"], history, atol=1e-6)
+
+
+def test_a_forward_trajectory_needs_validation_sols_to_cut(tiny_paths):
+    from marsrover import study
+
+    paths, index = study.load_index(tiny_paths.root)
+    one_sol = index[~((index["split"] == "val") & (index["sol"] == index.loc[index["split"] == "val", "sol"].max()))]
+    with pytest.raises(ValueError, match="too few sols"):
+        diagnostics.trajectory_check("quick_cnn", paths, one_sol, image_size=32, epochs=1, forward=True)
+
 def test_the_side_check_scores_a_runs_saved_models_and_writes_its_json(tiny_paths, tmp_path):
     from marsrover import study
 
@@ -214,3 +240,59 @@ def test_only_refits_recompute_their_statistics_and_every_profile_asks_for_it(tm
     # the committed full report is trained with it, and CI's smoke run exercises it end to end
     for name in profiles.PROFILES:
         assert profiles.get_profile(name)["refit_recomputes_batch_norm"] is True, name
+
+
+@pytest.mark.parametrize("arguments, written", [
+    ([], "batch_norm.json"),
+    (["--trajectory", "improved", "--forward"], "batch_norm_forward.json"),  # keeps the train-only check's file
+])
+def test_the_command_writes_each_kind_of_check_to_its_own_file(monkeypatch, arguments, written):
+    calls = {}
+    monkeypatch.setattr(diagnostics, "batch_norm_side_check", lambda run_dir, **kwargs: calls.update(kwargs))
+    assert diagnostics.main(["batch-norm", *arguments]) == 0
+    assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / written and calls["forward"] == ("--forward" in arguments)
+
+
+def test_the_flip_command_writes_its_own_file(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(diagnostics, "flip_side_check", lambda run_dir, **kwargs: calls.update(kwargs))
+    assert diagnostics.main(["flip"]) == 0 and calls["out"] == diagnostics.SIDE_CHECKS_DIR / "flip.json"
+
+
+class _MirrorDetector(keras.layers.Layer):
+    """P(Surface) 1 when an image's left half is the brighter one: right as it is, wrong once mirrored."""
+
+    def call(self, images):
+        left = keras.ops.mean(images[:, :, : images.shape[2] // 2], axis=(1, 2, 3))
+        right = keras.ops.mean(images[:, :, images.shape[2] // 2:], axis=(1, 2, 3))
+        surface = keras.ops.cast(left > right, "float32")
+        return keras.ops.stack([1 - surface, surface], axis=1)
+
+
+def test_the_flip_check_scores_train_only_models_as_they_are_mirrored_and_averaged(tiny_paths, tmp_path, monkeypatch):
+    from marsrover import inference, study
+
+    paths, index = study.load_index(tiny_paths.root)
+    run_dir = tmp_path / "run"
+    (run_dir / "runs").mkdir(parents=True)
+    records = {"sided": {"image_size": 32, "fit_on": "train"},
+               "sided_refit": {"image_size": 32, "fit_on": "train+val"},  # fitted on validation: not scored
+               "lost": {"image_size": 32, "fit_on": "train"}}  # its model file is gone: a row says so
+    for run, conf in records.items():
+        (run_dir / "runs" / f"{run}.json").write_text(json.dumps({"config": conf}))
+    (run_dir / "models").mkdir()
+    (run_dir / "models" / "sided.keras").touch()
+    images, labels = study.split_arrays(paths, index, "val", 32, progress=False)
+    # validation's labels written into its images' brightness, left half for Surface, right for Rover
+    sided = images.copy()
+    half = sided.shape[2] // 2
+    sided[labels == 1, :, :half], sided[labels == 1, :, half:] = 250, 5
+    sided[labels == 0, :, :half], sided[labels == 0, :, half:] = 5, 250
+    monkeypatch.setattr(study, "split_arrays", lambda *args, **kwargs: (sided, labels))
+    inputs = keras.Input((32, 32, 3))
+    monkeypatch.setattr(inference, "load_model", lambda path: keras.Model(inputs, _MirrorDetector()(inputs)))
+    table = diagnostics.flip_check(run_dir, paths, index)
+    assert set(table.index) == {"sided", "lost"} and table.loc["lost", "missing"].endswith("lost.keras")
+    row = table.loc["sided"]
+    assert row["as_is balanced accuracy"] == 1.0 and row["mirrored balanced accuracy"] == 0.0
+    assert row["averaged balanced accuracy"] == 0.5  # P(Surface) 0.5 everywhere: every image called Surface

@@ -17,10 +17,24 @@ with each image counted by its instrument x label group's weight in ``improved``
    statistics cannot change training (a training step normalises by its own batch, and the probe puts
    the running statistics back), so on the same CPU type the column ``running`` repeats the validation
    history in the finished run's record, ``committed_history_matches`` in the JSON.
+   With ``--forward``, each trajectory is the recipe's forward-validation run instead (the one that sets
+   the refit's length, ``study.refit_epochs``): fitted on train + validation's earlier sols, scored on
+   its later ones, its statistics recomputed over those fit images; its key is the run's name
+   (``improved_forward``), and it is compared with the record in the run's ``selection/``.
 
-    python -m marsrover.diagnostics batch-norm [--trajectory improved quick_cnn]
+    python -m marsrover.diagnostics batch-norm [--trajectory improved quick_cnn] [--forward]
 
-writes ``reports/side_checks/batch_norm.json`` (with the commit and library versions) and prints tables.
+writes ``reports/side_checks/batch_norm.json`` (``batch_norm_forward.json`` with ``--forward``; each with
+the commit and library versions) and prints tables.
+
+``flip``: would mirroring help at inference? Every recipe trains with random horizontal flips, so a model
+should score mirrored validation images about as well as the images themselves; averaging its two
+predictions (test-time flip augmentation) is then a cheap candidate for a better score. The saved train-only
+models of a finished run score validation three ways: as the images are, mirrored, and the average.
+
+    python -m marsrover.diagnostics flip
+
+writes ``reports/side_checks/flip.json``.
 """
 
 from __future__ import annotations
@@ -72,6 +86,22 @@ def validation_scores_by_statistics(model, val_data, fit_images: np.ndarray, los
     return scores
 
 
+def _single_model_runs(run_dir: Path):
+    """(run, config, saved model path) of each trained single model of ``run_dir`` judged on the official
+    validation split: no average, no skipped run, no random-split run."""
+    for record_path in sorted((Path(run_dir) / "runs").glob("*.json")):
+        record = reporting.load_json(record_path)
+        run, conf = record_path.stem, record.get("config", {})
+        if "skipped" in record or "members" in conf or study.RANDOM_SPLIT_SUFFIX in run:
+            continue
+        yield run, conf, Path(run_dir) / "models" / f"{run}.keras"
+
+
+def _missing_model_message(model_path: Path, run_dir: Path) -> str:
+    return (f"{model_path} is missing: the saved models of {run_dir} come from running notebook 05 there "
+            "(they are not committed)")
+
+
 def saved_models_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFrame, *,
                        sample_size: int | None = None, seed: int = 42) -> pd.DataFrame:
     """One row per saved single model of ``run_dir`` that has batch normalisation (the seeds have none;
@@ -81,15 +111,9 @@ def saved_models_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFra
 
     run_dir = Path(run_dir)
     rows, val_arrays = [], {}  # validation images by size, loaded once
-    for record_path in sorted((run_dir / "runs").glob("*.json")):
-        record = reporting.load_json(record_path)
-        run, conf = record_path.stem, record.get("config", {})
-        model_path = run_dir / "models" / f"{run}.keras"
-        if "skipped" in record or "members" in conf or study.RANDOM_SPLIT_SUFFIX in run:
-            continue  # not trained, an average, or judged on another split
+    for run, conf, model_path in _single_model_runs(run_dir):
         if not model_path.is_file():
-            raise FileNotFoundError(f"{model_path} is missing: the saved models of {run_dir} come from running "
-                                    "notebook 05 there (they are not committed)")
+            raise FileNotFoundError(_missing_model_message(model_path, run_dir))
         model = load_model(model_path)
         if not batch_norm_layers(model):
             release_models()
@@ -112,19 +136,65 @@ def saved_models_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFra
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(columns=["run", *STATISTICS])
 
 
+def flip_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFrame) -> pd.DataFrame:
+    """One row per saved train-only model of ``run_dir``: validation accuracy and balanced accuracy on the
+    images as they are (``as_is``), mirrored left to right (``mirrored``), and averaging the two
+    predictions' P(Surface) (``averaged``). A missing model file gives a row that says so, and the rest go on."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    from .evaluation import predict_surface_probability
+    from .inference import load_model
+    from .training import release_models
+
+    rows, val_arrays = [], {}  # validation images by size, loaded once
+    for run, conf, model_path in _single_model_runs(run_dir):
+        if conf.get("fit_on", "train") != "train":
+            continue  # a refit was fitted on validation
+        if not model_path.is_file():
+            print(_missing_model_message(model_path, Path(run_dir)), flush=True)
+            rows.append({"run": run, "missing": str(model_path)})
+            continue
+        model, size = load_model(model_path), conf["image_size"]
+        if size not in val_arrays:
+            val_arrays[size] = study.split_arrays(paths, index, "val", size, progress=False)
+        images, labels = val_arrays[size]
+        as_is = predict_surface_probability(model, images)
+        mirrored = predict_surface_probability(model, np.ascontiguousarray(images[:, :, ::-1]))
+        row = {"run": run}
+        for view, p_surface in (("as_is", as_is), ("mirrored", mirrored), ("averaged", (as_is + mirrored) / 2)):
+            predicted = (p_surface >= 0.5).astype(int)
+            row[f"{view} accuracy"] = round(float(accuracy_score(labels, predicted)), 4)
+            row[f"{view} balanced accuracy"] = round(float(balanced_accuracy_score(labels, predicted)), 4)
+        rows.append(row)
+        print(f"{run}: balanced accuracy " + ", ".join(f"{view} {row[f'{view} balanced accuracy']:.3f}"
+                                                     for view in ("as_is", "mirrored", "averaged")), flush=True)
+        del model
+        release_models()
+    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
+
+
 def trajectory_check(name: str, paths: config.DataPaths, index: pd.DataFrame, *, seed: int = 42,
                      sample_size: int | None = 1500, image_size: int | None = None, epochs: int | None = None,
-                     batch_size: int | None = None) -> tuple[pd.DataFrame, list[float]]:
+                     batch_size: int | None = None, forward: bool = False) -> tuple[pd.DataFrame, list[float]]:
     """Train ``name`` on train with its recipe, scoring validation after every epoch with running and
-    recomputed statistics (on ``sample_size`` training images). Returns the table (one row per epoch)
-    and the run's own validation history, which its ``running`` column must repeat."""
+    recomputed statistics (on ``sample_size`` of the images it is fitted on). Returns the table (one row
+    per epoch) and the run's own validation history, which its ``running`` column must repeat.
+
+    ``forward``: the forward-validation run instead (``study.forward_validation_index``), fitted on train
+    + validation's earlier sols and scored on its later ones."""
     import keras
 
     from .models import get_spec
     from .training import instrument_balance_weights, release_models, train
 
     size = image_size or get_spec(name).image_size
-    train_images, train_labels, groups = study.fit_arrays(paths, index, ["train"], size, progress=False)
+    fit_splits = ["train"]
+    if forward:
+        index = study.forward_validation_index(index)
+        if index is None:
+            raise ValueError("the validation split has too few sols for forward validation")
+        fit_splits = ["train", "val_early"]
+    train_images, train_labels, groups = study.fit_arrays(paths, index, fit_splits, size, progress=False)
     val_data = study.split_arrays(paths, index, "val", size, progress=False)
     chosen = _sample(len(train_images), sample_size, seed)
     sample_images, sample_weights = train_images[chosen], instrument_balance_weights(groups)[chosen]
@@ -162,54 +232,32 @@ def _matches_record(record_path: Path, history: list[float]) -> bool | None:
             and bool(np.allclose(recorded, history, atol=1e-6)))
 
 
-def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajectories: list[str] = (),
-                          sample_size: int | None = 1500, out: Path | None = None, seed: int | None = None,
-                          image_size: int | None = None, epochs: int | None = None) -> dict:
-    """Both checks, with the run's profile's numeric policy and seed; writes ``out`` as JSON. The
-    process's own numeric policy is put back afterwards."""
+def _side_check(run_dir: Path, data_dir: Path | None, seed: int | None, out: Path | None, check) -> dict:
+    """Run ``check(result, profile, paths, index, seed)`` with the finished run's profile: its numeric
+    policy (the process's own is put back afterwards), seed and subsample. ``result`` starts with the run's
+    directory, profile, seed and commit; the environment is added and the whole written to ``out`` as JSON."""
     import keras
 
-    policy = keras.mixed_precision.global_policy()
-    try:
-        return _batch_norm_side_check(run_dir, data_dir=data_dir, trajectories=trajectories,
-                                      sample_size=sample_size, out=out, seed=seed, image_size=image_size,
-                                      epochs=epochs)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-
-
-def _batch_norm_side_check(run_dir: Path, *, data_dir: Path | None, trajectories: list[str],
-                           sample_size: int | None, out: Path | None, seed: int | None,
-                           image_size: int | None, epochs: int | None) -> dict:
     from .profiles import get_profile
     from .provenance import run_environment
     from .training import configure_accelerator
 
-    run_dir = Path(run_dir)
-    run_metrics = reporting.load_json(run_dir / "metrics.json")  # {} before notebook 06 has run
-    profile = get_profile(run_metrics.get("profile", "full"))
-    configure_accelerator(mixed_precision=profile["mixed_precision"], jit_compile=False,
-                          cpu_bfloat16=profile["cpu_bfloat16"])
-    seed = profile["seed"] if seed is None else seed
-    paths, index = study.load_index(data_dir, max_images_per_split=profile["max_images_per_split"], seed=seed)
-    result: dict = {"run_dir": str(run_dir), "profile": profile["profile"], "seed": seed,
-                    # the scored run's own commit: its saved models are not committed
-                    "run_commit": run_metrics.get("commit"),
-                    "sample_size": sample_size, "saved_models": {}, "trajectories": {}}
-    saved = saved_models_check(run_dir, paths, index, sample_size=sample_size, seed=seed)
-    result["saved_models"] = {run: {key: (round(value, 4) if isinstance(value, float) else value)
-                                    for key, value in row.items()} for run, row in saved.iterrows()}
-    for name in trajectories:
-        table, history = trajectory_check(name, paths, index, seed=seed, sample_size=sample_size,
-                                          image_size=image_size or profile["image_size"],
-                                          epochs=epochs or profile["epochs"], batch_size=profile["batch_size"])
-        result["trajectories"][name] = {
-            "epochs": {column: [round(float(v), 4) for v in table[column]] for column in STATISTICS},
-            "run_history": [round(float(v), 4) for v in history],
-            "committed_history_matches": _matches_record(run_dir / "runs" / f"{name}.json", history),
-            "summary": summarise_trajectory(table, last=min(5, len(table))),
-        }
-    result["environment"] = run_environment()
+    policy = keras.mixed_precision.global_policy()
+    try:
+        run_dir = Path(run_dir)
+        run_metrics = reporting.load_json(run_dir / "metrics.json")  # {} before notebook 06 has run
+        profile = get_profile(run_metrics.get("profile", "full"))
+        configure_accelerator(mixed_precision=profile["mixed_precision"], jit_compile=False,
+                              cpu_bfloat16=profile["cpu_bfloat16"])
+        seed = profile["seed"] if seed is None else seed
+        paths, index = study.load_index(data_dir, max_images_per_split=profile["max_images_per_split"], seed=seed)
+        result: dict = {"run_dir": str(run_dir), "profile": profile["profile"], "seed": seed,
+                        # the scored run's own commit: its saved models are not committed
+                        "run_commit": run_metrics.get("commit")}
+        check(result, profile, paths, index, seed)
+        result["environment"] = run_environment()
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,21 +266,75 @@ def _batch_norm_side_check(run_dir: Path, *, data_dir: Path | None, trajectories
     return result
 
 
+def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajectories: list[str] = (),
+                          sample_size: int | None = 1500, out: Path | None = None, seed: int | None = None,
+                          image_size: int | None = None, epochs: int | None = None, forward: bool = False) -> dict:
+    """Both batch-norm checks (saved models, then ``trajectories``), with the run's profile; writes ``out``."""
+
+    def check(result, profile, paths, index, seed):
+        result["sample_size"] = sample_size
+        saved = saved_models_check(run_dir, paths, index, sample_size=sample_size, seed=seed)
+        result["saved_models"] = {run: {key: (round(value, 4) if isinstance(value, float) else value)
+                                        for key, value in row.items()} for run, row in saved.iterrows()}
+        result["trajectories"] = {}
+        for name in trajectories:
+            table, history = trajectory_check(name, paths, index, seed=seed, sample_size=sample_size,
+                                              image_size=image_size or profile["image_size"],
+                                              epochs=epochs or profile["epochs"], batch_size=profile["batch_size"],
+                                              forward=forward)
+            run, records = (name + study.FORWARD_SUFFIX, study.SELECTION_RUNS) if forward else (name, "runs")
+            result["trajectories"][run] = {
+                "fit_on": "train+val_early" if forward else "train", "epochs_trained": len(table),
+                "epochs": {column: [round(float(v), 4) for v in table[column]] for column in STATISTICS},
+                "run_history": [round(float(v), 4) for v in history],
+                # trained for other epochs than the recorded run: nothing to compare with
+                "committed_history_matches": (None if epochs else
+                                              _matches_record(Path(run_dir) / records / f"{run}.json", history)),
+                "summary": summarise_trajectory(table, last=min(5, len(table))),
+            }
+
+    return _side_check(run_dir, data_dir, seed, out, check)
+
+
+def flip_side_check(run_dir: Path, *, data_dir: Path | None = None, out: Path | None = None) -> dict:
+    """:func:`flip_check` on the saved train-only models of ``run_dir``, with its profile; writes ``out``."""
+
+    def check(result, profile, paths, index, seed):
+        table = flip_check(run_dir, paths, index)
+        result["models"] = {run: {key: value for key, value in row.items() if not pd.isna(value)}
+                            for run, row in table.iterrows()}
+
+    return _side_check(run_dir, data_dir, None, out, check)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m marsrover.diagnostics", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     batch_norm = commands.add_parser("batch-norm", help="running against recomputed batch-norm statistics")
-    batch_norm.add_argument("--run-dir", type=Path, default=config.REPORTS_DIR / "full")
-    batch_norm.add_argument("--data-dir", type=Path)
+    flip = commands.add_parser("flip", help="validation scores of mirrored images and of test-time flipping")
+    for command in (batch_norm, flip):
+        command.add_argument("--run-dir", type=Path, default=config.REPORTS_DIR / "full")
+        command.add_argument("--data-dir", type=Path)
     batch_norm.add_argument("--trajectory", nargs="*", default=[], metavar="MODEL",
                             help="also train these models again, scoring validation every epoch")
+    batch_norm.add_argument("--forward", action="store_true",
+                            help="train each --trajectory model's forward-validation run instead")
+    batch_norm.add_argument("--epochs", type=int,
+                            help="train each --trajectory run for this many epochs (its schedule too), not its recipe's")
     batch_norm.add_argument("--sample", type=int, default=1500,
                             help="fit images the statistics are recomputed on (0: all)")
-    batch_norm.add_argument("--out", type=Path, default=SIDE_CHECKS_DIR / "batch_norm.json")
+    batch_norm.add_argument("--out", type=Path, help="the JSON to write (default: "
+                            "reports/side_checks/batch_norm.json, or batch_norm_forward.json with --forward)")
+    flip.add_argument("--out", type=Path, default=SIDE_CHECKS_DIR / "flip.json")
     args = parser.parse_args(argv)
+    if args.command == "flip":
+        flip_side_check(args.run_dir, data_dir=args.data_dir, out=args.out)
+        return 0
+    if args.out is None:  # a forward check does not overwrite the train-only one
+        args.out = SIDE_CHECKS_DIR / ("batch_norm_forward.json" if args.forward else "batch_norm.json")
     batch_norm_side_check(args.run_dir, data_dir=args.data_dir, trajectories=args.trajectory,
-                          sample_size=args.sample or None, out=args.out)
+                          sample_size=args.sample or None, out=args.out, forward=args.forward, epochs=args.epochs)
     return 0
 
 
