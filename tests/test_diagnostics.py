@@ -296,3 +296,23 @@ def test_the_flip_check_scores_train_only_models_as_they_are_mirrored_and_averag
     row = table.loc["sided"]
     assert row["as_is balanced accuracy"] == 1.0 and row["mirrored balanced accuracy"] == 0.0
     assert row["averaged balanced accuracy"] == 0.5  # P(Surface) 0.5 everywhere: every image called Surface
+
+
+def test_a_trajectory_at_another_seed_or_length_has_no_record_to_repeat(tiny_paths, tmp_path):
+    from marsrover import study
+
+    paths, index = study.load_index(tiny_paths.root)
+    run_dir = tmp_path / "reports" / "smoke"
+    study._fit_and_save("quick_cnn", "quick_cnn", paths, index, run_dir, fit_splits=["train"], val_split="val",
+                        batch_size=None, seed=42, jit_compile=False, weights=None, size=32, epochs=1)
+    (run_dir / "metrics.json").write_text(json.dumps({"profile": "smoke"}))
+    check = dict(data_dir=tiny_paths.root, image_size=32, trajectories=["quick_cnn"], sample_size=3)
+    try:
+        assert diagnostics.batch_norm_side_check(run_dir, **check)["trajectories"]["quick_cnn"][
+            "committed_history_matches"] is True  # the smoke profile's seed and one epoch, as recorded
+        for other in ({"seed": 7}, {"epochs": 2}):
+            result = diagnostics.batch_norm_side_check(run_dir, **check, **other)["trajectories"]["quick_cnn"]
+            assert result["committed_history_matches"] is None
+        assert result["epochs_trained"] == 2
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -21,8 +21,10 @@ with each image counted by its instrument x label group's weight in ``improved``
    the refit's length, ``study.refit_epochs``): fitted on train + validation's earlier sols, scored on
    its later ones, its statistics recomputed over those fit images; its key is the run's name
    (``improved_forward``), and it is compared with the record in the run's ``selection/``.
+   ``--epochs`` and ``--seed`` train for another number of epochs (the learning-rate schedule spread over
+   them, as a refit's is) or at another seed; such a run has no record to repeat.
 
-    python -m marsrover.diagnostics batch-norm [--trajectory improved quick_cnn] [--forward]
+    python -m marsrover.diagnostics batch-norm [--trajectory improved quick_cnn] [--forward] [--epochs N] [--seed N]
 
 writes ``reports/side_checks/batch_norm.json`` (``batch_norm_forward.json`` with ``--forward``; each with
 the commit and library versions) and prints tables.
@@ -287,8 +289,8 @@ def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajec
                 "fit_on": "train+val_early" if forward else "train", "epochs_trained": len(table),
                 "epochs": {column: [round(float(v), 4) for v in table[column]] for column in STATISTICS},
                 "run_history": [round(float(v), 4) for v in history],
-                # trained for other epochs than the recorded run: nothing to compare with
-                "committed_history_matches": (None if epochs else
+                # trained for other epochs or at another seed than the recorded run: nothing to compare with
+                "committed_history_matches": (None if epochs or seed != profile["seed"] else
                                               _matches_record(Path(run_dir) / records / f"{run}.json", history)),
                 "summary": summarise_trajectory(table, last=min(5, len(table))),
             }
@@ -322,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                             help="train each --trajectory model's forward-validation run instead")
     batch_norm.add_argument("--epochs", type=int,
                             help="train each --trajectory run for this many epochs (its schedule too), not its recipe's")
+    batch_norm.add_argument("--seed", type=int, help="train --trajectory runs at this seed, not the run's")
     batch_norm.add_argument("--sample", type=int, default=1500,
                             help="fit images the statistics are recomputed on (0: all)")
     batch_norm.add_argument("--out", type=Path, help="the JSON to write (default: "
@@ -334,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:  # a forward check does not overwrite the train-only one
         args.out = SIDE_CHECKS_DIR / ("batch_norm_forward.json" if args.forward else "batch_norm.json")
     batch_norm_side_check(args.run_dir, data_dir=args.data_dir, trajectories=args.trajectory,
-                          sample_size=args.sample or None, out=args.out, forward=args.forward, epochs=args.epochs)
+                          sample_size=args.sample or None, out=args.out, forward=args.forward, epochs=args.epochs,
+                          seed=args.seed)
     return 0
 
 
