@@ -142,9 +142,7 @@ def flip_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFrame) -> p
     """One row per saved train-only model of ``run_dir``: validation accuracy and balanced accuracy on the
     images as they are (``as_is``), mirrored left to right (``mirrored``), and averaging the two
     predictions' P(Surface) (``averaged``). A missing model file gives a row that says so, and the rest go on."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
-    from .evaluation import predict_surface_probability
+    from .evaluation import binary_metrics, predict_surface_probability
     from .inference import load_model
     from .training import release_models
 
@@ -164,9 +162,9 @@ def flip_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFrame) -> p
         mirrored = predict_surface_probability(model, np.ascontiguousarray(images[:, :, ::-1]))
         row = {"run": run}
         for view, p_surface in (("as_is", as_is), ("mirrored", mirrored), ("averaged", (as_is + mirrored) / 2)):
-            predicted = (p_surface >= 0.5).astype(int)
-            row[f"{view} accuracy"] = round(float(accuracy_score(labels, predicted)), 4)
-            row[f"{view} balanced accuracy"] = round(float(balanced_accuracy_score(labels, predicted)), 4)
+            scores = binary_metrics(labels, p_surface)
+            row[f"{view} accuracy"] = round(scores["accuracy"], 4)
+            row[f"{view} balanced accuracy"] = round(scores["balanced_accuracy"], 4)
         rows.append(row)
         print(f"{run}: balanced accuracy " + ", ".join(f"{view} {row[f'{view} balanced accuracy']:.3f}"
                                                      for view in ("as_is", "mirrored", "averaged")), flush=True)
@@ -195,7 +193,7 @@ def trajectory_check(name: str, paths: config.DataPaths, index: pd.DataFrame, *,
         index = study.forward_validation_index(index)
         if index is None:
             raise ValueError("the validation split has too few sols for forward validation")
-        fit_splits = ["train", "val_early"]
+        fit_splits = study.FORWARD_FIT_SPLITS
     train_images, train_labels, groups = study.fit_arrays(paths, index, fit_splits, size, progress=False)
     val_data = study.split_arrays(paths, index, "val", size, progress=False)
     chosen = _sample(len(train_images), sample_size, seed)
@@ -286,7 +284,7 @@ def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajec
                                               forward=forward)
             run, records = (name + study.FORWARD_SUFFIX, study.SELECTION_RUNS) if forward else (name, "runs")
             result["trajectories"][run] = {
-                "fit_on": "train+val_early" if forward else "train", "epochs_trained": len(table),
+                "fit_on": "+".join(study.FORWARD_FIT_SPLITS) if forward else "train", "epochs_trained": len(table),
                 "epochs": {column: [round(float(v), 4) for v in table[column]] for column in STATISTICS},
                 "run_history": [round(float(v), 4) for v in history],
                 # trained for other epochs or at another seed than the recorded run: nothing to compare with

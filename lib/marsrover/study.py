@@ -102,6 +102,8 @@ REFIT_SUFFIX = "_refit"
 RANDOM_SPLIT_SUFFIX = "_random_split"
 TRAIN_ONLY = "train only"  # the kind of run that competes for the headline, chosen on validation
 FORWARD_SUFFIX = "_forward"
+EARLY_VAL = "val_early"  # forward validation's name for the earlier validation sols, trained on
+FORWARD_FIT_SPLITS = ("train", EARLY_VAL)  # what a forward-validation run is fitted on
 ENSEMBLE_JOIN = "+"  # an average of runs is named by its members, e.g. "improved+seed_blog" (a file name too)
 SELECTION_RUNS = reporting.SELECTION_RUNS  # records of runs that only choose a setting; never scored on test
 REFIT_BUDGET_FILE = "refit_budget.json"  # each average's estimated refit cost, when the profile caps it
@@ -132,7 +134,7 @@ def forward_validation_index(index: pd.DataFrame, held_fraction: float = 0.5) ->
         return None
     forward = index.copy()
     forward[ORIGINAL_SPLIT] = forward["split"]
-    forward.loc[(forward["split"] == "val") & forward["sol"].isin(early_sols), "split"] = "val_early"
+    forward.loc[(forward["split"] == "val") & forward["sol"].isin(early_sols), "split"] = EARLY_VAL
     return forward
 
 
@@ -184,10 +186,10 @@ def refit_epochs(name: str, train_only_run: dict, paths, index, output_dir, *, s
                 "best epoch of the train-only run on validation (too few validation sols to split)", None)
     held = forward_index[forward_index["split"] == "val"]
     how = (f"best epoch of forward validation: trained on train + validation sols up to "
-           f"{int(forward_index.loc[forward_index['split'] == 'val_early', 'sol'].max())}, "
+           f"{int(forward_index.loc[forward_index['split'] == EARLY_VAL, 'sol'].max())}, "
            f"judged on validation sols {int(held['sol'].min())}-{int(held['sol'].max())}")
     forward = _fit_and_save(name, name + FORWARD_SUFFIX, paths, forward_index, output_dir,
-                            fit_splits=["train", "val_early"], val_split="val", size=size, epochs=epochs,
+                            fit_splits=FORWARD_FIT_SPLITS, val_split="val", size=size, epochs=epochs,
                             records=SELECTION_RUNS, save_model=False,  # it only chooses the refit's length
                             config_notes={"purpose": "refit length: " + how}, **common)
     return forward["config"]["best_epoch_on_val"] or forward["config"]["epochs"], how, forward
@@ -268,7 +270,7 @@ def estimated_refit_seconds(members: Sequence[str], runs: dict[str, dict], index
         if chooses_refit_length(member):
             forward = forward_validation_index(index) if forward is None else forward
             if forward is not None:
-                seconds += spent * (n_train + int((forward["split"] == "val_early").sum())) / n_train
+                seconds += spent * (n_train + int((forward["split"] == EARLY_VAL).sum())) / n_train
     return seconds
 
 
