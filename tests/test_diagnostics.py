@@ -251,6 +251,26 @@ def test_the_command_writes_each_kind_of_check_to_its_own_file(monkeypatch, argu
     monkeypatch.setattr(diagnostics, "batch_norm_side_check", lambda run_dir, **kwargs: calls.update(kwargs))
     assert diagnostics.main(["batch-norm", *arguments]) == 0
     assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / written and calls["forward"] == ("--forward" in arguments)
+    assert calls["saved_models"] is True  # scored unless asked not to
+
+
+def test_a_trajectory_only_check_does_not_score_the_saved_models(tiny_paths, tmp_path, monkeypatch):
+    calls = {}
+    monkeypatch.setattr(diagnostics, "batch_norm_side_check", lambda run_dir, **kwargs: calls.update(kwargs))
+    diagnostics.main(["batch-norm", "--trajectory", "improved", "--trajectory-only"])
+    assert calls["saved_models"] is False and calls["trajectories"] == ["improved"]
+
+    monkeypatch.undo()
+    monkeypatch.setattr(diagnostics, "saved_models_check", lambda *args, **kwargs: pytest.fail("saved models scored"))
+    run_dir = tmp_path / "reports" / "smoke"  # no saved models at all: the trajectory alone is trained
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"profile": "smoke"}))
+    try:
+        result = diagnostics.batch_norm_side_check(run_dir, data_dir=tiny_paths.root, image_size=32, sample_size=3,
+                                                   trajectories=["quick_cnn"], saved_models=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert "saved_models" not in result and result["trajectories"]["quick_cnn"]["epochs_trained"] == 1
 
 
 def test_the_flip_command_writes_its_own_file(monkeypatch):

@@ -24,7 +24,10 @@ with each image counted by its instrument x label group's weight in ``improved``
    ``--epochs`` and ``--seed`` train for another number of epochs (the learning-rate schedule spread over
    them, as a refit's is) or at another seed; such a run has no record to repeat.
 
+   ``--trajectory-only`` skips the saved models (check 1).
+
     python -m marsrover.diagnostics batch-norm [--trajectory improved quick_cnn] [--forward] [--epochs N] [--seed N]
+                                               [--trajectory-only]
 
 writes ``reports/side_checks/batch_norm.json`` (``batch_norm_forward.json`` with ``--forward``; each with
 the commit and library versions) and prints tables.
@@ -268,14 +271,17 @@ def _side_check(run_dir: Path, data_dir: Path | None, seed: int | None, out: Pat
 
 def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajectories: list[str] = (),
                           sample_size: int | None = 1500, out: Path | None = None, seed: int | None = None,
-                          image_size: int | None = None, epochs: int | None = None, forward: bool = False) -> dict:
-    """Both batch-norm checks (saved models, then ``trajectories``), with the run's profile; writes ``out``."""
+                          image_size: int | None = None, epochs: int | None = None, forward: bool = False,
+                          saved_models: bool = True) -> dict:
+    """Both batch-norm checks (saved models unless ``saved_models`` is false, then ``trajectories``), with the
+    run's profile; writes ``out``."""
 
     def check(result, profile, paths, index, seed):
         result["sample_size"] = sample_size
-        saved = saved_models_check(run_dir, paths, index, sample_size=sample_size, seed=seed)
-        result["saved_models"] = {run: {key: (round(value, 4) if isinstance(value, float) else value)
-                                        for key, value in row.items()} for run, row in saved.iterrows()}
+        if saved_models:  # about 1.5 minutes in the full profile, not needed for a trajectory alone
+            saved = saved_models_check(run_dir, paths, index, sample_size=sample_size, seed=seed)
+            result["saved_models"] = {run: {key: (round(value, 4) if isinstance(value, float) else value)
+                                            for key, value in row.items()} for run, row in saved.iterrows()}
         result["trajectories"] = {}
         for name in trajectories:
             table, history = trajectory_check(name, paths, index, seed=seed, sample_size=sample_size,
@@ -323,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     batch_norm.add_argument("--epochs", type=int,
                             help="train each --trajectory run for this many epochs (its schedule too), not its recipe's")
     batch_norm.add_argument("--seed", type=int, help="train --trajectory runs at this seed, not the run's")
+    batch_norm.add_argument("--trajectory-only", action="store_true",
+                            help="skip scoring the run's saved models; only train the --trajectory runs")
     batch_norm.add_argument("--sample", type=int, default=1500,
                             help="fit images the statistics are recomputed on (0: all)")
     batch_norm.add_argument("--out", type=Path, help="the JSON to write (default: "
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out = SIDE_CHECKS_DIR / ("batch_norm_forward.json" if args.forward else "batch_norm.json")
     batch_norm_side_check(args.run_dir, data_dir=args.data_dir, trajectories=args.trajectory,
                           sample_size=args.sample or None, out=args.out, forward=args.forward, epochs=args.epochs,
-                          seed=args.seed)
+                          seed=args.seed, saved_models=not args.trajectory_only)
     return 0
 
 
