@@ -64,6 +64,7 @@ class FakeZenodo:
     failures: list[str] = field(default_factory=list)
     file_status: int | None = None  # answer every file GET with this status (e.g. 404)
     honour_range: bool = True
+    publishes_md5: bool = True  # False: the new record lists the archive without a checksum
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -83,7 +84,7 @@ class FakeZenodo:
                     "id": "7c1fa4c2",
                     "key": config.ARCHIVE_NAME,
                     "size": len(PAYLOAD),
-                    "checksum": f"md5:{PAYLOAD_MD5}",
+                    "checksum": f"md5:{PAYLOAD_MD5}" if self.publishes_md5 else None,
                     "links": {"self": self.url + NEW_FILE_PATH},
                 },
                 {
@@ -404,6 +405,21 @@ def test_obtain_archive_downloads_from_zenodo_writes_md5_sidecar_and_then_reuses
     assert acquisition.obtain_archive(paths, mirror=None, api_url=zenodo.url + "/api", progress=False) == archive
     assert len(zenodo.requests) == seen  # verified offline against the sidecar
     assert "MD5 matches Zenodo" in capsys.readouterr().out
+
+
+def test_an_md5_computed_at_download_is_never_called_zenodos(zenodo, paths, capsys):
+    zenodo.publishes_md5 = False
+    acquisition.obtain_archive(paths, mirror=None, api_url=zenodo.url + "/api", progress=False)
+    assert "no MD5 published, not verified" in capsys.readouterr().out
+    sidecar = (paths.raw / "msl-images.zip.md5").read_text()
+    assert sidecar.startswith("# computed from the downloaded bytes") and f"{PAYLOAD_MD5}  msl-images.zip" in sidecar
+
+    acquisition.obtain_archive(paths, mirror=None, api_url=zenodo.url + "/api", progress=False)
+    out = capsys.readouterr().out
+    assert "MD5 matches the one computed at download (Zenodo published none)" in out and "Zenodo's" not in out
+    paths.archive.write_bytes(PAYLOAD[:-1] + b"!")  # the recorded MD5 still catches corruption
+    with pytest.raises(ChecksumError, match="not the one computed at download"):
+        acquisition.obtain_archive(paths, mirror=None, api_url=zenodo.url + "/api", progress=False)
 
 
 def test_obtain_archive_refuses_a_corrupted_existing_archive_and_keeps_it(zenodo, paths):

@@ -243,6 +243,17 @@ def test_sort_move_with_the_real_model(tiny_model, images, tmp_path, capsys):
     assert "Uncertain 7" in capsys.readouterr().out
 
 
+def test_data_with_a_wrong_checksum_says_what_and_where_without_a_traceback(tmp_path, monkeypatch, capsys):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / config.ARCHIVE_NAME).write_bytes(b"not the archive")
+    (mirror / "SHA256SUMS").write_text(f"{'0' * 64}  {config.ARCHIVE_NAME}\n")
+    monkeypatch.setenv(config.MIRROR_ENV, str(mirror))
+    assert cli.main(["data", "--data-dir", str(tmp_path / "data")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("marsrover: error:") and config.ARCHIVE_NAME in error and "Traceback" not in error
+
+
 def test_python_dash_m_marsrover_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "marsrover", "--help"], capture_output=True, text=True,
                             timeout=120)

@@ -245,13 +245,19 @@ def test_only_refits_recompute_their_statistics_and_every_profile_asks_for_it(tm
 @pytest.mark.parametrize("arguments, written", [
     ([], "batch_norm.json"),
     (["--trajectory", "improved", "--forward"], "batch_norm_forward.json"),  # keeps the train-only check's file
+    # the names of the committed forward checks at another length and seed
+    (["--trajectory", "improved", "--forward", "--epochs", "6"], "batch_norm_forward_6_epochs.json"),
+    (["--trajectory", "improved", "--forward", "--seed", "1"], "batch_norm_forward_seed1.json"),
+    (["--trajectory", "improved", "--forward", "--epochs", "6", "--seed", "2"], "batch_norm_forward_6_epochs_seed2.json"),
+    # without the saved models' rows it must not replace batch_norm.json
+    (["--trajectory", "improved", "--trajectory-only"], "batch_norm_trajectories.json"),
 ])
 def test_the_command_writes_each_kind_of_check_to_its_own_file(monkeypatch, arguments, written):
     calls = {}
     monkeypatch.setattr(diagnostics, "batch_norm_side_check", lambda run_dir, **kwargs: calls.update(kwargs))
     assert diagnostics.main(["batch-norm", *arguments]) == 0
     assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / written and calls["forward"] == ("--forward" in arguments)
-    assert calls["saved_models"] is True  # scored unless asked not to
+    assert calls["saved_models"] == ("--trajectory-only" not in arguments)  # scored unless asked not to
 
 
 def test_a_trajectory_only_check_does_not_score_the_saved_models(tiny_paths, tmp_path, monkeypatch):

@@ -16,6 +16,18 @@ def test_images_are_decoded_once_then_read_from_the_cache(tiny_images_root, tmp_
     np.testing.assert_array_equal(cached_images(index, tiny_images_root, 24, cache, progress=False), first)
 
 
+def test_images_broken_after_indexing_are_all_named_and_no_cache_is_written(tiny_images_root, tmp_path):
+    index = dataset.build_index(tiny_images_root, progress=False)
+    first, second = (tiny_images_root / p for p in index["path"][:2])
+    first.write_bytes(first.read_bytes()[:20])  # truncated
+    second.unlink()
+    with pytest.raises(dataset.DataSetError, match="2 of the") as error:
+        cached_images(index, tiny_images_root, 24, tmp_path / "cache", progress=False)
+    assert str(first) in str(error.value) and str(second) in str(error.value)
+    assert "--rebuild-index" in str(error.value)
+    assert not list((tmp_path / "cache").glob("*"))
+
+
 def test_the_cache_key_changes_with_size_content_and_order(tiny_images_root):
     index = dataset.build_index(tiny_images_root, progress=False)
     key = cache_key(index, 64)

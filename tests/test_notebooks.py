@@ -39,6 +39,18 @@ def test_each_notebook_opens_with_badge_then_colab_setup_then_parameters(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_colab_setup_installs_the_versions_pyproject_pins(path):
+    import re
+    import tomllib
+
+    project = tomllib.loads((config.PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    pinned = set(project["dependencies"])
+    setup = next(cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code")
+    installed = re.findall(r'"([A-Za-z0-9_.-]+==[^"]+)"', setup.source)
+    assert installed and set(installed) <= pinned, set(installed) - pinned
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_notebooks_carry_no_outputs(path):
     notebook = nbformat.read(path, as_version=4)
     for cell in notebook.cells:

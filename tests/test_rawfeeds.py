@@ -368,3 +368,27 @@ def test_fetch_raw_command(nasa, tmp_path, capsys):
     nasa.always_404.add(MSL_PATH)
     assert cli.main(argv) == 1
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_new_images_keep_their_fetch_raw_metadata_wherever_the_notebook_runs(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from marsrover import inference, study
+
+    folder = tmp_path / "raw" / "msl"
+    folder.mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (folder / name).write_bytes(b"jpeg")
+    # what fetch-raw writes: names relative to the folder
+    pd.DataFrame([{"image_id": "a", "sol": "12", "instrument": "MAHLI", "date_taken": "", "url": "u/a",
+                   "local_path": "a.jpg"},
+                  {"image_id": "b", "sol": "13", "instrument": "Mastcam left", "date_taken": "", "url": "u/b",
+                   "local_path": "b.jpg"}]).to_csv(folder / rawfeeds.METADATA_NAME, index=False)
+    monkeypatch.setattr(inference, "load_model", lambda path: None)
+    monkeypatch.setattr(inference, "classify_files", lambda model, files, **kwargs: pd.DataFrame(
+        {"path": [str(f) for f in files], "label": "Rover", "p_surface": 0.1, "model": "m.keras", "error": ""}))
+    monkeypatch.chdir(tmp_path)  # papermill runs notebook 07 from notebooks/, not from the folder
+
+    table = study.classify_new_images(tmp_path / "m.keras", folder).set_index("image_id")
+    assert table.loc["a", "instrument"] == "MAHLI" and table.loc["b", "instrument"] == "Mastcam left"
+    assert str(table.loc["b", "sol"]) == "13"

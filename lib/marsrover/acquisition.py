@@ -529,24 +529,32 @@ def _md5_sidecar(archive: Path) -> Path:
     return archive.with_name(archive.name + MD5_SIDECAR_SUFFIX)
 
 
-def _write_md5_sidecar(archive: Path, md5: str) -> None:
-    """Record Zenodo's MD5 in ``md5sum`` format, so later runs (and ``md5sum -c``) can check offline."""
+# heads a sidecar whose MD5 was computed here because Zenodo published none (``md5sum -c`` skips '#' lines)
+_SELF_COMPUTED = "# computed from the downloaded bytes: Zenodo published no MD5"
+
+
+def _write_md5_sidecar(archive: Path, md5: str, *, published: bool = True) -> None:
+    """Record the archive's MD5 in ``md5sum`` format, so later runs (and ``md5sum -c``) can check offline.
+    ``published``: Zenodo's own checksum; otherwise the sidecar says the MD5 was computed from our copy."""
     sidecar = _md5_sidecar(archive)
     tmp = sidecar.with_name(sidecar.name + ".tmp")
-    tmp.write_text(f"{md5}  {archive.name}\n", encoding="utf-8")
+    tmp.write_text(("" if published else _SELF_COMPUTED + "\n") + f"{md5}  {archive.name}\n", encoding="utf-8")
     os.replace(tmp, sidecar)
 
 
-def _read_md5_sidecar(archive: Path) -> str | None:
+def _read_md5_sidecar(archive: Path) -> tuple[str, bool] | None:
+    """(MD5, whether Zenodo published it) from the sidecar, or None without one."""
     sidecar = _md5_sidecar(archive)
     if not sidecar.is_file():
         return None
-    fields = sidecar.read_text(encoding="utf-8").split()
+    lines = sidecar.read_text(encoding="utf-8").splitlines()
+    published = _SELF_COMPUTED not in lines
+    fields = " ".join(line for line in lines if not line.startswith("#")).split()
     if not fields or not _MD5_HEX.match(fields[0]):
         raise AcquisitionError(
             f"{sidecar} does not hold an MD5 checksum; delete it and {archive} and run again"
         )
-    return fields[0].lower()
+    return fields[0].lower(), published
 
 
 def _verify_existing(archive: Path, mirror: Path | None) -> None:
@@ -568,13 +576,15 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
                 print(f"Using existing {archive} (SHA-256 matches mirror {mirror})")
                 return
             mismatches.append(f"SHA-256 {actual}, mirror {mirror} lists {expected}")
-    md5 = _read_md5_sidecar(archive)
-    if md5 is not None:
+    recorded = _read_md5_sidecar(archive)
+    if recorded is not None:
+        md5, published = recorded
+        whose = "Zenodo's" if published else "the one computed at download (Zenodo published none)"
         actual = file_md5(archive)
         if actual == md5:
-            print(f"Using existing {archive} (MD5 matches Zenodo's, recorded in {_md5_sidecar(archive)})")
+            print(f"Using existing {archive} (MD5 matches {whose}, recorded in {_md5_sidecar(archive)})")
             return
-        mismatches.append(f"MD5 {actual}, Zenodo published {md5} (per {_md5_sidecar(archive)})")
+        mismatches.append(f"MD5 {actual}, not {whose} {md5} (per {_md5_sidecar(archive)})")
     if mismatches:
         # Never delete the raw archive behind the user's back: say what to do instead.
         raise ChecksumError(
@@ -630,7 +640,7 @@ def obtain_archive(
     )
     # Zenodo's MD5 has just been checked; without one, record the bytes we got so later runs
     # can at least detect corruption.
-    _write_md5_sidecar(archive, info.md5 or file_md5(archive))
+    _write_md5_sidecar(archive, info.md5 or file_md5(archive), published=bool(info.md5))
     checked = "MD5 verified" if info.md5 else "no MD5 published, not verified"
     print(
         f"Downloaded {config.ARCHIVE_NAME} from Zenodo record {record_id} ({info.url}) "

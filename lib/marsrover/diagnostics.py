@@ -29,8 +29,9 @@ with each image counted by its instrument x label group's weight in ``improved``
     python -m marsrover.diagnostics batch-norm [--trajectory improved quick_cnn] [--forward] [--epochs N] [--seed N]
                                                [--trajectory-only]
 
-writes ``reports/side_checks/batch_norm.json`` (``batch_norm_forward.json`` with ``--forward``; each with
-the commit and library versions) and prints tables.
+writes ``reports/side_checks/batch_norm.json`` (with the commit and library versions) and prints tables; the
+other options each get their own file, so none overwrites another (``batch_norm_forward_6_epochs_seed1.json``
+for ``--forward --epochs 6 --seed 1``, ``batch_norm_trajectories.json`` for ``--trajectory-only``).
 
 ``flip``: would mirroring help at inference? Every recipe trains with random horizontal flips, so a model
 should score mirrored validation images about as well as the images themselves; averaging its two
@@ -254,7 +255,7 @@ def _side_check(run_dir: Path, data_dir: Path | None, seed: int | None, out: Pat
                               cpu_bfloat16=profile["cpu_bfloat16"])
         seed = profile["seed"] if seed is None else seed
         paths, index = study.load_index(data_dir, max_images_per_split=profile["max_images_per_split"], seed=seed)
-        result: dict = {"run_dir": str(run_dir), "profile": profile["profile"], "seed": seed,
+        result: dict = {"run_dir": config.display_path(run_dir), "profile": profile["profile"], "seed": seed,
                         # the scored run's own commit: its saved models are not committed
                         "run_commit": run_metrics.get("commit")}
         check(result, profile, paths, index, seed)
@@ -313,6 +314,15 @@ def flip_side_check(run_dir: Path, *, data_dir: Path | None = None, out: Path | 
     return _side_check(run_dir, data_dir, None, out, check)
 
 
+def batch_norm_file_name(*, forward: bool = False, epochs: int | None = None, seed: int | None = None,
+                         trajectory_only: bool = False) -> str:
+    """The default JSON of a batch-norm check, one per kind, so no check overwrites another's committed file:
+    ``batch_norm[_forward][_<N>_epochs][_seed<N>].json``; a train-only check without the saved models is
+    ``batch_norm_trajectories[...].json`` (a forward check's saved-model rows are only a by-product)."""
+    name = "batch_norm" + ("_forward" if forward else "_trajectories" if trajectory_only else "")
+    return name + (f"_{epochs}_epochs" if epochs else "") + (f"_seed{seed}" if seed is not None else "") + ".json"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m marsrover.diagnostics", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -333,15 +343,16 @@ def main(argv: list[str] | None = None) -> int:
                             help="skip scoring the run's saved models; only train the --trajectory runs")
     batch_norm.add_argument("--sample", type=int, default=1500,
                             help="fit images the statistics are recomputed on (0: all)")
-    batch_norm.add_argument("--out", type=Path, help="the JSON to write (default: "
-                            "reports/side_checks/batch_norm.json, or batch_norm_forward.json with --forward)")
+    batch_norm.add_argument("--out", type=Path, help="the JSON to write (default: reports/side_checks/"
+                            "batch_norm[_forward][_<N>_epochs][_seed<N>].json, after the options given)")
     flip.add_argument("--out", type=Path, default=SIDE_CHECKS_DIR / "flip.json")
     args = parser.parse_args(argv)
     if args.command == "flip":
         flip_side_check(args.run_dir, data_dir=args.data_dir, out=args.out)
         return 0
-    if args.out is None:  # a forward check does not overwrite the train-only one
-        args.out = SIDE_CHECKS_DIR / ("batch_norm_forward.json" if args.forward else "batch_norm.json")
+    if args.out is None:
+        args.out = SIDE_CHECKS_DIR / batch_norm_file_name(forward=args.forward, epochs=args.epochs, seed=args.seed,
+                                                          trajectory_only=args.trajectory_only)
     batch_norm_side_check(args.run_dir, data_dir=args.data_dir, trajectories=args.trajectory,
                           sample_size=args.sample or None, out=args.out, forward=args.forward, epochs=args.epochs,
                           seed=args.seed, saved_models=not args.trajectory_only)

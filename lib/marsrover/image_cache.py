@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .dataset import load_image
+from .dataset import DataSetError, load_image
 
 
 def cache_key(index: pd.DataFrame, size: int) -> str:
@@ -41,12 +41,23 @@ def cached_images(index: pd.DataFrame, images_root: Path, size: int, cache_dir: 
     files = [Path(images_root) / p for p in index["path"]]
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
 
+    failures: dict[Path, str] = {}
+
     def decode(position: int) -> None:
-        images[position] = load_image(files[position], size)
+        try:
+            images[position] = load_image(files[position], size)
+        except (OSError, ValueError) as error:  # missing, truncated or not an image: gather them all
+            failures[files[position]] = f"{type(error).__name__}: {error}"
 
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
         list(tqdm(pool.map(decode, range(len(files))), total=len(files),
                   desc=f"Caching images at {size}px", disable=not progress))
+    if failures:  # no cache is written, so nothing half-made is ever reused
+        shown = "\n  - ".join(f"{file}: {reason}" for file, reason in sorted(failures.items())[:10])
+        raise DataSetError(
+            f"{len(failures)} of the {len(files)} indexed images under {images_root} could not be read "
+            f"(changed since the index was checked?):\n  - {shown}\n"
+            "Run `python -m marsrover data --rebuild-index` to check every image again.")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:  # np.save would append .npy to a name it does not end with

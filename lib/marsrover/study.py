@@ -43,8 +43,8 @@ def load_index(data_dir: str | Path | None = None, *, max_images_per_split: int 
     """The index notebook 01 built, subsampled as the profile asks."""
     paths = config.data_paths(data_dir)
     if not paths.index_csv.exists():
-        raise FileNotFoundError(f"{paths.index_csv} does not exist: run notebooks/01_acquisition.ipynb "
-                                "(or `python run_all.py --only 01`) first")
+        raise FileNotFoundError(f"{paths.index_csv} does not exist: run `python -m marsrover data` "
+                                "(or notebooks/01_acquisition.ipynb) first")
     index = dataset.subsample(dataset.read_index(paths.index_csv), max_images_per_split, seed)
     return paths, index
 
@@ -990,7 +990,7 @@ def sample_new_images(paths: config.DataPaths, index: pd.DataFrame, folder: Path
         if not target.exists():
             shutil.copy2(paths.images_root / row.path, target)
         rows.append({"image_id": row.id, "sol": row.sol, "instrument": row.instrument, "date_taken": "",
-                     "url": f"archive:{row.path}", "local_path": str(target)})
+                     "url": f"archive:{row.path}", "local_path": target.name})  # relative, as fetch-raw writes
     metadata = pd.DataFrame(rows, columns=METADATA_COLUMNS)
     metadata.to_csv(folder / METADATA_NAME, index=False)
     return metadata
@@ -1006,7 +1006,8 @@ def classify_new_images(model_path: Path, folder: Path, *, low: float = 0.2, hig
                                  model_name=config.display_path(model_path))  # the file, not the Keras name
     predictions["sorted_into"] = [folder_for(p, low, high) if p == p else "" for p in predictions["p_surface"]]
     metadata = read_metadata(folder)
-    metadata["path"] = [str(Path(p).resolve()) for p in metadata["local_path"]]
+    # fetch-raw records names relative to the folder; an absolute path is kept as it is
+    metadata["path"] = [str((Path(folder) / p).resolve()) for p in metadata["local_path"]]
     predictions["path"] = [str(Path(p).resolve()) for p in predictions["path"]]
     table = predictions.merge(metadata.drop(columns="local_path"), on="path", how="left")
     table["instrument"] = table["instrument"].fillna("").replace("", "unknown")
