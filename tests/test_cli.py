@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from marsrover import cli, config, inference
+from marsrover.dataset import DataSetError
 
 pytest.importorskip("keras")
 
@@ -252,6 +253,27 @@ def test_data_with_a_wrong_checksum_says_what_and_where_without_a_traceback(tmp_
     assert cli.main(["data", "--data-dir", str(tmp_path / "data")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("marsrover: error:") and config.ARCHIVE_NAME in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("error", [DataSetError("train.txt: unknown MSL class id(s) [30]"),
+                                   OSError(28, "No space left on device")], ids=["bad data set", "full disk"])
+def test_data_reports_a_bad_data_set_or_disk_as_a_message(error, monkeypatch, capsys):
+    from marsrover import study
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(study, "acquire", fail)
+    assert cli.main(["data"]) == 1
+    assert capsys.readouterr().err.startswith("marsrover: error:")
+
+
+def test_data_lets_a_programming_error_through(monkeypatch):
+    from marsrover import study
+
+    monkeypatch.setattr(study, "acquire", lambda *args, **kwargs: [][0])
+    with pytest.raises(IndexError):  # a bug keeps its traceback
+        cli.main(["data"])
 
 
 def test_python_dash_m_marsrover_lists_the_commands():

@@ -43,6 +43,13 @@ def test_the_index_describes_every_listed_image(tiny_images_root):
     assert dataset.index_problems(index, TINY_SIZES) == []
 
 
+def test_a_class_id_the_data_set_does_not_define_is_an_error_naming_the_split_file(tmp_path):
+    entries = TINY_SET + [(TINY_SET[0][0].replace("0001E01", "0009E01"), "val", 30)]
+    root = write_tiny_set(tmp_path / "msl-images", entries)
+    with pytest.raises(dataset.DataSetError, match=r"val-calibrated-shuffled.txt: unknown MSL class id\(s\) \[30\]"):
+        dataset.build_index(root, progress=False)
+
+
 def test_checks_name_wrong_counts_broken_and_missing_files_and_split_overlap(tmp_path):
     entries = TINY_SET + [(TINY_SET[0][0], "test", 8)]  # the first training image listed again in test
     root = write_tiny_set(tmp_path / "msl-images", entries)

@@ -249,8 +249,9 @@ def test_only_refits_recompute_their_statistics_and_every_profile_asks_for_it(tm
     (["--trajectory", "improved", "--forward", "--epochs", "6"], "batch_norm_forward_6_epochs.json"),
     (["--trajectory", "improved", "--forward", "--seed", "1"], "batch_norm_forward_seed1.json"),
     (["--trajectory", "improved", "--forward", "--epochs", "6", "--seed", "2"], "batch_norm_forward_6_epochs_seed2.json"),
-    # without the saved models' rows it must not replace batch_norm.json
-    (["--trajectory", "improved", "--trajectory-only"], "batch_norm_trajectories.json"),
+    # without the saved models' rows it must not replace batch_norm.json or batch_norm_forward.json
+    (["--trajectory", "improved", "--trajectory-only"], "batch_norm_trajectory_only.json"),
+    (["--trajectory", "improved", "--forward", "--trajectory-only"], "batch_norm_forward_trajectory_only.json"),
 ])
 def test_the_command_writes_each_kind_of_check_to_its_own_file(monkeypatch, arguments, written):
     calls = {}
@@ -262,11 +263,13 @@ def test_the_command_writes_each_kind_of_check_to_its_own_file(monkeypatch, argu
 
 def test_a_trajectory_only_check_does_not_score_the_saved_models(tiny_paths, tmp_path, monkeypatch):
     calls = {}
-    monkeypatch.setattr(diagnostics, "batch_norm_side_check", lambda run_dir, **kwargs: calls.update(kwargs))
-    diagnostics.main(["batch-norm", "--trajectory", "improved", "--trajectory-only"])
-    assert calls["saved_models"] is False and calls["trajectories"] == ["improved"]
+    with monkeypatch.context() as patched:  # undone on leaving: the autouse offline guard stays
+        patched.setattr(diagnostics, "batch_norm_side_check", lambda run_dir, **kwargs: calls.update(kwargs))
+        diagnostics.main(["batch-norm", "--trajectory", "improved", "--trajectory-only"])
+        assert calls["saved_models"] is False and calls["trajectories"] == ["improved"]
+        with pytest.raises(SystemExit):  # nothing to train, nothing to score
+            diagnostics.main(["batch-norm", "--trajectory-only"])
 
-    monkeypatch.undo()
     monkeypatch.setattr(diagnostics, "saved_models_check", lambda *args, **kwargs: pytest.fail("saved models scored"))
     run_dir = tmp_path / "reports" / "smoke"  # no saved models at all: the trajectory alone is trained
     run_dir.mkdir(parents=True)

@@ -24,7 +24,7 @@ def test_images_broken_after_indexing_are_all_named_and_no_cache_is_written(tiny
     with pytest.raises(dataset.DataSetError, match="2 of the") as error:
         cached_images(index, tiny_images_root, 24, tmp_path / "cache", progress=False)
     assert str(first) in str(error.value) and str(second) in str(error.value)
-    assert "--rebuild-index" in str(error.value)
+    assert f"delete {tiny_images_root.parent}" in str(error.value) and "--rebuild-index" in str(error.value)
     assert not list((tmp_path / "cache").glob("*"))
 
 

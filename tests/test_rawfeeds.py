@@ -383,12 +383,13 @@ def test_new_images_keep_their_fetch_raw_metadata_wherever_the_notebook_runs(tmp
     pd.DataFrame([{"image_id": "a", "sol": "12", "instrument": "MAHLI", "date_taken": "", "url": "u/a",
                    "local_path": "a.jpg"},
                   {"image_id": "b", "sol": "13", "instrument": "Mastcam left", "date_taken": "", "url": "u/b",
-                   "local_path": "b.jpg"}]).to_csv(folder / rawfeeds.METADATA_NAME, index=False)
+                   "local_path": str(folder / "b.jpg")}]  # absolute, as older samples wrote
+                 ).to_csv(folder / rawfeeds.METADATA_NAME, index=False)
     monkeypatch.setattr(inference, "load_model", lambda path: None)
     monkeypatch.setattr(inference, "classify_files", lambda model, files, **kwargs: pd.DataFrame(
         {"path": [str(f) for f in files], "label": "Rover", "p_surface": 0.1, "model": "m.keras", "error": ""}))
     monkeypatch.chdir(tmp_path)  # papermill runs notebook 07 from notebooks/, not from the folder
 
-    table = study.classify_new_images(tmp_path / "m.keras", folder).set_index("image_id")
+    table = study.classify_new_images(tmp_path / "m.keras", Path("raw/msl")).set_index("image_id")  # relative too
     assert table.loc["a", "instrument"] == "MAHLI" and table.loc["b", "instrument"] == "Mastcam left"
     assert str(table.loc["b", "sol"]) == "13"

@@ -22,10 +22,11 @@ def _fail(message: str) -> int:
 def _data(args: argparse.Namespace) -> int:
     from . import study
     from .acquisition import AcquisitionError
+    from .dataset import DataSetError
 
     try:
         paths, index = study.acquire(args.data_dir, rebuild_index=args.rebuild_index)
-    except (AcquisitionError, ValueError, OSError) as error:  # checksum, unsafe archive, bad data set, disk
+    except (AcquisitionError, DataSetError, OSError) as error:  # checksum, unsafe archive, bad data set, disk
         return _fail(str(error))
     print(f"{len(index)} images ready under {paths.images_root}; index at {paths.index_csv}")
     return 0

@@ -103,6 +103,11 @@ def build_index(images_root: Path, *, progress: bool = True, workers: int = 4) -
     frames = []
     for split, file_name in SPLIT_FILES.items():
         frame = read_split_file(images_root / file_name)
+        unknown = frame[~frame["msl_class"].isin(range(len(labels.MSL_CLASSES)))]
+        if len(unknown):
+            raise DataSetError(f"{images_root / file_name}: unknown MSL class id(s) "
+                               f"{sorted(set(unknown['msl_class']))} (first at {unknown['path'].iloc[0]}); "
+                               f"the data set defines 0-{len(labels.MSL_CLASSES) - 1}")
         frame.insert(1, "split", split)
         frames.append(frame)
     index = pd.concat(frames, ignore_index=True)

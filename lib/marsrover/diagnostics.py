@@ -29,9 +29,11 @@ with each image counted by its instrument x label group's weight in ``improved``
     python -m marsrover.diagnostics batch-norm [--trajectory improved quick_cnn] [--forward] [--epochs N] [--seed N]
                                                [--trajectory-only]
 
-writes ``reports/side_checks/batch_norm.json`` (with the commit and library versions) and prints tables; the
-other options each get their own file, so none overwrites another (``batch_norm_forward_6_epochs_seed1.json``
-for ``--forward --epochs 6 --seed 1``, ``batch_norm_trajectories.json`` for ``--trajectory-only``).
+writes ``reports/side_checks/batch_norm.json`` (with the commit and library versions) and prints tables.
+``--forward``, ``--epochs``, ``--seed`` and ``--trajectory-only`` each add to the file's name
+(``batch_norm_forward_6_epochs_seed1.json`` for ``--forward --epochs 6 --seed 1``), so checks of different
+kinds never overwrite one another; for another ``--run-dir``, ``--trajectory`` list or ``--sample``, give
+``--out``.
 
 ``flip``: would mirroring help at inference? Every recipe trains with random horizontal flips, so a model
 should score mirrored validation images about as well as the images themselves; averaging its two
@@ -316,11 +318,11 @@ def flip_side_check(run_dir: Path, *, data_dir: Path | None = None, out: Path | 
 
 def batch_norm_file_name(*, forward: bool = False, epochs: int | None = None, seed: int | None = None,
                          trajectory_only: bool = False) -> str:
-    """The default JSON of a batch-norm check, one per kind, so no check overwrites another's committed file:
-    ``batch_norm[_forward][_<N>_epochs][_seed<N>].json``; a train-only check without the saved models is
-    ``batch_norm_trajectories[...].json`` (a forward check's saved-model rows are only a by-product)."""
-    name = "batch_norm" + ("_forward" if forward else "_trajectories" if trajectory_only else "")
-    return name + (f"_{epochs}_epochs" if epochs else "") + (f"_seed{seed}" if seed is not None else "") + ".json"
+    """The default JSON of a batch-norm check, named after the options that change what it holds, so checks of
+    different kinds never overwrite one another's files: ``batch_norm[_forward][_<N>_epochs][_seed<N>]
+    [_trajectory_only].json``. Other options (``--run-dir``, ``--trajectory``, ``--sample``) take ``--out``."""
+    return ("batch_norm" + ("_forward" if forward else "") + (f"_{epochs}_epochs" if epochs else "")
+            + (f"_seed{seed}" if seed is not None else "") + ("_trajectory_only" if trajectory_only else "") + ".json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,12 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     batch_norm.add_argument("--sample", type=int, default=1500,
                             help="fit images the statistics are recomputed on (0: all)")
     batch_norm.add_argument("--out", type=Path, help="the JSON to write (default: reports/side_checks/"
-                            "batch_norm[_forward][_<N>_epochs][_seed<N>].json, after the options given)")
+                            "batch_norm[_forward][_<N>_epochs][_seed<N>][_trajectory_only].json)")
     flip.add_argument("--out", type=Path, default=SIDE_CHECKS_DIR / "flip.json")
     args = parser.parse_args(argv)
     if args.command == "flip":
         flip_side_check(args.run_dir, data_dir=args.data_dir, out=args.out)
         return 0
+    if args.trajectory_only and not args.trajectory:
+        parser.error("--trajectory-only needs --trajectory MODEL: there would be nothing to check")
     if args.out is None:
         args.out = SIDE_CHECKS_DIR / batch_norm_file_name(forward=args.forward, epochs=args.epochs, seed=args.seed,
                                                           trajectory_only=args.trajectory_only)

@@ -46,18 +46,21 @@ def cached_images(index: pd.DataFrame, images_root: Path, size: int, cache_dir: 
     def decode(position: int) -> None:
         try:
             images[position] = load_image(files[position], size)
-        except (OSError, ValueError) as error:  # missing, truncated or not an image: gather them all
+        except Exception as error:  # missing, truncated, not an image: gather them all, as the index check does
             failures[files[position]] = f"{type(error).__name__}: {error}"
 
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
         list(tqdm(pool.map(decode, range(len(files))), total=len(files),
                   desc=f"Caching images at {size}px", disable=not progress))
     if failures:  # no cache is written, so nothing half-made is ever reused
-        shown = "\n  - ".join(f"{file}: {reason}" for file, reason in sorted(failures.items())[:10])
+        listed = sorted(failures.items())
+        shown = "\n  - ".join(f"{file}: {reason}" for file, reason in listed[:10])
+        more = f"\n  ... and {len(listed) - 10} more" if len(listed) > 10 else ""
         raise DataSetError(
             f"{len(failures)} of the {len(files)} indexed images under {images_root} could not be read "
-            f"(changed since the index was checked?):\n  - {shown}\n"
-            "Run `python -m marsrover data --rebuild-index` to check every image again.")
+            f"(changed since the index was checked?):\n  - {shown}{more}\n"
+            f"If they came from the archive, extract it again: delete {Path(images_root).parent} (its marker "
+            "would make `python -m marsrover data` reuse it) and run `python -m marsrover data --rebuild-index`.")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:  # np.save would append .npy to a name it does not end with

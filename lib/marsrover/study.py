@@ -43,7 +43,8 @@ def load_index(data_dir: str | Path | None = None, *, max_images_per_split: int 
     """The index notebook 01 built, subsampled as the profile asks."""
     paths = config.data_paths(data_dir)
     if not paths.index_csv.exists():
-        raise FileNotFoundError(f"{paths.index_csv} does not exist: run `python -m marsrover data` "
+        option = f" --data-dir {data_dir}" if data_dir is not None else ""
+        raise FileNotFoundError(f"{paths.index_csv} does not exist: run `python -m marsrover data{option}` "
                                 "(or notebooks/01_acquisition.ipynb) first")
     index = dataset.subsample(dataset.read_index(paths.index_csv), max_images_per_split, seed)
     return paths, index
