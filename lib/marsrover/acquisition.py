@@ -4,8 +4,9 @@ The archive (``msl-images.zip``, Zenodo record 1049137) comes either from Zenodo
 mirror folder holding the zip and a ``SHA256SUMS`` file (``MARSROVER_MIRROR``). Every copy is
 checked against a published checksum before it is used: Zenodo's MD5 for downloads, the mirror's
 SHA-256 for mirror copies. (Should Zenodo list no MD5, a download is reported as not verified, and the
-MD5 of the bytes received is recorded, marked as computed here, so later runs still catch corruption.) The mirror's zip is a repack, so its bytes (and checksum) differ from
-Zenodo's; that is expected and each source is checked against its own reference.
+MD5 of the bytes received is recorded, marked as computed here, so later runs still catch corruption.)
+The mirror's zip is a repack, so its bytes (and checksum) differ from Zenodo's; that is expected and
+each source is checked against its own reference.
 
 Nothing half-finished is ever left under a final name: downloads grow in a ``.part`` file that is
 renamed when complete (and resumed with an HTTP Range request after an interruption), mirror

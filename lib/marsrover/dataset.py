@@ -147,13 +147,17 @@ def index_problems(index: pd.DataFrame, expected_sizes: dict[str, int] | None = 
     return problems
 
 
+def bulleted(problems: list[str], limit: int) -> str:
+    """The first ``limit`` problems as an indented list, then how many more there are."""
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return "\n  - " + "\n  - ".join(problems[:limit]) + more
+
+
 def check_index(index: pd.DataFrame, expected_sizes: dict[str, int] | None = None) -> None:
     """Raise :class:`DataSetError` listing every problem :func:`index_problems` finds."""
     problems = index_problems(index, expected_sizes)
     if problems:
-        shown = "\n  - ".join(problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        raise DataSetError(f"the data set failed {len(problems)} check(s):\n  - {shown}{more}")
+        raise DataSetError(f"the data set failed {len(problems)} check(s):{bulleted(problems, 50)}")
 
 
 def load_or_build_index(paths: DataPaths, *, rebuild: bool = False, progress: bool = True) -> pd.DataFrame:

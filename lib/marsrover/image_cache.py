@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .dataset import DataSetError, load_image
+from .dataset import DataSetError, bulleted, load_image
 
 
 def cache_key(index: pd.DataFrame, size: int) -> str:
@@ -53,12 +53,10 @@ def cached_images(index: pd.DataFrame, images_root: Path, size: int, cache_dir: 
         list(tqdm(pool.map(decode, range(len(files))), total=len(files),
                   desc=f"Caching images at {size}px", disable=not progress))
     if failures:  # no cache is written, so nothing half-made is ever reused
-        listed = sorted(failures.items())
-        shown = "\n  - ".join(f"{file}: {reason}" for file, reason in listed[:10])
-        more = f"\n  ... and {len(listed) - 10} more" if len(listed) > 10 else ""
+        listed = [f"{file}: {reason}" for file, reason in sorted(failures.items())]
         raise DataSetError(
             f"{len(failures)} of the {len(files)} indexed images under {images_root} could not be read "
-            f"(changed since the index was checked?):\n  - {shown}{more}\n"
+            f"(changed since the index was checked?):{bulleted(listed, 10)}\n"
             f"If they came from the archive, extract it again: delete {Path(images_root).parent} (its marker "
             "would make `python -m marsrover data` reuse it) and run `python -m marsrover data --rebuild-index`.")
     cache_dir.mkdir(parents=True, exist_ok=True)
