@@ -247,6 +247,17 @@ def test_file_info_for_an_unknown_record_names_status_and_url(zenodo):
     assert f"{zenodo.url}/api/records/999" in str(err.value)
 
 
+def test_an_unreachable_zenodo_says_how_to_use_a_local_mirror(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: refused at once, offline as on these machines
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    with pytest.raises(DownloadError, match="could not fetch Zenodo record") as err:
+        acquisition.zenodo_file_info(api_url=closed, timeout=2)
+    assert "MARSROVER_MIRROR" in str(err.value) and "SHA256SUMS" in str(err.value)
+
+
 # --------------------------------------------------------------------------------------------
 # download()
 

@@ -192,6 +192,28 @@ def test_bad_options_are_refused_with_status_one_as_nothing_was_done(tiny_model,
         assert "usage: marsrover predict" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, bad, message", [
+    ("predict", ["--threshold", "abc"], "argument --threshold: not a number: 'abc'"),
+    ("predict", ["--batch-size", "1.5"], "argument --batch-size: not a whole number: '1.5'"),
+    ("predict", ["--max-pixels", "1e9"], "Pillow refuses images over 178956970 pixels"),
+    ("predict", ["--max-pixels", "0"], "argument --max-pixels: must be more than 0, got 0"),
+    ("sort", ["--into", "out", "--low", "low"], "argument --low: not a number: 'low'"),
+    ("fetch-raw", ["--retries", "-1"], "argument --retries: must not be negative, got -1"),
+    ("fetch-raw", ["--timeout", "0"], "argument --timeout: must be more than 0, got 0"),
+    ("fetch-raw", ["--limit", "ten"], "argument --limit: not a whole number: 'ten'"),
+])
+def test_a_bad_option_value_is_named_in_words(command, bad, message, capsys):
+    target = ["--mission", "msl"] if command == "fetch-raw" else ["some.jpg"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, *target, *bad])
+    assert exit_info.value.code == cli.EXIT_ERROR and message in capsys.readouterr().err
+
+
+def test_a_folder_given_as_the_model_is_named_as_a_folder(images, tmp_path, capsys):
+    assert cli.main(["predict", str(images), "--model", str(tmp_path), "--out", str(tmp_path / "p.csv")]) == 1
+    assert f"model {tmp_path} is a folder; give the saved .keras file in it" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------
 # sort
 
@@ -242,6 +264,49 @@ def test_sort_move_with_the_real_model(tiny_model, images, tmp_path, capsys):
         ["grey.PNG", "sixteen.png", *(f"rgb{i}.jpg" for i in range(5))])
     assert [p.name for p in images.rglob("*") if p.is_file()] == ["readme.txt"]
     assert "Uncertain 7" in capsys.readouterr().out
+
+
+def test_rerunning_an_interrupted_move_with_the_same_names_finishes_it(images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(inference, "load_model", lambda path=None: BrightnessModel())
+    model_file = tmp_path / "any.keras"
+    model_file.write_bytes(b"stand-in")
+    into = tmp_path / "sorted"
+    named = [str(images / f"rgb{i}.jpg") for i in range(3)]
+    options = ["--into", str(into), "--model", str(model_file), "--move", "--no-progress"]
+    assert cli.main(["sort", *named[:2], *options]) == 0  # "interrupted" after two of the three
+
+    assert cli.main(["sort", *named, *options]) == 0
+    out = capsys.readouterr().out
+    assert f"no longer here: {named[0]}, {named[1]}" in out and "1 image(s)" in out
+    assert not any(Path(name).exists() for name in named)
+
+    glob_pattern = str(images / "rgb[0-2].jpg")  # a glob whose files were all moved: done, not missing
+    assert cli.main(["sort", glob_pattern, *options]) == 0
+    assert "Nothing left to sort." in capsys.readouterr().out
+
+    never_there = str(images / "never.jpg")  # not in the log: still an error
+    assert cli.main(["sort", never_there, *options]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_a_bare_fetch_raw_fetches_the_newest_hundred_and_says_so(monkeypatch, tmp_path, capsys):
+    from marsrover import rawfeeds
+
+    calls = []
+
+    def fake_fetch(mission, **options):
+        calls.append(options)
+        raise OSError(13, "Permission denied", str(tmp_path / "locked"))
+
+    monkeypatch.setattr(rawfeeds, "fetch_raw", fake_fetch)
+    assert cli.main(["fetch-raw", "--mission", "msl"]) == 1  # a disk error is a message, not a traceback
+    captured = capsys.readouterr()
+    assert "fetching the newest 100 images" in captured.out and calls[-1]["limit"] == 100
+    assert "marsrover: error:" in captured.err and "Permission denied" in captured.err
+    cli.main(["fetch-raw", "--mission", "msl", "--sols", "100-110"])  # a sol range sets its own end
+    assert calls[-1]["limit"] is None
+    cli.main(["fetch-raw", "--mission", "msl", "--limit", "5000"])
+    assert calls[-1]["limit"] == 5000
 
 
 def test_data_with_a_wrong_checksum_says_what_and_where_without_a_traceback(tmp_path, monkeypatch, capsys):

@@ -31,7 +31,15 @@ def test_the_exported_headline_model_is_the_one_the_report_names_small_and_track
     assert exported.stat().st_size < 20 * 2**20  # the study commits its headline only when under 20 MB
     if shutil.which("git") is None or not (config.PROJECT_ROOT / ".git").exists():
         pytest.skip("not a git checkout: cannot ask what is tracked")
-    tracked = subprocess.run(["git", "ls-files", "models/*.keras"], cwd=config.PROJECT_ROOT, check=True,
-                             capture_output=True, text=True).stdout.split()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=config.PROJECT_ROOT, check=True, capture_output=True,
+                              text=True).stdout
+
+    if git("status", "--porcelain", "--", "reports/full/metrics.json"):
+        # a user's own `make study` rewrote the report and exported its headline; what git tracks is
+        # checked where the report is committed (CI's clean clone), not in a checkout that reran it
+        pytest.skip("reports/full/ holds an uncommitted rerun: whether its export is tracked is checked once committed")
+    tracked = git("ls-files", "models/*.keras").split()
     # models/*.keras is git-ignored: a rerun's commit drops the old export without adding the new one
     assert tracked == [f"models/{exported.name}"], "commit the new export with `git add -f`"

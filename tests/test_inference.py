@@ -7,6 +7,7 @@ tests are fast and exact; tests/test_cli.py runs a real (tiny, untrained) Keras 
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import time
@@ -310,6 +311,23 @@ def test_the_newest_exported_model_is_the_default_and_report_models_only_a_fallb
     assert inference.find_default_model() == newer
     os.utime(older, None)
     assert inference.find_default_model() == older
+
+
+def test_without_an_export_the_reports_headline_is_chosen_over_newer_study_runs(model_dirs):
+    _, reports = model_dirs
+    saved = reports / "full" / "models"
+    saved.mkdir(parents=True)
+    headline, leakage = saved / "improved_refit.keras", saved / "seed_notebook_random_split.keras"
+    for path, age in ((headline, 100), (leakage, 50)):  # the study saves the leakage run last
+        path.write_bytes(b"model")
+        os.utime(path, (time.time() - age, time.time() - age))
+    (reports / "full" / "metrics.json").write_text(json.dumps({"headline": "improved_refit"}))
+    (reports / "smoke").mkdir()
+    (reports / "smoke" / "metrics.json").write_text("{half a file")  # unreadable: ignored, not fatal
+    assert inference.find_default_model() == headline
+
+    (reports / "full" / "metrics.json").write_text(json.dumps({"headline": "transfer"}))  # skipped: no file
+    assert inference.find_default_model() == leakage  # the last resort: the newest model of any run
 
 
 def test_load_model_of_a_missing_file_raises_no_model_error(tmp_path):

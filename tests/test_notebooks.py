@@ -82,3 +82,13 @@ def test_notebooks_stay_thin(path):
         if cell.cell_type == "code":
             assert "def " not in cell.source, f"{path.name}: functions belong in the marsrover package"
             assert "/work/" not in cell.source and "../data" not in cell.source, f"{path.name}: hard-coded path"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_cell_that_ends_by_saving_a_figure_does_not_echo_its_path(path):
+    # save_fig returns the file's path; echoed under the figure it shows one machine's folders in the report
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        last = cell.source.rstrip().splitlines()[-1] if cell.cell_type == "code" and cell.source.strip() else ""
+        if last.startswith("save_fig("):
+            assert last.endswith(";"), f"{path.name}: end `{last}` with ';'"

@@ -393,3 +393,36 @@ def test_new_images_keep_their_fetch_raw_metadata_wherever_the_notebook_runs(tmp
     table = study.classify_new_images(tmp_path / "m.keras", Path("raw/msl")).set_index("image_id")  # relative too
     assert table.loc["a", "instrument"] == "MAHLI" and table.loc["b", "instrument"] == "Mastcam left"
     assert str(table.loc["b", "sol"]) == "13"
+
+
+def test_a_new_sample_of_test_images_replaces_an_earlier_one(tmp_path):
+    from marsrover import config, study
+
+    paths = config.DataPaths(tmp_path / "data")
+    rows = []
+    for number in range(6):
+        name = f"calibrated/img{number}.JPG"
+        (paths.images_root / name).parent.mkdir(parents=True, exist_ok=True)
+        (paths.images_root / name).write_bytes(b"jpeg %d" % number)
+        rows.append({"id": f"img{number}", "path": name, "split": "test", "sol": 100 + number, "instrument": "MAHLI"})
+    index = pd.DataFrame(rows)
+    folder = paths.processed / "new_images_sample"
+
+    first = study.sample_new_images(paths, index, folder, count=5, seed=1)
+    second = study.sample_new_images(paths, index, folder, count=2, seed=2)  # fewer, and other images
+
+    on_disk = sorted(path.name for path in folder.iterdir())
+    assert on_disk == sorted([*second["local_path"], rawfeeds.METADATA_NAME])  # nothing left from the first
+    assert len(first) == 5 and len(second) == 2
+
+
+def test_notebook_07_uses_the_given_model_else_the_reports_headline_else_the_default(tmp_path, monkeypatch):
+    from marsrover import inference, study
+
+    report = tmp_path / "reports" / "full"
+    report.mkdir(parents=True)
+    assert study.new_images_model(report, "models/mine.keras") == Path("models/mine.keras")  # no report needed
+    monkeypatch.setattr(inference, "find_default_model", lambda: tmp_path / "models" / "exported.keras")
+    assert study.new_images_model(report) == tmp_path / "models" / "exported.keras"  # no study ran here yet
+    (report / "metrics.json").write_text(json.dumps({"headline": "improved_refit"}))
+    assert study.new_images_model(report) == report / "models" / "improved_refit.keras"

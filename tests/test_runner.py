@@ -64,6 +64,48 @@ def test_a_failing_notebook_stops_the_run_names_the_cell_and_keeps_the_partial_n
     assert "The run failed" in (out / "index.html").read_text()
 
 
+def test_an_executed_notebook_names_its_folders_relative_to_the_project_not_this_machine(tmp_path, monkeypatch):
+    from marsrover import config
+
+    project = tmp_path / "project"
+    notebooks = project / "notebooks"
+    notebooks.mkdir(parents=True)
+    monkeypatch.setattr(config, "PROJECT_ROOT", project)
+    _write_notebook(notebooks / "01_paths.ipynb", "output_dir = None\ndata_dir = None",
+                    "from pathlib import Path\nprint(Path(output_dir).resolve(), Path(data_dir).resolve())")
+    outside = tmp_path / "elsewhere" / "data"  # a data folder outside the project stays absolute
+
+    runner.run_study("smoke", output_dir=project / "reports" / "smoke", data_dir=outside, notebooks_dir=notebooks)
+
+    executed = nbformat.read(project / "reports" / "smoke" / "01_paths.ipynb", as_version=4)
+    injected = next(cell.source for cell in executed.cells if "injected-parameters" in cell.metadata.get("tags", []))
+    assert 'output_dir = "../reports/smoke"' in injected and f'data_dir = "{outside}"' in injected
+    # the kernel ran in notebooks/, so the relative folder is the same one
+    assert executed.cells[-1].outputs[0]["text"].split() == [str(project / "reports" / "smoke"), str(outside)]
+    record = executed.metadata["papermill"]
+    assert (record["input_path"], record["output_path"]) == ("notebooks/01_paths.ipynb", "reports/smoke/01_paths.ipynb")
+
+
+def test_tensorflows_start_up_lines_are_dropped_from_the_report_and_other_stderr_kept(tmp_path):
+    startup = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+               "I0000 00:00:1796321333.957668     425 port.cc:153] oneDNN custom operations are on.\n"
+               "I0000 00:00:1796321333.958514     425 cudart_stub.cc:31] Could not find cuda drivers on your machine.\n"
+               "E0000 00:00:1796321334.134231     425 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n")
+    kept = "W0000 00:00:1796321334.2     425 allocator.cc:1] Allocation exceeds 10% of free system memory.\n"
+    notebook = _write_notebook(tmp_path / "05_x.ipynb", "seed = 0", "import keras", "print('trained')")
+    executed = nbformat.read(notebook, as_version=4)
+    executed.cells[2].outputs = [nbformat.v4.new_output("stream", name="stderr", text=startup)]
+    executed.cells[3].outputs = [nbformat.v4.new_output("stream", name="stderr", text=startup + kept),
+                                 nbformat.v4.new_output("stream", name="stdout", text="trained\n")]
+    nbformat.write(executed, notebook)
+
+    runner.tidy_executed_notebook(notebook)
+
+    tidied = nbformat.read(notebook, as_version=4)
+    assert tidied.cells[2].outputs == []
+    assert [(output.name, output.text) for output in tidied.cells[3].outputs] == [("stderr", kept), ("stdout", "trained\n")]
+
+
 def test_main_exits_non_zero_when_a_notebook_fails(toy_notebooks, tmp_path, monkeypatch):
     monkeypatch.setattr(runner.config, "NOTEBOOKS_DIR", toy_notebooks)
     assert runner.main(["--profile", "smoke", "--output-dir", str(tmp_path / "r"), "--only", "01"]) == 0

@@ -182,7 +182,8 @@ def zenodo_file_info(
             )
         except requests.RequestException as exc:
             raise DownloadError(
-                f"could not fetch Zenodo record {record_id} from {record_url}: {exc}"
+                f"could not fetch Zenodo record {record_id} from {record_url}: {exc}. Without internet, "
+                f"point {config.MIRROR_ENV} at a folder holding {filename} and its SHA256SUMS"
             ) from exc
         if resp.status_code != 200:
             raise DownloadError(
@@ -735,7 +736,7 @@ def safe_extract(archive: Path, dest_dir: Path, *, progress: bool = True) -> Pat
         raise AcquisitionError(f"archive {archive} does not exist; obtain it first")
     digest = file_sha256(archive)
     if dest_dir.is_dir() and _read_marker(dest_dir) == digest:
-        print(f"Reusing {dest_dir}: already extracted from {archive.name} (SHA-256 {digest[:12]}...)")
+        print(f"Reusing {config.display_path(dest_dir)}: already extracted from {archive.name} (SHA-256 {digest[:12]}...)")
         return dest_dir
 
     corrupt_hint = "delete it and run again to fetch a fresh copy"
@@ -783,6 +784,6 @@ def safe_extract(archive: Path, dest_dir: Path, *, progress: bool = True) -> Pat
             shutil.rmtree(aside, ignore_errors=True)
         else:
             aside.unlink(missing_ok=True)
-        print(f"Replaced {dest_dir} (its marker did not match {archive.name})")
-    print(f"Extracted {len(members)} members of {archive.name} into {dest_dir}")
+        print(f"Replaced {config.display_path(dest_dir)} (its marker did not match {archive.name})")
+    print(f"Extracted {len(members)} members of {archive.name} into {config.display_path(dest_dir)}")
     return dest_dir

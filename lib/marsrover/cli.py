@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 1, 2
+DEFAULT_FETCH_LIMIT = 100  # images a bare `fetch-raw` downloads
 
 
 def _fail(message: str) -> int:
@@ -64,7 +65,9 @@ def _model_and_files(args: argparse.Namespace, exclude=()):
 
     from . import inference
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, unless asked for
+    # Quietens TensorFlow's C++ logging, unless asked for; TF 2.21 still prints its start-up lines
+    # (oneDNN, CUDA) before this setting is read, so a few remain.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     files = inference.discover_images(args.paths, exclude=exclude)
     if not files:
@@ -107,6 +110,12 @@ def _sort(args: argparse.Namespace) -> int:
         return _fail(f"need 0 <= --low <= --high <= 1, got --low {args.low} --high {args.high}")
     if problem := _unwritable(Path(args.into), "--into", args.into):
         return _fail(problem)
+    args.paths, gone = sorting.named_paths_sorted_earlier(args.paths, args.into)
+    if gone:  # an interrupted --move, run again with the same names
+        print(f"Sorted by an earlier run (in {Path(args.into) / sorting.LOG_NAME}), no longer here: {', '.join(gone)}")
+        if not args.paths:
+            print("Nothing left to sort.")
+            return EXIT_OK
     try:
         model, _, files = _model_and_files(args, exclude=[args.into])
     except (FileNotFoundError, ValueError) as error:
@@ -123,27 +132,64 @@ def _fetch_raw(args: argparse.Namespace) -> int:
     from . import rawfeeds
     from .acquisition import DownloadError
 
+    limit = args.limit
+    if limit is None and args.sols is None:  # the whole feed would take days: say what a bare call fetches
+        limit = DEFAULT_FETCH_LIMIT
+        print(f"No --sols or --limit: fetching the newest {limit} images (give --limit N or --sols A-B for more)")
     try:
-        result = rawfeeds.fetch_raw(args.mission, sols=args.sols, limit=args.limit, size=args.size,
+        result = rawfeeds.fetch_raw(args.mission, sols=args.sols, limit=limit, size=args.size,
                                     out_dir=args.out, per_page=args.per_page, base_url=args.feed_url,
                                     retries=args.retries, timeout=args.timeout, progress=not args.no_progress)
-    except (DownloadError, ValueError) as error:
+    except (DownloadError, ValueError, OSError) as error:  # the feed, bad options, the disk (e.g. --out)
         return _fail(str(error))
     print("\n".join(result.lines()))
     return EXIT_SOME_FAILED if result.failed else EXIT_OK
 
 
+def _parsed(text: str, kind: type):
+    """``kind(text)``, or the message argparse shows ("argument --x: not a number: 'abc'")."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {'a whole number' if kind is int else 'a number'}: {text!r}") from None
+
+
 def _probability(text: str) -> float:
-    value = float(text)
+    value = _parsed(text, float)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _parsed(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _parsed(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _parsed(text, float)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _max_pixels(text: str) -> float:
+    from PIL import Image
+
+    value = _positive_float(text)
+    pillow_cap = 2 * Image.MAX_IMAGE_PIXELS  # Pillow refuses larger images itself, whatever the limit here
+    if value > pillow_cap:
+        raise argparse.ArgumentTypeError(f"Pillow refuses images over {pillow_cap} pixels, so a limit of {text} "
+                                         "cannot let them through; give at most that")
     return value
 
 
@@ -154,12 +200,14 @@ def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
                         help="image files (tried whatever their extension), folders (searched recursively for "
                              ".jpg, .jpeg and .png files) or glob patterns")
     parser.add_argument("--model", type=Path,
-                        help="saved .keras model (default: the newest *.keras under models/ or reports/*/models/)")
+                        help="saved .keras model (default: the newest *.keras under models/, else a study's "
+                             "headline under reports/*/models/)")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per model call (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--workers", type=_positive_int, help="decoding threads (default: 2 x CPUs, at most 8)")
-    parser.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS,
-                        help="refuse images with more pixels than this, undecoded (default 50e6)")
+    parser.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels than this, undecoded (default 50e6; at most "
+                             "Pillow's own cap of 178956970)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -216,15 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "feeds into data/raw/<mission>/. Rerunning skips what is already there.")
     fetch.add_argument("--mission", required=True, choices=rawfeeds.MISSIONS)
     fetch.add_argument("--sols", metavar="A-B", help="sol range: A-B, A, A- or -B")
-    fetch.add_argument("--limit", type=int, help="stop after this many images")
+    fetch.add_argument("--limit", type=_non_negative_int,
+                       help=f"stop after this many images (default {DEFAULT_FETCH_LIMIT} without --sols, "
+                            "none with it: a feed holds hundreds of thousands)")
     fetch.add_argument("--size", choices=rawfeeds.SIZES, default="medium",
                        help="Mars 2020 rendition (default medium; the MSL feed has one size)")
     fetch.add_argument("--out", type=Path, metavar="DIR", help="folder (default data/raw/<mission>)")
     fetch.add_argument("--per-page", type=_positive_int, default=rawfeeds.DEFAULT_PER_PAGE,
                        help=f"feed page size (default {rawfeeds.DEFAULT_PER_PAGE})")
     fetch.add_argument("--feed-url", help="feed base URL (default: the mission's mars.nasa.gov feed)")
-    fetch.add_argument("--retries", type=int, default=5, help="retries per request (default 5)")
-    fetch.add_argument("--timeout", type=float, default=30, help="seconds per request (default 30)")
+    fetch.add_argument("--retries", type=_non_negative_int, default=5, help="retries per request (default 5)")
+    fetch.add_argument("--timeout", type=_positive_float, default=30, help="seconds per request (default 30)")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
     fetch.set_defaults(handler=_fetch_raw)
     return parser

@@ -352,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "flip":
         flip_side_check(args.run_dir, data_dir=args.data_dir, out=args.out)
         return 0
-    if args.trajectory_only and not args.trajectory:
-        parser.error("--trajectory-only needs --trajectory MODEL: there would be nothing to check")
+    if not args.trajectory:  # these only shape trajectories, yet name the output: they would mislabel it
+        for given, option in ((args.trajectory_only, "--trajectory-only"), (args.forward, "--forward"),
+                              (args.epochs is not None, "--epochs"), (args.seed is not None, "--seed")):
+            if given:
+                parser.error(f"{option} needs --trajectory MODEL: it only changes the --trajectory runs")
     if args.out is None:
         args.out = SIDE_CHECKS_DIR / batch_norm_file_name(forward=args.forward, epochs=args.epochs, seed=args.seed,
                                                           trajectory_only=args.trajectory_only)

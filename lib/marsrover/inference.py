@@ -17,6 +17,7 @@ and the model sees whole batches: one ``predict`` call per batch, never one per 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -81,16 +82,32 @@ def _model_candidates() -> list[Path]:
     return [path for path in found if path.is_file()]
 
 
+def _report_headlines() -> list[Path]:
+    """The saved headline model of each study report whose ``metrics.json`` names one."""
+    headlines = []
+    for metrics_path in sorted(config.REPORTS_DIR.glob("*/metrics.json")) if config.REPORTS_DIR.is_dir() else []:
+        try:
+            headline = json.loads(metrics_path.read_text(encoding="utf-8")).get("headline")
+        except (OSError, ValueError, AttributeError):  # a half-written or foreign file: not a study's verdict
+            continue
+        model = metrics_path.parent / "models" / f"{headline}.keras"
+        if isinstance(headline, str) and model.is_file():
+            headlines.append(model)
+    return headlines
+
+
 def find_default_model() -> Path:
     """The most recently written ``*.keras`` file under ``models/`` (the exported headline models).
 
-    Only when ``models/`` holds none, the newest in the study's report folders; those also hold every
-    run of the study (seed and leakage models included), so they are the fallback, not the choice.
+    Only when ``models/`` holds none, a study's own headline (``reports/<profile>/models/<headline>.keras``,
+    named by that report's ``metrics.json``; the newest when several reports have one); and only when no
+    report names one, the newest model in the report folders. Those also hold every run of the study (seed
+    and leakage models included), so the newest there is the last resort, not the choice.
     Raises :class:`NoModelError` saying where it looked and what to do when there is none.
     """
     candidates = _model_candidates()
     exported = [path for path in candidates if config.MODELS_DIR in path.parents]
-    candidates = exported or candidates
+    candidates = exported or _report_headlines() or candidates
     if not candidates:
         raise NoModelError(
             f"no trained model (*.keras) found in {config.MODELS_DIR} or "
@@ -103,6 +120,8 @@ def find_default_model() -> Path:
 def load_model(path: str | os.PathLike | None = None):
     """Load a saved Keras model (``path``, or :func:`find_default_model` when None) for inference."""
     path = Path(path) if path is not None else find_default_model()
+    if path.is_dir():
+        raise NoModelError(f"model {path} is a folder; give the saved .keras file in it")
     if not path.is_file():
         raise NoModelError(f"model file {path} does not exist")
     import keras  # imported here: listing or sorting files must not pay TensorFlow's start-up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import sys
 import time
@@ -49,6 +50,49 @@ def notebook_parameters(notebook: Path, values: dict) -> dict:
 
     declared = papermill.inspect_notebook(str(notebook))
     return {name: values[name] for name in declared if name in values}
+
+
+def path_for_notebook(path: str | os.PathLike, notebook_dir: Path) -> str:
+    """``path`` as a notebook in ``notebook_dir`` is given it: relative to that folder when both lie in the
+    project (papermill starts each kernel there), so that the executed notebook, committed and opened
+    elsewhere, names no folder of the machine that ran it; absolute when either lies outside."""
+    path, notebook_dir = Path(path).resolve(), Path(notebook_dir).resolve()
+    if not (path.is_relative_to(config.PROJECT_ROOT) and notebook_dir.is_relative_to(config.PROJECT_ROOT)):
+        return str(path)
+    return os.path.relpath(path, notebook_dir)
+
+
+# TensorFlow's start-up lines on a machine without a GPU. TF 2.21 prints them from C++ before it reads
+# TF_CPP_MIN_LOG_LEVEL, so they cannot be switched off; in the report they read as errors ("E0000 ...
+# failed call to cuInit") though the CPU is all the study asks for. Only these known lines are dropped.
+TENSORFLOW_STARTUP_LINE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cuda_platform)\.cc:\d+\] .*")
+
+
+def tidy_executed_notebook(executed: Path) -> None:
+    """Make an executed notebook fit to commit: papermill's record of where it came from and went,
+    relative to the project (see :func:`path_for_notebook`), and no TensorFlow start-up lines on stderr."""
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4)
+    record = notebook.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if record.get(key):
+            record[key] = config.display_path(record[key])
+    for cell in notebook.cells:
+        outputs = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                kept = [line for line in output.text.splitlines(keepends=True)
+                        if not TENSORFLOW_STARTUP_LINE.fullmatch(line.rstrip("\n"))]
+                if not kept:
+                    continue
+                output.text = "".join(kept)
+            outputs.append(output)
+        if cell.cell_type == "code":
+            cell.outputs = outputs
+    nbformat.write(notebook, executed)
 
 
 def render_html(executed: Path) -> Path:
@@ -100,9 +144,11 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         print(f"--> {notebook.name}", flush=True)
         clock = time.perf_counter()
         run.commit = git_commit()
+        folders = {name: path_for_notebook(values[name], notebook.parent)
+                   for name in ("output_dir", "data_dir") if values[name] is not None}
         try:
             papermill.execute_notebook(
-                str(notebook), str(executed), parameters=notebook_parameters(notebook, values),
+                str(notebook), str(executed), parameters=notebook_parameters(notebook, {**values, **folders}),
                 cwd=str(notebook.parent), progress_bar=False, log_output=False,
             )
             run.status = "ok"
@@ -116,6 +162,7 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         run.seconds = round(time.perf_counter() - clock, 2)
         run.peak_rss_gib = peak_kernel_rss_gib()
         if executed.exists():  # papermill keeps the partial notebook when a cell fails
+            tidy_executed_notebook(executed)
             run.outputs = {"notebook": executed.name, "html": render_html(executed).name}
         print(f"    {run.status} in {run.seconds:.1f} s", flush=True)
         if run.status == "failed":

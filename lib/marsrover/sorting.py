@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import glob
 import hashlib
 import os
 import shutil
@@ -207,6 +208,33 @@ def _done_before(log: pd.DataFrame) -> dict[str, dict]:
         if row["action"] in DONE_ACTIONS:
             done[row["source"]] = row
     return done
+
+
+def named_paths_sorted_earlier(paths: Sequence[str | os.PathLike], into: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Split the paths given to ``sort`` into (those to look for, those gone because an earlier run sorted them).
+
+    ``--move`` takes its images away, so rerunning an interrupted move with the same file names or globs
+    would otherwise stop at names that no longer exist. A path counts as sorted earlier when it does not
+    exist, and the log records it (a file) or a file matching it (a glob that now matches nothing) as sorted
+    into a destination that is still there. Any other missing path stays, to be reported as missing.
+    """
+    import fnmatch
+
+    into = Path(into)
+    sorted_sources = {source for source, row in _done_before(read_log(into)).items() if (into / row["dest"]).is_file()}
+    remaining, gone = [], []
+    for raw in paths:
+        text = os.path.expanduser(os.fspath(raw))
+        if os.path.exists(text) or (inference._GLOB_CHARS & set(text) and glob.glob(text, recursive=True)):
+            remaining.append(os.fspath(raw))
+            continue
+        absolute = os.path.abspath(text)
+        if inference._GLOB_CHARS & set(text):
+            done = any(fnmatch.fnmatchcase(source, absolute) for source in sorted_sources)
+        else:
+            done = str(Path(absolute).resolve()) in sorted_sources
+        (gone if done else remaining).append(os.fspath(raw))
+    return remaining, gone
 
 
 def sort_files(model, files: Sequence[str | os.PathLike], into: str | os.PathLike, *, move: bool = False,

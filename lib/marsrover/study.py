@@ -1,7 +1,7 @@
 """The steps the notebooks share, so each notebook is a few calls and its narrative.
 
 Notebook 01 calls :func:`acquire`; every later notebook calls :func:`load_index` and
-:func:`split_arrays`; 05 calls :func:`train_models`; 06 calls :func:`score_models`.
+:func:`split_arrays`; 05 calls :func:`train_models`; 06 calls :func:`score_study`.
 """
 
 from __future__ import annotations
@@ -702,7 +702,7 @@ def export_headline(output_dir: Path, metrics: dict, models_dir: Path = config.M
         if EXPORT_NAME.fullmatch(old.name):
             old.unlink()
     shutil.copy2(Path(output_dir) / "models" / f"{run}.keras", target)
-    print(f"Headline model exported to {target} ({target.stat().st_size / 2**20:.1f} MiB)")
+    print(f"Headline model exported to {config.display_path(target)} ({target.stat().st_size / 2**20:.1f} MiB)")
     return target
 
 
@@ -975,7 +975,9 @@ def sample_new_images(paths: config.DataPaths, index: pd.DataFrame, folder: Path
     """A stand-in for freshly fetched images: ``count`` test-split images copied into ``folder``.
 
     Used where no raw images were fetched (CI, offline machines); it writes the same ``metadata.csv``
-    that ``marsrover fetch-raw`` writes, so notebook 07 runs the same code either way.
+    that ``marsrover fetch-raw`` writes, so notebook 07 runs the same code either way. ``folder`` is the
+    sample's own: files an earlier sample left there (another ``count`` or ``seed``) are removed, else
+    they would be classified too, without metadata.
     """
     import shutil
 
@@ -985,6 +987,10 @@ def sample_new_images(paths: config.DataPaths, index: pd.DataFrame, folder: Path
     folder.mkdir(parents=True, exist_ok=True)
     test = index[index["split"] == "test"]
     chosen = test.sample(n=min(count, len(test)), random_state=seed)
+    keep = {Path(path).name for path in chosen["path"]} | {METADATA_NAME}
+    for stale in folder.iterdir():
+        if stale.is_file() and stale.name not in keep:
+            stale.unlink()
     rows = []
     for row in chosen.itertuples():
         target = folder / Path(row.path).name
@@ -995,6 +1001,21 @@ def sample_new_images(paths: config.DataPaths, index: pd.DataFrame, folder: Path
     metadata = pd.DataFrame(rows, columns=METADATA_COLUMNS)
     metadata.to_csv(folder / METADATA_NAME, index=False)
     return metadata
+
+
+def new_images_model(output_dir: Path, model_path: str | Path | None = None) -> Path:
+    """The model notebook 07 classifies with: ``model_path`` when given, else the headline of the report in
+    ``output_dir`` (its ``metrics.json``), else, with no such report, the model `marsrover predict` would use."""
+    from .inference import find_default_model
+
+    if model_path:
+        return Path(model_path)
+    metrics_path = Path(output_dir) / reporting.METRICS_FILE
+    if metrics_path.exists():
+        return Path(output_dir) / "models" / f"{reporting.load_json(metrics_path)['headline']}.keras"
+    fallback = find_default_model()
+    print(f"No study in {config.display_path(output_dir)} (no {reporting.METRICS_FILE}): using {config.display_path(fallback)}")
+    return fallback
 
 
 def classify_new_images(model_path: Path, folder: Path, *, low: float = 0.2, high: float = 0.8) -> pd.DataFrame:

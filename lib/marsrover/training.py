@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
+from .config import display_path
 from .evaluation import EVAL_BATCH_SIZE
 from .models import build_model, get_spec
 from .provenance import run_environment
@@ -363,5 +364,6 @@ def save_run(result: TrainingResult, output_dir: Path, *, records: str = "runs",
         "environment": run_environment(),
     }
     run_path.write_text(json.dumps(record, indent=2))
-    print(f"Saved {model_path} and {run_path}" if save_model else f"Saved {run_path}")
+    model_shown, run_shown = display_path(model_path), display_path(run_path)  # reports travel
+    print(f"Saved {model_shown} and {run_shown}" if save_model else f"Saved {run_shown}")
     return {"model": model_path, "run": run_path} if save_model else {"run": run_path}
