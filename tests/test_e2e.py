@@ -16,6 +16,8 @@ pytestmark = pytest.mark.e2e
 
 
 STALE_FIGURES = ("confusion_matrix_vanished_run.png", "gradcam_vanished_model.jpg")
+# records an earlier study's notebook 05 wrote for runs this one does not train (a forward run included)
+STALE_RECORDS = ("runs/vanished_run.json", "selection/vanished_forward.json")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,9 @@ def smoke_report(tmp_path_factory):
     (out / "figures").mkdir()  # figures of runs an earlier study had, which this one does not
     for stale in STALE_FIGURES:
         (out / "figures" / stale).write_bytes(b"an earlier study's figure")
+    for stale in STALE_RECORDS:
+        (out / stale).parent.mkdir(exist_ok=True)
+        (out / stale).write_text(json.dumps({"config": {"model": "improved"}, "train_seconds": 600.0}))
     completed = subprocess.run([sys.executable, str(config.PROJECT_ROOT / "run_all.py"), "--profile", "smoke",
                                 "--output-dir", str(out)], capture_output=True, text=True, timeout=1800)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -69,6 +74,7 @@ def test_per_run_figures_are_those_of_this_studys_runs_only(smoke_report):
     assert confusion == {"confusion_matrix", "confusion_matrix_normalised"} | {
         f"confusion_matrix_{run}" for run in metrics["models"] if run != metrics["headline"]}
     assert not any((smoke_report / "figures" / stale).exists() for stale in STALE_FIGURES)
+    assert not any((smoke_report / stale).exists() for stale in STALE_RECORDS)  # nor timed as this study's
 
 
 TRAIN_ONLY = {"seed_notebook", "seed_blog", "improved", "quick_cnn", "transfer"}

@@ -532,6 +532,23 @@ def test_render_only_rewrites_the_pages_but_not_what_the_last_run_measured(tmp_p
     assert (tmp_path / "index.html").exists()
 
 
+def test_render_only_tidies_the_executed_notebooks_of_an_earlier_run(tmp_path):
+    executed = _write_notebook(tmp_path / "01_x.ipynb", "seed = 0", "import keras")
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.cells[-1].outputs = [nbformat.v4.new_output(
+        "stream", name="stderr", text="I0000 00:00:1.5     425 cudart_stub.cc:31] Could not find cuda drivers.\n")]
+    nbformat.write(notebook, executed)
+    log = {"profile": "smoke", "commit": "c", "started": "today", "total_seconds": 1.0, "peak_rss_gib": 1.0,
+           "notebooks": [{"name": "01_x.ipynb", "status": "ok", "seconds": 1.0, "commit": "c",
+                          "outputs": {"notebook": "01_x.ipynb", "html": "01_x.html"}}]}
+    (tmp_path / "run_log.json").write_text(json.dumps(log))
+
+    assert runner.render_only("smoke", tmp_path) == 0
+
+    assert nbformat.read(executed, as_version=4).cells[-1].outputs == []
+    assert "cudart_stub" not in (tmp_path / "01_x.html").read_text()
+
+
 def test_the_model_card_owns_up_when_the_headline_refits_recomputed_their_batch_norm_statistics(tmp_path):
     recomputed = {**METRICS["models"]["improved_refit"],
                   "batch_norm_statistics": "recomputed over the training images, weighted by instrument x label group"}

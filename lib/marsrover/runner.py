@@ -198,13 +198,15 @@ def finish_report(profile: str, output_dir: Path, log: dict) -> Path:
 
 
 def render_only(profile: str, output_dir: Path | None = None) -> int:
-    """Re-render HTML, the front page, model card and README section from an earlier run's outputs."""
+    """Re-render HTML, the front page, model card and README section from an earlier run's outputs, after
+    tidying its executed notebooks as a run of this code would have (:func:`tidy_executed_notebook`)."""
     output_dir = Path(output_dir or config.REPORTS_DIR / profile).resolve()
     log = reporting.load_json(output_dir / reporting.RUN_LOG_FILE)
     if not log:
         raise SystemExit(f"{output_dir / reporting.RUN_LOG_FILE} is missing: run the notebooks first")
     for run in log["notebooks"]:
         if run.get("outputs"):
+            tidy_executed_notebook(output_dir / run["outputs"]["notebook"])  # what this code would have kept
             render_html(output_dir / run["outputs"]["notebook"])
     # Through the same merge as a run, so totals follow one rule even after partial reruns.
     log = reporting.write_run_log(output_dir, {**log, "notebooks": [], "total_seconds": log.get("this_run_seconds"),
@@ -224,7 +226,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "(default: reports/<profile>)")
     parser.add_argument("--data-dir", type=Path, help="the data folder (default: data/ or $MARSROVER_DATA_DIR)")
     parser.add_argument("--render-only", action="store_true",
-                        help="execute nothing: re-render the HTML, index, model card and README results")
+                        help="execute nothing: tidy the executed notebooks (tidy_executed_notebook) and re-render "
+                             "the HTML, index, model card and README results")
     return parser
 
 

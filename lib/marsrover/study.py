@@ -393,8 +393,11 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
     from .models import PretrainedWeightsUnavailable, get_spec
 
     output_dir = Path(output_dir)
-    for stale in [*(output_dir / "runs").glob("*.json"), *(output_dir / "models").glob("*.keras")]:
-        stale.unlink()  # this notebook defines the runs that 06 scores: none left from an earlier setup
+    for stale in [*(output_dir / "runs").glob("*.json"), *(output_dir / SELECTION_RUNS).glob("*.json"),
+                  *(output_dir / "models").glob("*.keras")]:
+        # this notebook defines the runs that 06 scores and the report times: none left from an earlier setup
+        # (a forward run of a model this run does not refit would add its minutes to this run's)
+        stale.unlink()
     (output_dir / REFIT_BUDGET_FILE).unlink(missing_ok=True)  # nor an earlier budget's estimates
     runs: dict[str, dict] = {}
     common = {"batch_size": batch_size, "seed": seed, "jit_compile": jit_compile, "weights": transfer_weights}
