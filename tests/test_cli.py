@@ -196,10 +196,11 @@ def test_bad_options_are_refused_with_status_one_as_nothing_was_done(tiny_model,
     ("predict", ["--threshold", "abc"], "argument --threshold: not a number: 'abc'"),
     ("predict", ["--batch-size", "1.5"], "argument --batch-size: not a whole number: '1.5'"),
     ("predict", ["--max-pixels", "1e9"], "Pillow refuses images over 178956970 pixels"),
-    ("predict", ["--max-pixels", "0"], "argument --max-pixels: must be more than 0, got 0"),
+    ("predict", ["--max-pixels", "0"], "argument --max-pixels: must be a finite number more than 0, got 0"),
     ("sort", ["--into", "out", "--low", "low"], "argument --low: not a number: 'low'"),
     ("fetch-raw", ["--retries", "-1"], "argument --retries: must not be negative, got -1"),
-    ("fetch-raw", ["--timeout", "0"], "argument --timeout: must be more than 0, got 0"),
+    ("fetch-raw", ["--timeout", "0"], "argument --timeout: must be a finite number more than 0, got 0"),
+    ("fetch-raw", ["--timeout", "inf"], "argument --timeout: must be a finite number more than 0, got inf"),
     ("fetch-raw", ["--limit", "ten"], "argument --limit: not a whole number: 'ten'"),
 ])
 def test_a_bad_option_value_is_named_in_words(command, bad, message, capsys):
@@ -211,7 +212,7 @@ def test_a_bad_option_value_is_named_in_words(command, bad, message, capsys):
 
 def test_a_folder_given_as_the_model_is_named_as_a_folder(images, tmp_path, capsys):
     assert cli.main(["predict", str(images), "--model", str(tmp_path), "--out", str(tmp_path / "p.csv")]) == 1
-    assert f"model {tmp_path} is a folder; give the saved .keras file in it" in capsys.readouterr().err
+    assert f"model {tmp_path} is a folder; give a saved .keras file" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +306,10 @@ def test_a_bare_fetch_raw_fetches_the_newest_hundred_and_says_so(monkeypatch, tm
     assert "marsrover: error:" in captured.err and "Permission denied" in captured.err
     cli.main(["fetch-raw", "--mission", "msl", "--sols", "100-110"])  # a sol range sets its own end
     assert calls[-1]["limit"] is None
+    cli.main(["fetch-raw", "--mission", "msl", "--sols", " "])  # an empty range is no range
+    assert calls[-1]["limit"] == 100
+    assert cli.main(["fetch-raw", "--mission", "msl", "--sols", "20-10"]) == 1  # refused before any request
+    assert "is empty: 20 > 10" in capsys.readouterr().err and calls[-1]["sols"] == " "
     cli.main(["fetch-raw", "--mission", "msl", "--limit", "5000"])
     assert calls[-1]["limit"] == 5000
 

@@ -425,4 +425,10 @@ def test_notebook_07_uses_the_given_model_else_the_reports_headline_else_the_def
     monkeypatch.setattr(inference, "find_default_model", lambda: tmp_path / "models" / "exported.keras")
     assert study.new_images_model(report) == tmp_path / "models" / "exported.keras"  # no study ran here yet
     (report / "metrics.json").write_text(json.dumps({"headline": "improved_refit"}))
-    assert study.new_images_model(report) == report / "models" / "improved_refit.keras"
+    exports = tmp_path / "models"
+    exports.mkdir()
+    (exports / "improved_refit-0123456789ab.keras").write_bytes(b"model")  # all a fresh clone has
+    assert study.new_images_model(report, models_dir=exports) == exports / "improved_refit-0123456789ab.keras"
+    (report / "models").mkdir()
+    (report / "models" / "improved_refit.keras").write_bytes(b"model")  # the study's own, once it has run
+    assert study.new_images_model(report, models_dir=exports) == report / "models" / "improved_refit.keras"

@@ -67,7 +67,7 @@ def test_a_failing_notebook_stops_the_run_names_the_cell_and_keeps_the_partial_n
 def test_an_executed_notebook_names_its_folders_relative_to_the_project_not_this_machine(tmp_path, monkeypatch):
     from marsrover import config
 
-    project = tmp_path / "project"
+    project = tmp_path.resolve() / "project"  # resolved: where /tmp is a link, the kernel reports the real folder
     notebooks = project / "notebooks"
     notebooks.mkdir(parents=True)
     monkeypatch.setattr(config, "PROJECT_ROOT", project)
@@ -84,6 +84,10 @@ def test_an_executed_notebook_names_its_folders_relative_to_the_project_not_this
     assert executed.cells[-1].outputs[0]["text"].split() == [str(project / "reports" / "smoke"), str(outside)]
     record = executed.metadata["papermill"]
     assert (record["input_path"], record["output_path"]) == ("notebooks/01_paths.ipynb", "reports/smoke/01_paths.ipynb")
+    monkeypatch.chdir(notebooks)  # tidying again (--render-only), from another folder, changes nothing
+    runner.tidy_executed_notebook(project / "reports" / "smoke" / "01_paths.ipynb")
+    again = nbformat.read(project / "reports" / "smoke" / "01_paths.ipynb", as_version=4).metadata["papermill"]
+    assert (again["input_path"], again["output_path"]) == ("notebooks/01_paths.ipynb", "reports/smoke/01_paths.ipynb")
 
 
 def test_tensorflows_start_up_lines_are_dropped_from_the_report_and_other_stderr_kept(tmp_path):

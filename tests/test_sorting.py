@@ -5,6 +5,7 @@ A stub model makes P(Surface) the image's mean brightness / 255, so where each f
 
 from __future__ import annotations
 
+import glob
 import hashlib
 from pathlib import Path
 
@@ -215,3 +216,31 @@ def test_place_file_numbers_names_and_never_overwrites(tmp_path):
     # A file is never "already there" as itself, so sorting files inside the target cannot delete them.
     assert place_file(folder / "same.jpg", folder, move=True) == (folder / "same.jpg", "already there")
     assert (folder / "same.jpg").exists()
+
+
+@pytest.mark.parametrize("pattern", ["pics/*.jpg", "pics/**/*.jpg", "**/*.jpg", "*.jpg", "pics/[ab].jpg",
+                                     "pics/?.jpg", "pics/deep/*", "pics/*/*.jpg", "link/*.jpg", "link/**/*.jpg"])
+def test_a_moved_files_glob_counts_as_done_exactly_when_glob_would_have_listed_it(tmp_path, pattern):
+    from marsrover.sorting import _glob_lists
+
+    root = tmp_path.resolve()
+    for name in ("pics/a.jpg", "pics/b.jpg", "pics/.hidden.jpg", "pics/deep/c.jpg", "top.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "link").symlink_to(root / "pics")
+    files = [path for path in root.rglob("*") if path.is_file() and not path.is_symlink()]
+    # glob's own answer while the files are there; the log keeps resolved paths, as sort writes them
+    listed = {str(Path(match).resolve()) for match in glob.glob(str(root / pattern), recursive=True)}
+    for file in files:
+        assert _glob_lists(str(root / pattern), str(file)) == (str(file) in listed), file
+
+
+def test_a_moved_file_whose_name_looks_like_a_glob_counts_as_done(tmp_path):
+    into, source = tmp_path / "sorted", tmp_path / "photo [1].jpg"
+    (into / "Rover").mkdir(parents=True)
+    (into / "Rover" / source.name).write_bytes(b"x")
+    (into / sorting.LOG_NAME).write_text(
+        "time,source,sha256,p_surface,folder,dest,action,error\n"
+        f"t,{source.resolve()},abc,0.1,Rover,Rover/{source.name},moved,\n")
+    assert sorting.named_paths_sorted_earlier([str(source), str(tmp_path / "*.png")], into) == (
+        [str(tmp_path / "*.png")], [str(source)])  # the glob matches nothing sorted: still reported missing

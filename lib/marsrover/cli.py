@@ -8,6 +8,7 @@ no such path, the feed refused, a usage error).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -133,7 +134,11 @@ def _fetch_raw(args: argparse.Namespace) -> int:
     from .acquisition import DownloadError
 
     limit = args.limit
-    if limit is None and args.sols is None:  # the whole feed would take days: say what a bare call fetches
+    try:
+        no_sols = rawfeeds.parse_sols(args.sols) == (None, None)
+    except ValueError as error:
+        return _fail(str(error))
+    if limit is None and no_sols:  # the whole feed would take days: say what a bare call fetches
         limit = DEFAULT_FETCH_LIMIT
         print(f"No --sols or --limit: fetching the newest {limit} images (give --limit N or --sols A-B for more)")
     try:
@@ -177,8 +182,8 @@ def _non_negative_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = _parsed(text, float)
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    if not 0 < value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {text}")
     return value
 
 
@@ -201,7 +206,7 @@ def _add_classifier_options(parser: argparse.ArgumentParser) -> None:
                              ".jpg, .jpeg and .png files) or glob patterns")
     parser.add_argument("--model", type=Path,
                         help="saved .keras model (default: the newest *.keras under models/, else a study's "
-                             "headline under reports/*/models/)")
+                             "headline under reports/*/models/, else the newest model there)")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per model call (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--workers", type=_positive_int, help="decoding threads (default: 2 x CPUs, at most 8)")

@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                             help="train each --trajectory model's forward-validation run instead")
     batch_norm.add_argument("--epochs", type=int,
                             help="train each --trajectory run for this many epochs (its schedule too), not its recipe's")
-    batch_norm.add_argument("--seed", type=int, help="train --trajectory runs at this seed, not the run's")
+    batch_norm.add_argument("--seed", type=int, help="the seed of the image sample the statistics are recomputed "
+                            "on and of the --trajectory runs (default: the run's)")
     batch_norm.add_argument("--trajectory-only", action="store_true",
                             help="skip scoring the run's saved models; only train the --trajectory runs")
     batch_norm.add_argument("--sample", type=int, default=1500,
@@ -353,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         flip_side_check(args.run_dir, data_dir=args.data_dir, out=args.out)
         return 0
     if not args.trajectory:  # these only shape trajectories, yet name the output: they would mislabel it
+        # (--seed also draws the image sample that the saved models are scored on, so it stands alone)
         for given, option in ((args.trajectory_only, "--trajectory-only"), (args.forward, "--forward"),
-                              (args.epochs is not None, "--epochs"), (args.seed is not None, "--seed")):
+                              (args.epochs is not None, "--epochs")):
             if given:
                 parser.error(f"{option} needs --trajectory MODEL: it only changes the --trajectory runs")
     if args.out is None:

@@ -121,7 +121,7 @@ def load_model(path: str | os.PathLike | None = None):
     """Load a saved Keras model (``path``, or :func:`find_default_model` when None) for inference."""
     path = Path(path) if path is not None else find_default_model()
     if path.is_dir():
-        raise NoModelError(f"model {path} is a folder; give the saved .keras file in it")
+        raise NoModelError(f"model {path} is a folder; give a saved .keras file")
     if not path.is_file():
         raise NoModelError(f"model file {path} does not exist")
     import keras  # imported here: listing or sorting files must not pay TensorFlow's start-up

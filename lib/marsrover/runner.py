@@ -78,7 +78,7 @@ def tidy_executed_notebook(executed: Path) -> None:
     notebook = nbformat.read(executed, as_version=4)
     record = notebook.metadata.get("papermill", {})
     for key in ("input_path", "output_path"):
-        if record.get(key):
+        if record.get(key) and Path(record[key]).is_absolute():  # a tidied one is relative to the project already
             record[key] = config.display_path(record[key])
     for cell in notebook.cells:
         outputs = []
@@ -226,8 +226,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "(default: reports/<profile>)")
     parser.add_argument("--data-dir", type=Path, help="the data folder (default: data/ or $MARSROVER_DATA_DIR)")
     parser.add_argument("--render-only", action="store_true",
-                        help="execute nothing: tidy the executed notebooks (tidy_executed_notebook) and re-render "
-                             "the HTML, index, model card and README results")
+                        help="execute nothing: tidy the executed notebooks (relative paths, no TensorFlow start-up "
+                             "lines) and re-render the HTML, index, model card and README results")
     return parser
 
 

@@ -215,11 +215,10 @@ def named_paths_sorted_earlier(paths: Sequence[str | os.PathLike], into: str | o
 
     ``--move`` takes its images away, so rerunning an interrupted move with the same file names or globs
     would otherwise stop at names that no longer exist. A path counts as sorted earlier when it does not
-    exist, and the log records it (a file) or a file matching it (a glob that now matches nothing) as sorted
-    into a destination that is still there. Any other missing path stays, to be reported as missing.
+    exist, and the log records it (a file), or a file the glob would have listed (a glob that now matches
+    nothing), as sorted into a destination that is still there. Any other missing path stays, to be
+    reported as missing. (A named folder still exists once emptied, so it is simply searched again.)
     """
-    import fnmatch
-
     into = Path(into)
     sorted_sources = {source for source, row in _done_before(read_log(into)).items() if (into / row["dest"]).is_file()}
     remaining, gone = [], []
@@ -229,12 +228,38 @@ def named_paths_sorted_earlier(paths: Sequence[str | os.PathLike], into: str | o
             remaining.append(os.fspath(raw))
             continue
         absolute = os.path.abspath(text)
-        if inference._GLOB_CHARS & set(text):
-            done = any(fnmatch.fnmatchcase(source, absolute) for source in sorted_sources)
-        else:
-            done = str(Path(absolute).resolve()) in sorted_sources
+        done = str(Path(absolute).resolve()) in sorted_sources or (  # a file, even one named like a glob
+            bool(inference._GLOB_CHARS & set(text)) and any(_glob_lists(absolute, source) for source in sorted_sources))
         (gone if done else remaining).append(os.fspath(raw))
     return remaining, gone
+
+
+def _glob_lists(pattern: str, source: str) -> bool:
+    """Whether ``glob.glob(pattern, recursive=True)`` would list the file ``source`` (a resolved path, as the
+    log keeps it; ``pattern`` absolute). As in glob, ``*``, ``?`` and ``[...]`` stay within one folder, ``**``
+    spans any number of folders, and a name starting with a dot is matched only by a part starting with one."""
+    import fnmatch
+
+    parts = Path(pattern).parts
+    literal = next(i for i, part in enumerate(parts) if inference._GLOB_CHARS & set(part))
+    base = Path(*parts[:literal]).resolve()  # the logged sources went through resolve() too (symlinks)
+    try:
+        names = Path(source).relative_to(base).parts
+    except ValueError:
+        return False
+
+    def matches(pattern_parts: tuple[str, ...], names: tuple[str, ...]) -> bool:
+        if not pattern_parts:
+            return not names
+        head, rest = pattern_parts[0], pattern_parts[1:]
+        if head == "**":
+            return any(matches(rest, names[skip:]) for skip in range(len(names) + 1)
+                       if not any(name.startswith(".") for name in names[:skip]))
+        if not names or (names[0].startswith(".") and not head.startswith(".")):
+            return False
+        return fnmatch.fnmatchcase(names[0], head) and matches(rest, names[1:])
+
+    return matches(parts[literal:], names)
 
 
 def sort_files(model, files: Sequence[str | os.PathLike], into: str | os.PathLike, *, move: bool = False,

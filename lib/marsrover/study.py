@@ -1006,16 +1006,25 @@ def sample_new_images(paths: config.DataPaths, index: pd.DataFrame, folder: Path
     return metadata
 
 
-def new_images_model(output_dir: Path, model_path: str | Path | None = None) -> Path:
+def new_images_model(output_dir: Path, model_path: str | Path | None = None,
+                     models_dir: Path = config.MODELS_DIR) -> Path:
     """The model notebook 07 classifies with: ``model_path`` when given, else the headline of the report in
-    ``output_dir`` (its ``metrics.json``), else, with no such report, the model `marsrover predict` would use."""
+    ``output_dir`` (its ``metrics.json``): the study's own file, or, in a fresh clone, where study files are
+    not committed, its export under ``models/`` (the newest); else the model `marsrover predict` would use."""
     from .inference import find_default_model
 
     if model_path:
         return Path(model_path)
     metrics_path = Path(output_dir) / reporting.METRICS_FILE
     if metrics_path.exists():
-        return Path(output_dir) / "models" / f"{reporting.load_json(metrics_path)['headline']}.keras"
+        headline = reporting.load_json(metrics_path)["headline"]
+        own = Path(output_dir) / "models" / f"{headline}.keras"
+        exports = sorted(Path(models_dir).glob(f"{headline}-*.keras"), key=lambda path: path.stat().st_mtime)
+        if own.is_file() or not exports:
+            return own  # when neither exists, loading it says which file is missing
+        print(f"{config.display_path(own)} is not here (study models are not committed): using the export "
+              f"{config.display_path(exports[-1])}")
+        return exports[-1]
     fallback = find_default_model()
     print(f"No study in {config.display_path(output_dir)} (no {reporting.METRICS_FILE}): using {config.display_path(fallback)}")
     return fallback
