@@ -60,6 +60,11 @@ PREDICTION_COLUMNS = ["path", "label", "p_surface", "model", "error"]
 _GLOB_CHARS = frozenset("*?[")
 
 
+def is_glob(text: str) -> bool:
+    """Whether ``text`` holds a glob character (``*``, ``?`` or ``[``), as given on a command line."""
+    return bool(_GLOB_CHARS & set(text))
+
+
 class ImageReadError(ValueError):
     """An image file cannot be used (the message says why)."""
 
@@ -185,7 +190,7 @@ def discover_images(paths: Iterable[str | os.PathLike], *, exclude: Iterable[str
             found += _walk(path, excluded)
         elif path.is_file():
             found.append(path)
-        elif _GLOB_CHARS & set(text):
+        elif is_glob(text):
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not matches:
                 missing.append(text)

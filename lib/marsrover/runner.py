@@ -70,9 +70,10 @@ TENSORFLOW_STARTUP_LINE = re.compile(
     r"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cuda_platform)\.cc:\d+\] .*")
 
 
-def tidy_executed_notebook(executed: Path) -> None:
+def tidy_executed_notebook(executed: Path):
     """Make an executed notebook fit to commit: papermill's record of where it came from and went,
-    relative to the project (see :func:`path_for_notebook`), and no TensorFlow start-up lines on stderr."""
+    relative to the project (see :func:`path_for_notebook`), and no TensorFlow start-up lines on stderr.
+    Returns the tidied notebook, to be rendered without reading it again."""
     import nbformat
 
     notebook = nbformat.read(executed, as_version=4)
@@ -93,15 +94,17 @@ def tidy_executed_notebook(executed: Path) -> None:
         if cell.cell_type == "code":
             cell.outputs = outputs
     nbformat.write(notebook, executed)
+    return notebook
 
 
-def render_html(executed: Path) -> Path:
-    """The executed notebook as one self-contained HTML file beside it."""
+def render_html(executed: Path, notebook=None) -> Path:
+    """The executed notebook (``notebook``, its contents when already read) as one self-contained HTML file
+    beside it."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab")
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    body, _ = exporter.from_notebook_node(notebook if notebook is not None else nbformat.read(executed, as_version=4))
     html_path = executed.with_suffix(".html")
     html_path.write_text(body, encoding="utf-8")
     return html_path
@@ -162,8 +165,8 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         run.seconds = round(time.perf_counter() - clock, 2)
         run.peak_rss_gib = peak_kernel_rss_gib()
         if executed.exists():  # papermill keeps the partial notebook when a cell fails
-            tidy_executed_notebook(executed)
-            run.outputs = {"notebook": executed.name, "html": render_html(executed).name}
+            run.outputs = {"notebook": executed.name,
+                           "html": render_html(executed, tidy_executed_notebook(executed)).name}
         print(f"    {run.status} in {run.seconds:.1f} s", flush=True)
         if run.status == "failed":
             print(f"FAILED {run.error}\n    partial notebook kept at {executed}", file=sys.stderr)
@@ -206,8 +209,8 @@ def render_only(profile: str, output_dir: Path | None = None) -> int:
         raise SystemExit(f"{output_dir / reporting.RUN_LOG_FILE} is missing: run the notebooks first")
     for run in log["notebooks"]:
         if run.get("outputs"):
-            tidy_executed_notebook(output_dir / run["outputs"]["notebook"])  # what this code would have kept
-            render_html(output_dir / run["outputs"]["notebook"])
+            executed = output_dir / run["outputs"]["notebook"]
+            render_html(executed, tidy_executed_notebook(executed))  # tidied as this code's run would have
     # Through the same merge as a run, so totals follow one rule even after partial reruns.
     log = reporting.write_run_log(output_dir, {**log, "notebooks": [], "total_seconds": log.get("this_run_seconds"),
                                                "peak_rss_gib": log.get("this_run_peak_rss_gib")})

@@ -210,7 +210,8 @@ def _done_before(log: pd.DataFrame) -> dict[str, dict]:
     return done
 
 
-def named_paths_sorted_earlier(paths: Sequence[str | os.PathLike], into: str | os.PathLike) -> tuple[list[str], list[str]]:
+def named_paths_sorted_earlier(paths: Sequence[str | os.PathLike],
+                               into: str | os.PathLike) -> tuple[list[str], list[str]]:
     """Split the paths given to ``sort`` into (those to look for, those gone because an earlier run sorted them).
 
     ``--move`` takes its images away, so rerunning an interrupted move with the same file names or globs
@@ -224,12 +225,13 @@ def named_paths_sorted_earlier(paths: Sequence[str | os.PathLike], into: str | o
     remaining, gone = [], []
     for raw in paths:
         text = os.path.expanduser(os.fspath(raw))
-        if os.path.exists(text) or (inference._GLOB_CHARS & set(text) and glob.glob(text, recursive=True)):
+        is_pattern = inference.is_glob(text)
+        if os.path.exists(text) or (is_pattern and glob.glob(text, recursive=True)):
             remaining.append(os.fspath(raw))
             continue
         absolute = os.path.abspath(text)
         done = str(Path(absolute).resolve()) in sorted_sources or (  # a file, even one named like a glob
-            bool(inference._GLOB_CHARS & set(text)) and any(_glob_lists(absolute, source) for source in sorted_sources))
+            is_pattern and any(_glob_lists(absolute, source) for source in sorted_sources))
         (gone if done else remaining).append(os.fspath(raw))
     return remaining, gone
 
@@ -241,7 +243,7 @@ def _glob_lists(pattern: str, source: str) -> bool:
     import fnmatch
 
     parts = Path(pattern).parts
-    literal = next(i for i, part in enumerate(parts) if inference._GLOB_CHARS & set(part))
+    literal = next(i for i, part in enumerate(parts) if inference.is_glob(part))
     base = Path(*parts[:literal]).resolve()  # the logged sources went through resolve() too (symlinks)
     try:
         names = Path(source).relative_to(base).parts
