@@ -217,8 +217,9 @@ def named_paths_sorted_earlier(paths: Sequence[str | os.PathLike],
     ``--move`` takes its images away, so rerunning an interrupted move with the same file names or globs
     would otherwise stop at names that no longer exist. A path counts as sorted earlier when it does not
     exist, and the log records it (a file), or a file the glob would have listed (a glob that now matches
-    nothing), as sorted into a destination that is still there. Any other missing path stays, to be
-    reported as missing. (A named folder still exists once emptied, so it is simply searched again.)
+    nothing), as sorted into a destination that is still there. A named folder outlives the move: it counts
+    as sorted earlier when it holds no image any more and the log records images from inside it. Any other
+    missing path stays, to be reported as missing (and an empty folder the log knows nothing of, as empty).
     """
     into = Path(into)
     sorted_sources = {source for source, row in _done_before(read_log(into)).items() if (into / row["dest"]).is_file()}
@@ -226,6 +227,12 @@ def named_paths_sorted_earlier(paths: Sequence[str | os.PathLike],
     for raw in paths:
         text = os.path.expanduser(os.fspath(raw))
         is_pattern = inference.is_glob(text)
+        if os.path.isdir(text):
+            folder = Path(text).resolve()
+            emptied = not inference.discover_images([text], exclude=[into]) and any(
+                Path(source).is_relative_to(folder) for source in sorted_sources)
+            (gone if emptied else remaining).append(os.fspath(raw))
+            continue
         if os.path.exists(text) or (is_pattern and glob.glob(text, recursive=True)):
             remaining.append(os.fspath(raw))
             continue
