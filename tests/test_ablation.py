@@ -18,13 +18,17 @@ def test_the_profiles_know_every_ablation_by_name():
         assert set(profiles.get_profile(name)["ablations"]) <= set(ablation.ABLATIONS)
 
 
-def test_the_full_profile_questions_each_of_four_choices_of_the_recipe_at_two_more_seeds():
+def test_the_full_profile_questions_four_choices_of_the_recipe_and_its_image_size_at_two_more_seeds():
     full = profiles.get_profile("full")
-    questioned = {(field, option) if field == "body_options" else field
+    questioned = [(field, option) if field == "body_options" else field
                   for name in full["ablations"] for field, value in ablation.ABLATIONS[name].changes.items()
-                  for option in (value if field == "body_options" else [None])}
-    assert questioned == {"augmentation", ("body_options", "norm"), ("body_options", "head"), "instrument_balance"}
-    assert len(full["ablations"]) == len(questioned)  # one variant each: the two-hour budget
+                  for option in (value if field == "body_options" else [None])]
+    assert set(questioned) == {"augmentation", ("body_options", "norm"), ("body_options", "head"),
+                               "instrument_balance", "image_size"}
+    # one variant for each choice (the two-hour budget); the image size both ways, smaller and larger
+    assert sorted(questioned, key=str) == sorted([*set(questioned), "image_size"], key=str)
+    sizes = sorted(ablation.ABLATIONS[name].changes.get("image_size", 0) for name in full["ablations"])[-2:]
+    assert sizes[0] < models.get_spec("improved").image_size < sizes[1]
     assert full["seed_repeats"] == [1, 2]
     # the gpu profile has the time for the alternatives and the seed the full one leaves out
     gpu = profiles.get_profile("gpu")
@@ -36,11 +40,10 @@ def test_the_full_profile_questions_each_of_four_choices_of_the_recipe_at_two_mo
 def test_each_variant_differs_from_improved_in_exactly_what_it_names(name):
     base, variant = models.get_spec("improved"), ablation.variant_spec(name)
     changed = {field for field in ("augmentation", "input_scaling", "class_weighting", "schedule", "body_options",
-                                   "ema_momentum", "instrument_balance")
+                                   "ema_momentum", "instrument_balance", "image_size")
                if getattr(base, field) != getattr(variant, field)}
     assert changed == set(ablation.ABLATIONS[name].changes)
-    assert (variant.epochs, variant.image_size, variant.learning_rate) == (base.epochs, base.image_size,
-                                                                          base.learning_rate)
+    assert (variant.epochs, variant.learning_rate) == (base.epochs, base.learning_rate)
     model = models.build_model(variant.name, 32)
     assert model.output_shape == (None, 2)
 
@@ -74,6 +77,35 @@ def test_run_ablations_writes_one_record_per_variant_and_the_table_compares_with
         best = max(record["history"]["val_balanced_accuracy"])
         assert table.loc[name, "change vs improved"] == pytest.approx(best - 0.75)
     assert table.loc["improved (as chosen)", "mean of last 5 epochs"] == pytest.approx(0.625)
+
+
+def test_a_variant_of_the_image_size_trains_on_images_decoded_at_its_own_size_in_proportion(tmp_path):
+    rng = np.random.default_rng(0)
+    labels, groups = np.arange(12) % 2, np.array(["MAHLI · Rover", "Mastcam left · Surface"] * 6)
+
+    def images_at(size):
+        return rng.integers(0, 255, (12, size, size, 3)).astype("uint8")
+
+    asked = []
+
+    def data_at(size):
+        asked.append(size)
+        images = images_at(size)
+        return (images, labels), (images[:6], labels[:6])
+
+    # improved's 128 px to 96 and 192: in a profile that trains at 48 px, 36 and 72
+    assert [ablation.variant_image_size(name, 48) for name in ("smaller_images", "larger_images", "flip_only")] == [
+        36, 72, 48]
+    common = dict(image_size=48, epochs=1, batch_size=4, seed=1, train_groups=groups)
+    images = images_at(48)
+    with pytest.raises(ValueError, match="need data_at"):
+        ablation.run_ablations(["flip_only", "larger_images"], (images, labels), (images[:6], labels[:6]), tmp_path,
+                               **common)
+    assert not list((tmp_path / "ablations").glob("*.json")), "refused before any training"
+    records = ablation.run_ablations(["flip_only", "smaller_images", "larger_images"], (images, labels),
+                                     (images[:6], labels[:6]), tmp_path, data_at=data_at, **common)
+    assert asked == [36, 72]
+    assert [records[name]["config"]["image_size"] for name in records] == [48, 36, 72]
 
 
 def test_seed_repeats_train_improved_itself_at_other_seeds_after_the_variants(tmp_path):

@@ -12,7 +12,7 @@ even a run of the same recipe lands outside the range of n runs 2 times in n + 1
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,6 +63,10 @@ ABLATIONS: dict[str, Ablation] = {
                  {"augmentation": "closeup"}),
         Ablation("full_resolution_stem", "a stride-2 stem, or a first convolution at full resolution (4x the cost)?",
                  {"body_options": {"stem_strides": 1}}),
+        # A profile that sets its own image size (smoke) keeps these ratios to it: 0.75x and 1.5x the side.
+        Ablation("smaller_images", "128 px, or 96 px (about half the pixels, and of the cost)?", {"image_size": 96}),
+        Ablation("larger_images", "128 px, or 192 px (2.25x the pixels, and about as much more cost)?",
+                 {"image_size": 192}),
         # Several choices at once.
         Ablation("plain_recipe", "this recipe, or the same network with the seed's flip only, plain cross-entropy "
                  "and a constant learning rate?", PLAIN_RECIPE),
@@ -108,6 +112,16 @@ def variant_spec(ablation: str) -> ModelSpec:
     return spec
 
 
+def variant_image_size(ablation: str, image_size: int) -> int:
+    """The side a variant trains at when ``improved`` trains at ``image_size``: the same, or, for a variant of
+    the image size, its ratio to ``improved``'s own size applied to ``image_size``."""
+    from .models import get_spec
+
+    if ablation not in ABLATIONS or "image_size" not in ABLATIONS[ablation].changes:
+        return image_size
+    return round(image_size * ABLATIONS[ablation].changes["image_size"] / get_spec(BASE_MODEL).image_size)
+
+
 def clear_records(output_dir: Path) -> Path:
     """Empty ``<output_dir>/ablations`` (created if missing), so no record of an earlier run is read as this one's."""
     folder = Path(output_dir) / "ablations"
@@ -121,10 +135,13 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
                   val_data: tuple[np.ndarray, np.ndarray], output_dir: Path, *, image_size: int | None = None,
                   epochs: int | None = None, batch_size: int | None = None, seed: int = 42,
                   jit_compile: bool = False, train_groups: np.ndarray | None = None,
-                  seed_repeats: Sequence[int] = ()) -> dict[str, dict]:
+                  seed_repeats: Sequence[int] = (),
+                  data_at: Callable[[int], tuple[tuple, tuple]] | None = None) -> dict[str, dict]:
     """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time);
     then ``improved`` itself at each seed of ``seed_repeats`` (``ablations/repeat_seed_<seed>.json``).
 
+    ``train_data`` and ``val_data`` hold images at ``image_size``; a variant of the image size trains on
+    ``data_at(size)``, the same images decoded at its own size (:func:`variant_image_size`).
     ``train_groups`` (each training image's instrument x label group) is needed by the improved recipe's
     instrument-balanced loss.
     """
@@ -136,6 +153,10 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
         print(f"Seed repeats {list(seed_repeats)}: the study's seed {seed} and seeds named twice are trained once; "
               f"repeating {repeats}")
     folder = clear_records(output_dir)
+    size = image_size or train_data[0].shape[1]
+    sizes = {ablation: variant_image_size(ablation, size) for ablation in names}
+    if data_at is None and any(other != size for other in sizes.values()):  # before any training
+        raise ValueError(f"variants of the image size ({sorted(set(sizes.values()) - {size})} px) need data_at")
     runs = [(ablation, variant_spec(ablation).name, seed, ABLATIONS[ablation].question, ABLATIONS[ablation].changes)
             for ablation in names]
     runs += [(repeat_name(repeat), BASE_MODEL, repeat,
@@ -144,9 +165,12 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     records = {}
     for name, model, run_seed, question, changes in runs:
         print(f"\n=== ablation {name}: {question} ===")
-        result = train(model, train_data, val_data, image_size=image_size, epochs=epochs,
+        run_size = sizes.get(name, size)
+        fit_data, check_data = (train_data, val_data) if run_size == size else data_at(run_size)
+        result = train(model, fit_data, check_data, image_size=run_size, epochs=epochs,
                        batch_size=batch_size, seed=run_seed, jit_compile=jit_compile, weights=None, verbose=0,
                        train_groups=train_groups)
+        del fit_data, check_data
         record = {"ablation": name, "question": question, "changes": changes, "config": result.config,
                   "history": result.history, "train_seconds": round(result.seconds, 2),
                   "environment": run_environment()}

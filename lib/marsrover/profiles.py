@@ -15,10 +15,12 @@ ALL_MODELS = ["seed_notebook", "seed_blog", "improved", "quick_cnn", "transfer"]
 # The names of marsrover.ablation.ABLATIONS (kept here so the runner needs no TensorFlow; a test checks).
 ALL_ABLATIONS = ["geometric_augmentation", "flip_only", "no_batch_norm", "flatten_dense_head", "group_norm",
                  "per_image_scaling", "unweighted_loss", "label_weighting", "constant_learning_rate", "weight_averaging",
-                 "closeup_zoom", "full_resolution_stem", "plain_recipe"]
+                 "closeup_zoom", "full_resolution_stem", "smaller_images", "larger_images", "plain_recipe"]
 
-# One variant for each of four choices of the improved recipe: augmentation, batch norm, pooling head, loss weighting.
-FULL_ABLATIONS = ["flip_only", "no_batch_norm", "flatten_dense_head", "unweighted_loss"]
+# One variant for each of four choices of the improved recipe (augmentation, batch norm, pooling head, loss
+# weighting), and the image size both ways.
+FULL_ABLATIONS = ["flip_only", "no_batch_norm", "flatten_dense_head", "unweighted_loss", "smaller_images",
+                  "larger_images"]
 
 _COMMON: dict[str, Any] = {
     "seed": 42,

@@ -459,9 +459,12 @@ def run_ablations(ablations: list[str], paths: config.DataPaths, index: pd.DataF
         clear_records(output_dir)  # an earlier run's records would be read as this one's
         return {}
     size = image_size or get_spec(BASE_MODEL).image_size
-    return run(ablations, split_arrays(paths, index, "train", size), split_arrays(paths, index, "val", size),
-               output_dir, image_size=size, epochs=epochs, batch_size=batch_size, seed=seed, jit_compile=jit_compile,
-               train_groups=split_groups(index, "train"), seed_repeats=seed_repeats)
+    def data_at(other_size: int):  # for the variants of the image size
+        return split_arrays(paths, index, "train", other_size), split_arrays(paths, index, "val", other_size)
+
+    return run(ablations, *data_at(size), output_dir, image_size=size, epochs=epochs, batch_size=batch_size,
+               seed=seed, jit_compile=jit_compile, train_groups=split_groups(index, "train"),
+               seed_repeats=seed_repeats, data_at=data_at)
 
 
 SEED_CLAIM = {"description": "seed blog (random 80/20 split)", "val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}}
