@@ -106,6 +106,11 @@ def test_a_variant_of_the_image_size_trains_on_images_decoded_at_its_own_size_in
                                      (images[:6], labels[:6]), tmp_path, data_at=data_at, **common)
     assert asked == [36, 72]
     assert [records[name]["config"]["image_size"] for name in records] == [48, 36, 72]
+    assert [records[name]["changes"].get("image_size") for name in records] == [None, 36, 72]  # as trained
+    with pytest.raises(ValueError, match="too small for improved's network.*smaller_images at 24 px"):
+        ablation.run_ablations(["flip_only", "smaller_images"], (images_at(32), labels), (images[:6], labels[:6]),
+                               tmp_path, data_at=data_at, **{**common, "image_size": 32})
+    assert asked == [36, 72], "refused before any training"
 
 
 def test_seed_repeats_train_improved_itself_at_other_seeds_after_the_variants(tmp_path):

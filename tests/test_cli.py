@@ -278,7 +278,7 @@ def test_rerunning_an_interrupted_move_with_the_same_names_finishes_it(images, t
 
     assert cli.main(["sort", *named, *options]) == 0
     out = capsys.readouterr().out
-    assert f"nothing of them left here: {named[0]}, {named[1]}" in out and "1 image(s)" in out
+    assert f"now gone or emptied: {named[0]}, {named[1]}" in out and "1 image(s)" in out
     assert not any(Path(name).exists() for name in named)
 
     glob_pattern = str(images / "rgb[0-2].jpg")  # a glob whose files were all moved: done, not missing
@@ -289,7 +289,7 @@ def test_rerunning_an_interrupted_move_with_the_same_names_finishes_it(images, t
     capsys.readouterr()
     assert cli.main(["sort", str(images), *options]) == 0  # the folder, emptied by the move: done
     out = capsys.readouterr().out
-    assert f"nothing of them left here: {images}" in out and "Nothing left to sort." in out
+    assert f"now gone or emptied: {images}" in out and "Nothing left to sort." in out
     empty = tmp_path / "empty"  # an empty folder the log knows nothing of: still "no images"
     empty.mkdir()
     assert cli.main(["sort", str(empty), *options]) == 1

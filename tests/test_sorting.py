@@ -244,3 +244,19 @@ def test_a_moved_file_whose_name_looks_like_a_glob_counts_as_done(tmp_path):
         f"t,{source.resolve()},abc,0.1,Rover,Rover/{source.name},moved,\n")
     assert sorting.named_paths_sorted_earlier([str(source), str(tmp_path / "*.png")], into) == (
         [str(tmp_path / "*.png")], [str(source)])  # the glob matches nothing sorted: still reported missing
+
+
+def test_folders_a_move_emptied_count_as_done_whether_named_or_matched_by_a_glob(tmp_path):
+    into, photos = tmp_path / "sorted", tmp_path / "photos"
+    for folder in (into / "Rover", photos / "a", photos / "b", tmp_path / "untouched"):
+        folder.mkdir(parents=True)
+    (photos / "b" / "notes.txt").write_text("not an image: b holds no image")
+    (into / "Rover" / "x.jpg").write_bytes(b"x")
+    (into / sorting.LOG_NAME).write_text(
+        "time,source,sha256,p_surface,folder,dest,action,error\n"
+        f"t,{(photos / 'a' / 'x.jpg').resolve()},abc,0.1,Rover,Rover/x.jpg,moved,\n")
+    named = [str(photos), str(photos / "*"), str(tmp_path / "untouched")]
+    # the log knows nothing of "untouched": it stays, to be reported as holding no images
+    assert sorting.named_paths_sorted_earlier(named, into) == ([named[2]], named[:2])
+    (photos / "b" / "new.png").write_bytes(b"an image arrived since")
+    assert sorting.named_paths_sorted_earlier(named[:2], into) == (named[:2], [])  # searched again

@@ -1,7 +1,8 @@
 """Ablations of the improved recipe: change one choice at a time, train on train, judge on validation.
 
 Each :class:`Ablation` names the choice it questions and the spec fields it changes. A variant is
-trained exactly like ``improved`` (same seed, epochs and data) and scored by its best validation
+trained exactly like ``improved`` (same seed, epochs and images; a variant of the image size decodes them at
+its own size) and scored by its best validation
 balanced accuracy, the study's selection metric, so the test split plays no part in the design.
 
 Seed repeats train ``improved`` itself again at other seeds. The range of their scores is a rough
@@ -64,9 +65,10 @@ ABLATIONS: dict[str, Ablation] = {
         Ablation("full_resolution_stem", "a stride-2 stem, or a first convolution at full resolution (4x the cost)?",
                  {"body_options": {"stem_strides": 1}}),
         # A profile that sets its own image size (smoke) keeps these ratios to it: 0.75x and 1.5x the side.
-        Ablation("smaller_images", "128 px, or 96 px (about half the pixels, and of the cost)?", {"image_size": 96}),
-        Ablation("larger_images", "128 px, or 192 px (2.25x the pixels, and about as much more cost)?",
-                 {"image_size": 192}),
+        Ablation("smaller_images", "improved's image size, or 0.75 times its side (96 px for its 128; about half "
+                 "the pixels and the cost)?", {"image_size": 96}),
+        Ablation("larger_images", "improved's image size, or 1.5 times its side (192 px for its 128; 2.25 times "
+                 "the pixels and about 2.25 times the cost)?", {"image_size": 192}),
         # Several choices at once.
         Ablation("plain_recipe", "this recipe, or the same network with the seed's flip only, plain cross-entropy "
                  "and a constant learning rate?", PLAIN_RECIPE),
@@ -119,7 +121,11 @@ def variant_image_size(ablation: str, image_size: int) -> int:
 
     if ablation not in ABLATIONS or "image_size" not in ABLATIONS[ablation].changes:
         return image_size
-    return round(image_size * ABLATIONS[ablation].changes["image_size"] / get_spec(BASE_MODEL).image_size)
+    return int(image_size * ABLATIONS[ablation].changes["image_size"] / get_spec(BASE_MODEL).image_size + 0.5)
+
+
+# improved's network halves the side five times (a stride-2 stem, four poolings): below this, nothing is left to pool
+SMALLEST_IMAGE_SIZE = 32
 
 
 def clear_records(output_dir: Path) -> Path:
@@ -155,8 +161,12 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     folder = clear_records(output_dir)
     size = image_size or train_data[0].shape[1]
     sizes = {ablation: variant_image_size(ablation, size) for ablation in names}
-    if data_at is None and any(other != size for other in sizes.values()):  # before any training
+    # Refused before any training, not after the variants ahead of them.
+    if data_at is None and any(other != size for other in sizes.values()):
         raise ValueError(f"variants of the image size ({sorted(set(sizes.values()) - {size})} px) need data_at")
+    if too_small := {name: other for name, other in sizes.items() if other < SMALLEST_IMAGE_SIZE}:
+        raise ValueError(f"images too small for improved's network (at least {SMALLEST_IMAGE_SIZE} px): "
+                         + ", ".join(f"{name} at {other} px" for name, other in too_small.items()))
     runs = [(ablation, variant_spec(ablation).name, seed, ABLATIONS[ablation].question, ABLATIONS[ablation].changes)
             for ablation in names]
     runs += [(repeat_name(repeat), BASE_MODEL, repeat,
@@ -167,6 +177,8 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
         print(f"\n=== ablation {name}: {question} ===")
         run_size = sizes.get(name, size)
         fit_data, check_data = (train_data, val_data) if run_size == size else data_at(run_size)
+        if "image_size" in changes:  # the size trained at, in a profile that sets its own too
+            changes = {**changes, "image_size": run_size}
         result = train(model, fit_data, check_data, image_size=run_size, epochs=epochs,
                        batch_size=batch_size, seed=run_seed, jit_compile=jit_compile, weights=None, verbose=0,
                        train_groups=train_groups)

@@ -113,7 +113,8 @@ def _sort(args: argparse.Namespace) -> int:
         return _fail(problem)
     args.paths, gone = sorting.named_paths_sorted_earlier(args.paths, args.into)
     if gone:  # an interrupted --move, run again with the same names
-        print(f"Sorted by an earlier run (in {Path(args.into) / sorting.LOG_NAME}), nothing of them left here: {', '.join(gone)}")
+        print(f"Sorted by an earlier run (in {Path(args.into) / sorting.LOG_NAME}), now gone or emptied: "
+              f"{', '.join(dict.fromkeys(gone))}")
         if not args.paths:
             print("Nothing left to sort.")
             return EXIT_OK

@@ -162,13 +162,20 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _walk(folder: Path, exclude: Sequence[Path]) -> list[Path]:
-    found = []
+def _images_under(folder: str | os.PathLike, exclude: Sequence[Path]) -> Iterator[Path]:
     for root, dirs, files in os.walk(folder):
         root_path = Path(root)
         dirs[:] = sorted(d for d in dirs if (root_path / d).resolve() not in exclude)
-        found += [root_path / name for name in sorted(files) if _is_image_name(Path(name))]
-    return found
+        yield from (root_path / name for name in sorted(files) if _is_image_name(Path(name)))
+
+
+def _walk(folder: Path, exclude: Sequence[Path]) -> list[Path]:
+    return list(_images_under(folder, exclude))
+
+
+def holds_images(folder: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = ()) -> bool:
+    """Whether searching ``folder`` as :func:`discover_images` does would find an image (it stops at the first)."""
+    return next(_images_under(folder, [Path(p).resolve() for p in exclude]), None) is not None
 
 
 def discover_images(paths: Iterable[str | os.PathLike], *, exclude: Iterable[str | os.PathLike] = ()) -> list[Path]:

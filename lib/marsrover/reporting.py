@@ -435,7 +435,7 @@ def _design_markdown(evidence: dict | None) -> str:
                           for v in variants if v["reading"] == MIXED)
     mixed_detail = (" (" + "; ".join(f"{n} {best} on the best epoch and {settled} on the last {last}"
                                       for (best, settled), n in mixed_kinds.items()) + ")") if mixed_kinds else ""
-    table = (f"""Each ablation undoes one design choice and trains once, at the study's seed, judged on validation only.
+    table = (f"""Each ablation changes one design choice and trains once, at the study's seed, judged on validation only.
 Each of its two scores is placed below, within or above the range of `improved`'s seeds on the same view: the best
 epoch (the study's selection metric) and the mean of the last {last} epochs ({settled_low:.3f} to {settled_high:.3f} over the
 seeds), where a run settles. Only when both views agree is a placement read as a hint.

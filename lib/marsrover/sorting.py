@@ -217,29 +217,35 @@ def named_paths_sorted_earlier(paths: Sequence[str | os.PathLike],
     ``--move`` takes its images away, so rerunning an interrupted move with the same file names or globs
     would otherwise stop at names that no longer exist. A path counts as sorted earlier when it does not
     exist, and the log records it (a file), or a file the glob would have listed (a glob that now matches
-    nothing), as sorted into a destination that is still there. A named folder outlives the move: it counts
-    as sorted earlier when it holds no image any more and the log records images from inside it. Any other
-    missing path stays, to be reported as missing (and an empty folder the log knows nothing of, as empty).
+    nothing), as sorted into a destination that is still there. A named folder outlives the move, and so do
+    the folders a glob matched: they count as sorted earlier when they hold no image any more and the log
+    records images from inside one of them (the log keeps resolved paths, so images that were symlinks into
+    another folder count for that folder). Any other missing path stays, to be reported as missing (and an
+    empty folder the log knows nothing of, as empty).
     """
     into = Path(into)
-    sorted_sources = {source for source, row in _done_before(read_log(into)).items() if (into / row["dest"]).is_file()}
+    sorted_sources = [Path(source) for source, row in _done_before(read_log(into)).items()
+                      if (into / row["dest"]).is_file()]
+
+    def emptied(folders: list[str]) -> bool:
+        resolved = [Path(folder).resolve() for folder in folders]
+        return (any(source.is_relative_to(folder) for source in sorted_sources for folder in resolved)
+                and not any(inference.holds_images(folder, exclude=[into]) for folder in folders))
+
     remaining, gone = [], []
     for raw in paths:
         text = os.path.expanduser(os.fspath(raw))
         is_pattern = inference.is_glob(text)
-        if os.path.isdir(text):
-            folder = Path(text).resolve()
-            emptied = not inference.discover_images([text], exclude=[into]) and any(
-                Path(source).is_relative_to(folder) for source in sorted_sources)
-            (gone if emptied else remaining).append(os.fspath(raw))
-            continue
-        if os.path.exists(text) or (is_pattern and glob.glob(text, recursive=True)):
+        matches = glob.glob(text, recursive=True) if is_pattern and not os.path.exists(text) else []
+        if os.path.isdir(text) or (matches and all(os.path.isdir(match) for match in matches)):
+            (gone if emptied(matches or [text]) else remaining).append(os.fspath(raw))
+        elif os.path.exists(text) or matches:
             remaining.append(os.fspath(raw))
-            continue
-        absolute = os.path.abspath(text)
-        done = str(Path(absolute).resolve()) in sorted_sources or (  # a file, even one named like a glob
-            is_pattern and any(_glob_lists(absolute, source) for source in sorted_sources))
-        (gone if done else remaining).append(os.fspath(raw))
+        else:
+            absolute = os.path.abspath(text)
+            done = str(Path(absolute).resolve()) in map(str, sorted_sources) or (  # a file, even one named like a glob
+                is_pattern and any(_glob_lists(absolute, str(source)) for source in sorted_sources))
+            (gone if done else remaining).append(os.fspath(raw))
     return remaining, gone
 
 
