@@ -572,11 +572,11 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
         try:
             expected = _mirror_checksum(Path(mirror), archive.name)
         except AcquisitionError as exc:
-            print(f"Cannot check {archive} against the mirror: {exc}")
+            print(f"Cannot check {config.display_path(archive)} against the mirror: {exc}")
         else:
             actual = file_sha256(archive)
             if actual == expected:
-                print(f"Using existing {archive} (SHA-256 matches mirror {mirror})")
+                print(f"Using existing {config.display_path(archive)} (SHA-256 matches mirror {mirror})")
                 return
             mismatches.append(f"SHA-256 {actual}, mirror {mirror} lists {expected}")
     recorded = _read_md5_sidecar(archive)
@@ -585,7 +585,8 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
         whose = "Zenodo's" if published else "the one computed at download (Zenodo published none)"
         actual = file_md5(archive)
         if actual == md5:
-            print(f"Using existing {archive} (MD5 matches {whose}, recorded in {_md5_sidecar(archive)})")
+            print(f"Using existing {config.display_path(archive)} (MD5 matches {whose}, recorded in "
+                  f"{config.display_path(_md5_sidecar(archive))})")
             return
         mismatches.append(f"MD5 {actual}, not {whose} {md5} (per {_md5_sidecar(archive)})")
     if mismatches:
@@ -595,7 +596,7 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
             f"It is corrupt or from elsewhere; delete it (and {_md5_sidecar(archive).name} if present) "
             "and run again to fetch a fresh copy."
         )
-    print(f"Using existing {archive} (not verified: no mirror SHA256SUMS and no MD5 record)")
+    print(f"Using existing {config.display_path(archive)} (not verified: no mirror SHA256SUMS and no MD5 record)")
 
 
 def obtain_archive(
@@ -627,7 +628,7 @@ def obtain_archive(
         copy_from_mirror(mirror, archive, filename=config.ARCHIVE_NAME)
         # A sidecar left from an earlier Zenodo download would describe other bytes.
         _md5_sidecar(archive).unlink(missing_ok=True)
-        print(f"Copied {config.ARCHIVE_NAME} from mirror {mirror} to {archive} (SHA-256 verified)")
+        print(f"Copied {config.ARCHIVE_NAME} from mirror {mirror} to {config.display_path(archive)} (SHA-256 verified)")
         return archive
 
     info = zenodo_file_info(
@@ -647,7 +648,7 @@ def obtain_archive(
     checked = "MD5 verified" if info.md5 else "no MD5 published, not verified"
     print(
         f"Downloaded {config.ARCHIVE_NAME} from Zenodo record {record_id} ({info.url}) "
-        f"to {archive} ({checked})"
+        f"to {config.display_path(archive)} ({checked})"
     )
     return archive
 

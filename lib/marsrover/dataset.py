@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import atomic, labels
-from .config import CLASS_NAMES, EXPECTED_SPLIT_SIZES, SPLITS, DataPaths
+from .config import CLASS_NAMES, EXPECTED_SPLIT_SIZES, SPLITS, DataPaths, display_path
 
 SPLIT_FILES = {split: f"{split}-calibrated-shuffled.txt" for split in SPLITS}
 CLASS_NAMES_FILE = "msl_synset_words-indexed.txt"
@@ -166,13 +166,13 @@ def load_or_build_index(paths: DataPaths, *, rebuild: bool = False, progress: bo
     meta_path = paths.index_csv.with_suffix(".json")
     if not rebuild and paths.index_csv.exists() and meta_path.exists():
         if json.loads(meta_path.read_text()).get("archive_sha256") == marker and marker:
-            print(f"Reusing the image index {paths.index_csv} (built from this archive)")
+            print(f"Reusing the image index {display_path(paths.index_csv)} (built from this archive)")
             return read_index(paths.index_csv)
     index = build_index(paths.images_root, progress=progress)
     check_index(index)
     atomic.write_csv(index, paths.index_csv)
     meta_path.write_text(json.dumps({"archive_sha256": marker, "rows": len(index)}, indent=2))
-    print(f"Wrote the image index {paths.index_csv} ({len(index)} images)")
+    print(f"Wrote the image index {display_path(paths.index_csv)} ({len(index)} images)")
     return index
 
 
