@@ -183,9 +183,14 @@ def test_every_ablation_is_trained_on_train_and_judged_on_val(smoke_report):
         record = json.loads((smoke_report / "ablations" / f"{name}.json").read_text())
         assert record["config"]["model"] == f"improved-{name}" and record["config"]["val_images"] >= 30
         assert len(record["history"]["val_balanced_accuracy"]) == 1
+        assert sum(group["n"] for group in record["val_groups"]) == record["config"]["val_images"]
     for seed in get_profile("smoke")["seed_repeats"]:  # improved itself at another seed: chance's yardstick
         record = json.loads((smoke_report / "ablations" / f"repeat_seed_{seed}.json").read_text())
         assert record["config"]["model"] == "improved" and record["config"]["seeds"]["seed"] == seed
+        assert record["val_groups"]
+    # notebook 06 reads them by group, beside the study's improved run
+    analysis = (smoke_report / "06_error_analysis.html").read_text()
+    assert "read by group" in analysis and "worst group against the seeds" in analysis
     assert (smoke_report / "figures" / "ablations.png").stat().st_size > 5_000
     # what the model card reads back from the report folder: every seed, and every variant placed against them
     evidence = reporting.design_evidence(smoke_report)

@@ -274,6 +274,27 @@ def test_validation_groups_show_per_group_accuracy_of_train_only_runs_beside_bal
     assert table["n"].dtype == "Int64" and table["n"].isna().sum() == 3  # counts stay whole; summaries have none
 
 
+def test_the_ablations_are_read_by_validation_group_beside_the_studys_improved_run(predictions, tmp_path):
+    from marsrover.study import StudyScores, ablation_groups_table
+
+    val = predictions.assign(label_name=predictions["label"].map({0: "Rover", 1: "Surface"}))
+    scores = StudyScores({"models": {}}, {"improved": {"val": val}}, {}, {})
+    assert ablation_groups_table(scores, tmp_path).empty  # no ablation records
+    folder = tmp_path / "ablations"
+    folder.mkdir()
+    record = {"history": {"val_balanced_accuracy": [0.5]}, "question": "?", "config": {"seeds": {"seed": 42}}}
+    (folder / "flip_only.json").write_text(json.dumps(record))
+    assert ablation_groups_table(scores, tmp_path).empty  # written before groups were kept
+    (folder / "flip_only.json").write_text(json.dumps(
+        {**record, "val_groups": [{"group": "MAHLI · Rover", "n": 3, "accuracy": 1.0}]}))
+    table = ablation_groups_table(scores, tmp_path)
+    assert list(table.index) == ["improved (as chosen)", "flip_only"]
+    # improved's own groups from its validation predictions: MAHLI · Rover 2 of 3 right
+    assert table.loc["improved (as chosen)", "MAHLI · Rover"] == pytest.approx(2 / 3)
+    assert table.loc["improved (as chosen)", "worst group is"] == "Mastcam right · Rover"
+    assert ablation_groups_table(StudyScores({"models": {}}, {}, {}, {}), tmp_path).empty  # no improved run
+
+
 def test_an_ensemble_averages_p_surface_over_runs_on_the_same_images(predictions):
     other = predictions.assign(p_surface=[0.3, 0.0, 0.5, 0.9, 0.7, 0.05, 0.4])
     averaged = average_predictions([predictions, other])

@@ -142,15 +142,18 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
                   epochs: int | None = None, batch_size: int | None = None, seed: int = 42,
                   jit_compile: bool = False, train_groups: np.ndarray | None = None,
                   seed_repeats: Sequence[int] = (),
-                  data_at: Callable[[int], tuple[tuple, tuple]] | None = None) -> dict[str, dict]:
+                  data_at: Callable[[int], tuple[tuple, tuple]] | None = None,
+                  val_groups: np.ndarray | None = None) -> dict[str, dict]:
     """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time);
     then ``improved`` itself at each seed of ``seed_repeats`` (``ablations/repeat_seed_<seed>.json``).
 
     ``train_data`` and ``val_data`` hold images at ``image_size``; a variant of the image size trains on
     ``data_at(size)``, the same images decoded at its own size (:func:`variant_image_size`).
     ``train_groups`` (each training image's instrument x label group) is needed by the improved recipe's
-    instrument-balanced loss.
+    instrument-balanced loss. With ``val_groups`` (each validation image's group, in ``val_data``'s order),
+    a record also keeps the validation accuracy per group at the epoch the run kept (``val_groups``).
     """
+    from .evaluation import predict_surface_probability
     from .provenance import run_environment
     from .training import release_models, train
 
@@ -158,6 +161,8 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     if len(repeats) != len(seed_repeats):  # safe to go on: the study's own run is that seed already
         print(f"Seed repeats {list(seed_repeats)}: the study's seed {seed} and seeds named twice are trained once; "
               f"repeating {repeats}")
+    if val_groups is not None and len(val_groups) != len(val_data[1]):
+        raise ValueError(f"val_groups names {len(val_groups)} images; the validation split has {len(val_data[1])}")
     folder = clear_records(output_dir)
     size = image_size or train_data[0].shape[1]
     sizes = {ablation: variant_image_size(ablation, size) for ablation in names}
@@ -182,15 +187,27 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
         result = train(model, fit_data, check_data, image_size=run_size, epochs=epochs,
                        batch_size=batch_size, seed=run_seed, jit_compile=jit_compile, weights=None, verbose=0,
                        train_groups=train_groups)
-        del fit_data, check_data
         record = {"ablation": name, "question": question, "changes": changes, "config": result.config,
                   "history": result.history, "train_seconds": round(result.seconds, 2),
                   "environment": run_environment()}
+        if val_groups is not None:  # the kept epoch's weights, the ones its best score came from
+            record["val_groups"] = group_accuracies(predict_surface_probability(result.model, check_data[0]),
+                                                    check_data[1], val_groups)
+        del fit_data, check_data
         (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
         records[name] = record
         del result
         release_models()
     return records
+
+
+def group_accuracies(p_surface: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> list[dict]:
+    """Accuracy per group (e.g. ``MAHLI · Surface``) of predictions ``p_surface >= 0.5``, as records sorted by
+    group: ``group``, ``n``, ``accuracy``."""
+    correct = (np.asarray(p_surface) >= 0.5).astype(int) == np.asarray(labels)
+    frame = pd.DataFrame({"group": np.asarray(groups, dtype=object), "correct": correct})
+    return [{"group": str(group), "n": int(len(hits)), "accuracy": float(hits.mean())}
+            for group, hits in frame.groupby("group", sort=True)["correct"]]
 
 
 def _best(history: dict) -> tuple[float, int | None]:
@@ -311,3 +328,40 @@ def seed_evidence(base_run: dict, records: dict[str, dict]) -> dict | None:
                        **{view: VIEWS[view](run["history"]) for view in VIEWS}} for run in runs],
             "ranges": {view: list(spread) for view, spread in ranges.items()},
             "settled_epochs": SETTLED_EPOCHS, "variants": variants}
+
+
+GROUP_VIEWS = {"mean": "mean of the groups", "worst": "worst group"}
+
+
+def _group_summary(groups: list[dict]) -> dict:
+    accuracies = {row["group"]: row["accuracy"] for row in groups}
+    worst = min(accuracies, key=accuracies.get)
+    return {**accuracies, GROUP_VIEWS["mean"]: float(np.mean(list(accuracies.values()))),
+            GROUP_VIEWS["worst"]: accuracies[worst], "worst group is": worst}
+
+
+def groups_table(base_groups: list[dict], records: dict[str, dict]) -> pd.DataFrame:
+    """Validation accuracy per instrument x label group of ``improved`` (``base_groups``, the study's run), its
+    seed repeats and each variant, at the epoch each kept; the mean and the worst of the groups.
+
+    Balanced accuracy hides trades between groups (a run can gain on MAHLI Surface and lose on every Rover
+    group); this shows them. Records without ``val_groups`` (written before they were kept) are left out.
+    With repeats, the variants' mean and worst group are placed against the range of improved's seeds on
+    the same view and read together, as in :func:`ablation_table`.
+    """
+    base_label = f"{BASE_MODEL} (as chosen)"
+    rows, seeds = {base_label: _group_summary(base_groups)}, [base_label]
+    kept = {name: record for name, record in records.items() if record.get("val_groups")}
+    for name, record in sorted(kept.items(), key=lambda item: not is_repeat(item[0])):  # repeats first
+        rows[row_label(name, record)] = _group_summary(record["val_groups"])
+        if is_repeat(name):
+            seeds.append(row_label(name, record))
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    if len(seeds) > 1:
+        columns = [f"{view} against the seeds" for view in GROUP_VIEWS.values()]
+        table[columns + ["reading"]] = ""
+        for label in table.index.difference(seeds, sort=False):
+            places = [_against(table.loc[label, view], (table.loc[seeds, view].min(), table.loc[seeds, view].max()))
+                      for view in GROUP_VIEWS.values()]
+            table.loc[label, columns + ["reading"]] = [*places, reading(*places)]
+    return table

@@ -464,7 +464,7 @@ def run_ablations(ablations: list[str], paths: config.DataPaths, index: pd.DataF
 
     return run(ablations, *data_at(size), output_dir, image_size=size, epochs=epochs, batch_size=batch_size,
                seed=seed, jit_compile=jit_compile, train_groups=split_groups(index, "train"),
-               seed_repeats=seed_repeats, data_at=data_at)
+               seed_repeats=seed_repeats, data_at=data_at, val_groups=split_groups(index, "val"))
 
 
 SEED_CLAIM = {"description": "seed blog (random 80/20 split)", "val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}}
@@ -856,6 +856,17 @@ def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
     table = pd.concat([table, summary])
     table["n"] = table["n"].astype("Int64")  # the summary rows have no count
     return table
+
+
+def ablation_groups_table(scores: StudyScores, output_dir: Path) -> pd.DataFrame:
+    """Notebook 05's ablations read by validation group (:func:`marsrover.ablation.groups_table`): the study's
+    ``improved`` run, its seed repeats and each variant; empty without ``improved`` or records with groups."""
+    from . import ablation
+
+    records = ablation.load_records(output_dir)
+    if ablation.BASE_MODEL not in scores.predictions or not any(record.get("val_groups") for record in records.values()):
+        return pd.DataFrame()
+    return ablation.groups_table(instrument_label_groups(scores.predictions[ablation.BASE_MODEL]["val"]), records)
 
 
 def ensembles_table(scores: StudyScores) -> pd.DataFrame:
