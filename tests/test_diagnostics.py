@@ -354,3 +354,56 @@ def test_a_trajectory_at_another_seed_or_length_has_no_record_to_repeat(tiny_pat
         assert result["epochs_trained"] == 2
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def _improved_run(run_dir, seed, scores):
+    folder = run_dir / ("runs" if seed == 42 else "ablations")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "improved" if seed == 42 else f"repeat_seed_{seed}"
+    (folder / f"{name}.json").write_text(json.dumps({"history": {"val_balanced_accuracy": scores}, "question": "?",
+                                                     "config": {"seeds": {"seed": seed}}, "train_seconds": 1.0}))
+
+
+def test_an_ablation_is_trained_again_at_other_seeds_and_each_run_placed_against_improveds_seeds(tiny_paths, tmp_path):
+    from marsrover import study
+
+    run_dir = tmp_path / "reports" / "smoke"
+    _improved_run(run_dir, 42, [0.4, 0.6])
+    _improved_run(run_dir, 1, [0.5, 0.7])
+    (run_dir / "metrics.json").write_text(json.dumps({"profile": "smoke", "commit": "abc123"}))
+    paths, index = study.load_index(tiny_paths.root)
+    # the study's own run of the variant, as notebook 05 writes it (its other records are kept)
+    committed = study.run_ablations(["flip_only"], paths, index, tmp_path / "study", image_size=64, epochs=1,
+                                    batch_size=None, seed=42)["flip_only"]
+    (run_dir / "ablations" / "flip_only.json").write_text(json.dumps(committed))
+    out = tmp_path / "side_checks" / "ablation.json"
+    result = diagnostics.ablation_side_check(run_dir, "flip_only", [1], data_dir=tiny_paths.root, out=out)
+    assert list(result["runs"]) == ["1", "42"]
+    assert result["runs"]["42"]["trained_here"] is False and result["runs"]["1"]["trained_here"] is True
+    assert result["runs"]["42"]["val_balanced_accuracy"] == [
+        round(value, 4) for value in committed["history"]["val_balanced_accuracy"]]
+    assert sum(group["n"] for group in result["runs"]["1"]["val_groups"]) == int((index["split"] == "val").sum())
+    assert [run["seed"] for run in result["improved_seeds"]] == [42, 1]
+    assert result["improved_ranges"] == {"best": [0.6, 0.7], "settled": [0.5, 0.6]}
+    assert [placed["variant"] for placed in result["placed"]] == ["flip_only at seed 1", "flip_only at seed 42"]
+    assert result["means"]["improved"] == {"best": pytest.approx(0.65), "settled": pytest.approx(0.55)}
+    assert json.loads(out.read_text())["environment"]["commit"] == result["environment"]["commit"]
+    # trained again at the study's seed, it must repeat the study's record (same CPU type)
+    again = diagnostics.ablation_side_check(run_dir, "flip_only", [42], data_dir=tiny_paths.root)
+    assert again["committed_history_matches"] is True and list(again["runs"]) == ["42"]
+
+
+def test_an_ablation_check_needs_a_known_ablation_and_a_run_with_improved(tiny_paths, tmp_path):
+    with pytest.raises(KeyError, match="larger_images"):
+        diagnostics.ablation_side_check(tmp_path, "bigger_images", [1], data_dir=tiny_paths.root)
+    with pytest.raises(FileNotFoundError, match="notebook 05"):
+        diagnostics.ablation_side_check(tmp_path, "larger_images", [1], data_dir=tiny_paths.root)
+
+
+def test_the_ablation_command_names_its_file_after_the_variant_and_the_seeds(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(diagnostics, "ablation_side_check",
+                        lambda run_dir, name, seeds, **kwargs: calls.update(name=name, seeds=seeds, **kwargs))
+    assert diagnostics.main(["ablation", "larger_images", "--seeds", "1", "2", "1"]) == 0
+    assert calls["seeds"] == [1, 2]  # a seed named twice is one run
+    assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / "ablation_larger_images_seeds1_2.json"

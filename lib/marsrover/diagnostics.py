@@ -43,6 +43,17 @@ models of a finished run score validation three ways: as the images are, mirrore
     python -m marsrover.diagnostics flip
 
 writes ``reports/side_checks/flip.json``.
+
+``ablation``: does one of notebook 05's ablations hold at other seeds? The study trains each variant at one
+seed, and the range of ``improved``'s seeds says how far chance alone moves a score; a variant that stands
+out of it once may be a lucky draw. This trains the variant again at each given seed, with the finished
+run's profile, scores it like the study does (its best validation epoch, the mean of its last epochs, its
+validation groups at the kept epoch) and places every seed's run against the range of ``improved``'s seeds
+in the run, as notebook 05 does. The run's own variant record (the study's seed) joins the seeds.
+
+    python -m marsrover.diagnostics ablation larger_images --seeds 1 2
+
+writes ``reports/side_checks/ablation_larger_images_seeds1_2.json``.
 """
 
 from __future__ import annotations
@@ -316,6 +327,74 @@ def flip_side_check(run_dir: Path, *, data_dir: Path | None = None, out: Path | 
     return _side_check(run_dir, data_dir, None, out, check)
 
 
+def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir: Path | None = None,
+                        out: Path | None = None) -> dict:
+    """Ablation ``name`` trained again at each of ``seeds`` with the profile of ``run_dir``, on train, judged
+    on validation; with the run's own record of it (the study's seed, unless retrained), every seed's run is
+    placed against the range of ``improved``'s seeds in ``run_dir`` (:func:`marsrover.ablation.seed_evidence`);
+    writes ``out``."""
+    import tempfile
+
+    from . import ablation
+
+    if name not in ablation.ABLATIONS:  # before any image is loaded
+        raise KeyError(f"unknown ablation {name!r}; choose from {sorted(ablation.ABLATIONS)}")
+    run_dir = Path(run_dir)
+    base_path = run_dir / "runs" / f"{ablation.BASE_MODEL}.json"
+    base_run = reporting.load_json(base_path)
+    if "history" not in base_run:
+        raise FileNotFoundError(f"{config.display_path(base_path)} holds no trained run: the seeds of "
+                                f"{ablation.BASE_MODEL} to compare with come from running notebook 05 there")
+    committed = ablation.load_records(run_dir)
+
+    def check(result, profile, paths, index, seed):
+        result.update(ablation=name, question=ablation.ABLATIONS[name].question)
+        runs = {}
+        if name in committed and committed[name]["config"]["seeds"]["seed"] not in seeds:
+            runs[committed[name]["config"]["seeds"]["seed"]] = committed[name]  # the study's own run of it
+        for run_seed in seeds:
+            with tempfile.TemporaryDirectory() as scratch:  # run_ablations empties its folder first
+                runs[run_seed] = study.run_ablations([name], paths, index, Path(scratch),
+                                                     image_size=profile["image_size"], epochs=profile["epochs"],
+                                                     batch_size=profile["batch_size"], seed=run_seed)[name]
+            if name in committed and committed[name]["config"]["seeds"]["seed"] == run_seed:
+                result["committed_history_matches"] = _matches_record(
+                    run_dir / "ablations" / f"{name}.json", runs[run_seed]["history"]["val_balanced_accuracy"])
+        result["runs"] = {str(run_seed): {
+            "best": ablation.VIEWS["best"](record["history"]), "settled": ablation.VIEWS["settled"](record["history"]),
+            "train_seconds": record["train_seconds"], "trained_here": run_seed in seeds,
+            "val_balanced_accuracy": [round(value, 4) for value in record["history"]["val_balanced_accuracy"]],
+            **({"val_groups": record["val_groups"]} if "val_groups" in record else {})}
+            for run_seed, record in sorted(runs.items())}
+        repeats = {key: record for key, record in committed.items() if ablation.is_repeat(key)}
+        # each seed's run of the variant, placed like a variant of notebook 05
+        evidence = ablation.seed_evidence(base_run, {**repeats, **{f"{name} at seed {run_seed}": record
+                                                                    for run_seed, record in sorted(runs.items())}})
+        result["improved_seeds"] = evidence["seeds"] if evidence else [
+            {"seed": base_run["config"]["seeds"]["seed"], **{view: ablation.VIEWS[view](base_run["history"])
+                                                            for view in ablation.VIEWS}}]
+        result["improved_ranges"] = evidence["ranges"] if evidence else None
+        result["placed"] = evidence["variants"] if evidence else []
+        result["means"] = {
+            name: {view: float(np.mean([run[view] for run in result["runs"].values()])) for view in ablation.VIEWS},
+            ablation.BASE_MODEL: {view: float(np.mean([run[view] for run in result["improved_seeds"]]))
+                                  for view in ablation.VIEWS}}
+        for run_seed, run in result["runs"].items():
+            print(f"{name} at seed {run_seed}: best {run['best']:.3f}, mean of the last "
+                  f"{ablation.SETTLED_EPOCHS} epochs {run['settled']:.3f}, {run['train_seconds']:.0f} s", flush=True)
+        if evidence:
+            print(f"{ablation.BASE_MODEL}'s seeds: best {evidence['ranges']['best'][0]:.3f} to "
+                  f"{evidence['ranges']['best'][1]:.3f}, last {ablation.SETTLED_EPOCHS} "
+                  f"{evidence['ranges']['settled'][0]:.3f} to {evidence['ranges']['settled'][1]:.3f}", flush=True)
+
+    return _side_check(run_dir, data_dir, None, out, check)
+
+
+def ablation_file_name(name: str, seeds: list[int]) -> str:
+    """The default JSON of an ablation check: ``ablation_<name>_seeds<s1>_<s2>.json``."""
+    return f"ablation_{name}_seeds{'_'.join(str(seed) for seed in seeds)}.json"
+
+
 def batch_norm_file_name(*, forward: bool = False, epochs: int | None = None, seed: int | None = None,
                          trajectory_only: bool = False) -> str:
     """The default JSON of a batch-norm check, named after the options that change what it holds, so checks of
@@ -331,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     batch_norm = commands.add_parser("batch-norm", help="running against recomputed batch-norm statistics")
     flip = commands.add_parser("flip", help="validation scores of mirrored images and of test-time flipping")
-    for command in (batch_norm, flip):
+    ablation_ = commands.add_parser("ablation", help="one of notebook 05's ablations trained again at other seeds")
+    for command in (batch_norm, flip, ablation_):
         command.add_argument("--run-dir", type=Path, default=config.REPORTS_DIR / "full")
         command.add_argument("--data-dir", type=Path)
     batch_norm.add_argument("--trajectory", nargs="*", default=[], metavar="MODEL",
@@ -349,7 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     batch_norm.add_argument("--out", type=Path, help="the JSON to write (default: reports/side_checks/"
                             "batch_norm[_forward][_<N>_epochs][_seed<N>][_trajectory_only].json)")
     flip.add_argument("--out", type=Path, default=SIDE_CHECKS_DIR / "flip.json")
+    ablation_.add_argument("name", help="the ablation, as notebook 05 names it (e.g. larger_images)")
+    ablation_.add_argument("--seeds", type=int, nargs="+", required=True, help="the seeds to train it at")
+    ablation_.add_argument("--out", type=Path, help="the JSON to write (default: reports/side_checks/"
+                           "ablation_<name>_seeds<s1>_<s2>.json)")
     args = parser.parse_args(argv)
+    if args.command == "ablation":
+        seeds = list(dict.fromkeys(args.seeds))  # a seed named twice is one run
+        ablation_side_check(args.run_dir, args.name, seeds, data_dir=args.data_dir,
+                            out=args.out or SIDE_CHECKS_DIR / ablation_file_name(args.name, seeds))
+        return 0
     if args.command == "flip":
         flip_side_check(args.run_dir, data_dir=args.data_dir, out=args.out)
         return 0
