@@ -79,31 +79,51 @@ def test_run_ablations_writes_one_record_per_variant_and_the_table_compares_with
     assert table.loc["improved (as chosen)", "mean of last 5 epochs"] == pytest.approx(0.625)
 
 
-def test_a_record_keeps_the_validation_accuracy_per_group_of_the_epoch_its_run_kept(tmp_path):
+class _FixedAnswers:
+    """A trained model's stand-in: P(Surface) given in advance, one per image."""
+
+    def __init__(self, p_surface):
+        self.p_surface = np.asarray(p_surface, dtype=float)
+
+    def predict(self, images, **kwargs):
+        return np.stack([1 - self.p_surface[:len(images)], self.p_surface[:len(images)]], axis=1)
+
+
+def test_a_record_keeps_the_validation_accuracy_per_group_of_the_weights_its_run_returns(tmp_path, monkeypatch):
+    from marsrover import training
+
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 255, (12, 32, 32, 3)).astype("uint8"), np.arange(12) % 2
-    groups = np.array(["MAHLI · Rover", "Mastcam left · Surface"] * 6)
-    val_groups = np.array(["MAHLI · Rover", "MAHLI · Surface", "Mastcam left · Rover"] * 2)
-    common = dict(image_size=32, epochs=2, batch_size=4, seed=1, train_groups=groups)
+    val_labels = np.array([0, 1, 0, 1, 0, 0])
+    val_groups = np.array(["MAHLI · Rover", "MAHLI · Surface", "MAHLI · Rover", "Mastcam left · Surface",
+                           "Mastcam left · Rover", "Mastcam left · Rover"])
+    # the weights train() returns are the kept epoch's (restore_best_weights); these answer as given
+    kept = _FixedAnswers([0.1, 0.9, 0.7, 0.2, 0.4, 0.6])
+    monkeypatch.setattr(training, "train", lambda *args, **kwargs: training.TrainingResult(
+        kept, {"val_balanced_accuracy": [0.5]}, 1.0, {"seeds": {"seed": 1}}))
+    common = dict(image_size=32, epochs=1, batch_size=4, seed=1, train_groups=np.array(["MAHLI · Rover"] * 12))
     with pytest.raises(ValueError, match="val_groups names 5 images; the validation split has 6"):
-        ablation.run_ablations(["flip_only"], (images, labels), (images[:6], labels[:6]), tmp_path,
+        ablation.run_ablations(["flip_only"], (images, labels), (images[:6], val_labels), tmp_path,
                                val_groups=val_groups[:5], **common)
-    records = ablation.run_ablations(["flip_only"], (images, labels), (images[:6], labels[:6]), tmp_path,
+    records = ablation.run_ablations(["flip_only"], (images, labels), (images[:6], val_labels), tmp_path,
                                      val_groups=val_groups, **common)
     saved = json.loads((tmp_path / "ablations" / "flip_only.json").read_text())
-    assert saved["val_groups"] == records["flip_only"]["val_groups"]
-    assert [(row["group"], row["n"]) for row in saved["val_groups"]] == [
-        ("MAHLI · Rover", 2), ("MAHLI · Surface", 2), ("Mastcam left · Rover", 2)]
-    # the kept epoch's weights, the ones validation scored: its balanced accuracy, recomputed from the groups
-    rover = (2 * saved["val_groups"][0]["accuracy"] + 2 * saved["val_groups"][2]["accuracy"]) / 4
-    history = saved["history"]["val_balanced_accuracy"]
-    assert (rover + saved["val_groups"][1]["accuracy"]) / 2 == pytest.approx(max(history), abs=1e-6)
+    assert saved["val_groups"] == records["flip_only"]["val_groups"] == [
+        {"group": "MAHLI · Rover", "n": 2, "accuracy": 0.5, "errors": 1},
+        {"group": "MAHLI · Surface", "n": 1, "accuracy": 1.0, "errors": 0},
+        {"group": "Mastcam left · Rover", "n": 2, "accuracy": 0.5, "errors": 1},
+        {"group": "Mastcam left · Surface", "n": 1, "accuracy": 0.0, "errors": 1}]
+    without = ablation.run_ablations(["flip_only"], (images, labels), (images[:6], val_labels), tmp_path, **common)
+    assert "val_groups" not in without["flip_only"]
 
 
 def test_group_accuracies_count_surface_from_a_probability_of_one_half():
     rows = ablation.group_accuracies(np.array([0.5, 0.49, 0.9, 0.1]), np.array([1, 1, 0, 0]),
                                      np.array(["b", "b", "a", "a"]))
-    assert rows == [{"group": "a", "n": 2, "accuracy": 0.5}, {"group": "b", "n": 2, "accuracy": 0.5}]
+    assert rows == [{"group": "a", "n": 2, "accuracy": 0.5, "errors": 1},
+                    {"group": "b", "n": 2, "accuracy": 0.5, "errors": 1}]
+    diverged = ablation.group_accuracies(np.array([np.nan, 0.9, 0.1]), np.array([1, 1, 0]), np.array(["b", "b", "a"]))
+    assert diverged[0]["accuracy"] == 1.0 and np.isnan(diverged[1]["accuracy"])  # no score, not "all Rover"
 
 
 def test_the_groups_table_shows_each_run_by_group_and_places_variants_against_the_seeds():
@@ -112,18 +132,23 @@ def test_the_groups_table_shows_each_run_by_group_and_places_variants_against_th
                                                                         "accuracy": surface}]
 
     records = {"flip_only": {**_record([0.8]), "val_groups": groups(0.70, 0.90)},  # mean 0.80, worst 0.70
-               "no_batch_norm": {**_record([0.8]), "val_groups": groups(0.95, 0.85)},  # 0.90, 0.85
+               "no_batch_norm": {**_record([0.6, 0.9]), "val_groups": groups(0.95, 0.85)},  # 0.90, 0.85
+               "group_norm": {**_record([float("nan")]), "val_groups": groups(float("nan"), float("nan"))},
                "old_variant": _record([0.8]),  # written before groups were kept: left out
                "repeat_seed_1": {**_record([0.9], seed=1), "val_groups": groups(0.80, 0.90)}}  # 0.85, 0.80
-    table = ablation.groups_table(groups(0.90, 0.84), records)  # the study's run: mean 0.87, worst 0.84
-    assert list(table.index) == ["improved (as chosen)", "improved, seed 1", "flip_only", "no_batch_norm"]
-    assert table.loc["flip_only", ["mean of the groups", "worst group", "worst group is"]].tolist() == [
+    table = ablation.groups_table(groups(0.90, 0.84), 0.87, records)  # the study's run: mean 0.87, worst 0.84
+    assert list(table.index) == ["improved (as chosen)", "improved, seed 1", "flip_only", "no_batch_norm",
+                                 "group_norm"]
+    assert table.loc["flip_only", ["mean of the groups", "worst group", "worst group's name"]].tolist() == [
         pytest.approx(0.80), 0.70, "MAHLI · Rover"]
-    assert table.loc["no_batch_norm", "worst group is"] == "MAHLI · Surface"
-    assert table["mean of the groups against the seeds"].tolist() == ["", "", "below every seed", "above every seed"]
-    assert table["worst group against the seeds"].tolist()[2:] == ["below every seed", "above every seed"]
-    assert table["reading"].tolist()[2:] == [ablation.HELPS, ablation.HURTS]
-    alone = ablation.groups_table(groups(0.9, 0.84), {"flip_only": records["flip_only"]})
+    assert table.loc["no_batch_norm", "worst group's name"] == "MAHLI · Surface"
+    assert table["best val balanced accuracy"].tolist()[:4] == [0.87, 0.9, 0.8, 0.9]  # the selection metric
+    assert table["mean of the groups against the seeds"].tolist()[:4] == ["", "", "below every seed",
+                                                                          "above every seed"]
+    assert table["worst group against the seeds"].tolist()[2:4] == ["below every seed", "above every seed"]
+    assert table["reading"].tolist()[2:] == [ablation.HELPS, ablation.HURTS, ablation.NO_SCORE]  # diverged: n/a
+    assert table.loc["group_norm", "worst group's name"] == "n/a (no score)"
+    alone = ablation.groups_table(groups(0.9, 0.84), 0.87, {"flip_only": records["flip_only"]})
     assert "reading" not in alone  # no repeat: no yardstick
 
 

@@ -274,11 +274,12 @@ def test_validation_groups_show_per_group_accuracy_of_train_only_runs_beside_bal
     assert table["n"].dtype == "Int64" and table["n"].isna().sum() == 3  # counts stay whole; summaries have none
 
 
-def test_the_ablations_are_read_by_validation_group_beside_the_studys_improved_run(predictions, tmp_path):
+def test_the_ablations_are_read_by_validation_group_beside_the_studys_improved_run(predictions, tmp_path, capsys):
     from marsrover.study import StudyScores, ablation_groups_table
 
     val = predictions.assign(label_name=predictions["label"].map({0: "Rover", 1: "Surface"}))
-    scores = StudyScores({"models": {}}, {"improved": {"val": val}}, {}, {})
+    scores = StudyScores({"models": {"improved": {"val": {"balanced_accuracy": 0.7}}}}, {"improved": {"val": val}},
+                         {}, {})
     assert ablation_groups_table(scores, tmp_path).empty  # no ablation records
     folder = tmp_path / "ablations"
     folder.mkdir()
@@ -291,8 +292,10 @@ def test_the_ablations_are_read_by_validation_group_beside_the_studys_improved_r
     assert list(table.index) == ["improved (as chosen)", "flip_only"]
     # improved's own groups from its validation predictions: MAHLI · Rover 2 of 3 right
     assert table.loc["improved (as chosen)", "MAHLI · Rover"] == pytest.approx(2 / 3)
-    assert table.loc["improved (as chosen)", "worst group is"] == "Mastcam right · Rover"
+    assert table.loc["improved (as chosen)", "worst group's name"] == "Mastcam right · Rover"
+    assert table.loc["improved (as chosen)", "best val balanced accuracy"] == 0.7
     assert ablation_groups_table(StudyScores({"models": {}}, {}, {}, {}), tmp_path).empty  # no improved run
+    assert "rerun notebook 05" in capsys.readouterr().out  # an empty table says why
 
 
 def test_an_ensemble_averages_p_surface_over_runs_on_the_same_images(predictions):

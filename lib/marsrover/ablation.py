@@ -150,8 +150,9 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     ``train_data`` and ``val_data`` hold images at ``image_size``; a variant of the image size trains on
     ``data_at(size)``, the same images decoded at its own size (:func:`variant_image_size`).
     ``train_groups`` (each training image's instrument x label group) is needed by the improved recipe's
-    instrument-balanced loss. With ``val_groups`` (each validation image's group, in ``val_data``'s order),
-    a record also keeps the validation accuracy per group at the epoch the run kept (``val_groups``).
+    instrument-balanced loss. Given ``val_groups``, each validation image's group in ``val_data``'s order (as
+    ``train_groups`` for training), a record also keeps, under the same key, the validation accuracy per group
+    at the epoch the run kept (:func:`group_accuracies`).
     """
     from .evaluation import predict_surface_probability
     from .provenance import run_environment
@@ -203,11 +204,11 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
 
 def group_accuracies(p_surface: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> list[dict]:
     """Accuracy per group (e.g. ``MAHLI · Surface``) of predictions ``p_surface >= 0.5``, as records sorted by
-    group: ``group``, ``n``, ``accuracy``."""
-    correct = (np.asarray(p_surface) >= 0.5).astype(int) == np.asarray(labels)
-    frame = pd.DataFrame({"group": np.asarray(groups, dtype=object), "correct": correct})
-    return [{"group": str(group), "n": int(len(hits)), "accuracy": float(hits.mean())}
-            for group, hits in frame.groupby("group", sort=True)["correct"]]
+    group (:func:`marsrover.evaluation.group_records`); a diverged run's groups have no score (NaN)."""
+    from .evaluation import group_records
+
+    return group_records(pd.DataFrame({"group": np.asarray(groups, dtype=object), "label": np.asarray(labels),
+                                       "p_surface": np.asarray(p_surface, dtype=float)}), "group")
 
 
 def _best(history: dict) -> tuple[float, int | None]:
@@ -245,7 +246,12 @@ def seed_range(base_run: dict, records: dict[str, dict], view: str = "best") -> 
     repeats = [record for name, record in records.items() if is_repeat(name)]
     if not repeats:
         return None
-    scores = np.array([VIEWS[view](run["history"]) for run in [base_run, *repeats]])
+    return spread([VIEWS[view](run["history"]) for run in [base_run, *repeats]])
+
+
+def spread(scores) -> tuple[float, float]:
+    """The lowest and highest of ``scores``, NaNs (diverged runs) left out; NaN ends when all are NaN."""
+    scores = np.asarray(scores, dtype=float)
     if np.isnan(scores).all():  # every run diverged: a range with no ends
         return float("nan"), float("nan")
     return float(np.nanmin(scores)), float(np.nanmax(scores))
@@ -267,14 +273,15 @@ HELPS, HURTS, NO_EVIDENCE, MIXED = ("a hint that the choice helps", "a hint that
                                     "no evidence either way", "mixed: the two views disagree")
 
 
-def reading(best: str, settled: str) -> str:
-    """What a variant's two placements say about the choice it undoes: a hint only when both views agree
-    (a variant below every seed scored worse without the choice)."""
-    if NO_SCORE in (best, settled):
+def reading(first: str, second: str) -> str:
+    """What a variant's placements on two views (its best epoch and where it settled, or its mean and worst
+    validation group) say about the choice it undoes: a hint only when both agree (a variant below every
+    seed scored worse without the choice)."""
+    if NO_SCORE in (first, second):
         return NO_SCORE
-    if best != settled:
+    if first != second:
         return MIXED
-    return {BELOW: HELPS, ABOVE: HURTS, WITHIN: NO_EVIDENCE}[best]
+    return {BELOW: HELPS, ABOVE: HURTS, WITHIN: NO_EVIDENCE}[first]
 
 
 def ablation_table(base_run: dict, records: dict[str, dict]) -> pd.DataFrame:
@@ -331,37 +338,44 @@ def seed_evidence(base_run: dict, records: dict[str, dict]) -> dict | None:
 
 
 GROUP_VIEWS = {"mean": "mean of the groups", "worst": "worst group"}
+WORST_GROUP_NAME = "worst group's name"
+SELECTION_COLUMN = "best val balanced accuracy"  # the selection metric, beside the groups
 
 
-def _group_summary(groups: list[dict]) -> dict:
+def _group_summary(groups: list[dict], best_score: float) -> dict:
+    """One row of :func:`groups_table`: each group's accuracy, their mean and the worst of them (NaN, with no
+    name, when a group has no score), and the run's selection metric."""
     accuracies = {row["group"]: row["accuracy"] for row in groups}
-    worst = min(accuracies, key=accuracies.get)
+    scored = not np.isnan(list(accuracies.values())).any()
+    worst = min(accuracies, key=accuracies.get) if scored else None
     return {**accuracies, GROUP_VIEWS["mean"]: float(np.mean(list(accuracies.values()))),
-            GROUP_VIEWS["worst"]: accuracies[worst], "worst group is": worst}
+            GROUP_VIEWS["worst"]: accuracies[worst] if scored else float("nan"),
+            WORST_GROUP_NAME: worst or "n/a (no score)", SELECTION_COLUMN: best_score}
 
 
-def groups_table(base_groups: list[dict], records: dict[str, dict]) -> pd.DataFrame:
-    """Validation accuracy per instrument x label group of ``improved`` (``base_groups``, the study's run), its
-    seed repeats and each variant, at the epoch each kept; the mean and the worst of the groups.
+def groups_table(base_groups: list[dict], base_score: float, records: dict[str, dict]) -> pd.DataFrame:
+    """One row per run: ``improved`` (``base_groups`` and ``base_score``, the study's run), its seed repeats and
+    each variant, with the validation accuracy per instrument x label group at the epoch each kept, the mean
+    and the worst of the groups, and the best validation balanced accuracy (the selection metric).
 
     Balanced accuracy hides trades between groups (a run can gain on MAHLI Surface and lose on every Rover
     group); this shows them. Records without ``val_groups`` (written before they were kept) are left out.
     With repeats, the variants' mean and worst group are placed against the range of improved's seeds on
-    the same view and read together, as in :func:`ablation_table`.
+    the same view and read together, as :func:`ablation_table` does with the best epoch and the last ones.
     """
     base_label = f"{BASE_MODEL} (as chosen)"
-    rows, seeds = {base_label: _group_summary(base_groups)}, [base_label]
+    rows, seed_rows = {base_label: _group_summary(base_groups, base_score)}, [base_label]
     kept = {name: record for name, record in records.items() if record.get("val_groups")}
     for name, record in sorted(kept.items(), key=lambda item: not is_repeat(item[0])):  # repeats first
-        rows[row_label(name, record)] = _group_summary(record["val_groups"])
+        rows[row_label(name, record)] = _group_summary(record["val_groups"], _best(record["history"])[0])
         if is_repeat(name):
-            seeds.append(row_label(name, record))
+            seed_rows.append(row_label(name, record))
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
-    if len(seeds) > 1:
+    if len(seed_rows) > 1:
         columns = [f"{view} against the seeds" for view in GROUP_VIEWS.values()]
         table[columns + ["reading"]] = ""
-        for label in table.index.difference(seeds, sort=False):
-            places = [_against(table.loc[label, view], (table.loc[seeds, view].min(), table.loc[seeds, view].max()))
-                      for view in GROUP_VIEWS.values()]
+        ranges = {view: spread(table.loc[seed_rows, view]) for view in GROUP_VIEWS.values()}
+        for label in table.index.difference(seed_rows, sort=False):
+            places = [_against(table.loc[label, view], ranges[view]) for view in GROUP_VIEWS.values()]
             table.loc[label, columns + ["reading"]] = [*places, reading(*places)]
     return table

@@ -198,6 +198,19 @@ def breakdown(predictions: pd.DataFrame, by: str) -> pd.DataFrame:
     return table
 
 
+def group_records(predictions: pd.DataFrame, by: str) -> list[dict]:
+    """:func:`breakdown` as JSON-ready records, one per group in sorted order: ``group``, ``n``, ``accuracy``,
+    ``errors``. A group with a non-finite ``p_surface`` (a diverged model) has no score: its accuracy is NaN."""
+    table = breakdown(predictions, by)
+    unscored = set()
+    if "p_surface" in predictions:
+        finite = np.isfinite(predictions["p_surface"].astype(float).to_numpy())
+        unscored = set(predictions.loc[~finite, by])
+    return [{"group": str(group), "n": int(row["n"]),
+             "accuracy": float("nan") if group in unscored else float(row["accuracy"]), "errors": int(row["errors"])}
+            for group, row in table.iterrows()]
+
+
 def sol_ranges(sol: pd.Series, width: int = 100) -> pd.Series:
     """Each sol's range of ``width`` sols as a sortable label, e.g. ``"0300-0399"`` for sol 342."""
     low = (pd.Series(sol).astype(int) // width) * width

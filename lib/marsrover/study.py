@@ -833,9 +833,9 @@ def instrument_label_groups(predictions: pd.DataFrame) -> list[dict]:
     The split's shift lives in these groups, so the model card shows them for the run validation chose
     and for the headline on test.
     """
-    table = _by_instrument_and_label(predictions)
-    return [{"group": str(group), "n": int(row["n"]), "accuracy": float(row["accuracy"]), "errors": int(row["errors"])}
-            for group, row in table.iterrows()]
+    from .evaluation import group_names, group_records
+
+    return group_records(predictions.assign(group=group_names(predictions, ("instrument", "label_name"))), "group")
 
 
 def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
@@ -860,13 +860,21 @@ def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
 
 def ablation_groups_table(scores: StudyScores, output_dir: Path) -> pd.DataFrame:
     """Notebook 05's ablations read by validation group (:func:`marsrover.ablation.groups_table`): the study's
-    ``improved`` run, its seed repeats and each variant; empty without ``improved`` or records with groups."""
+    ``improved`` run, its seed repeats and each variant. Empty, with the reason printed, without an ``improved``
+    run or without records that keep their groups."""
     from . import ablation
 
     records = ablation.load_records(output_dir)
-    if ablation.BASE_MODEL not in scores.predictions or not any(record.get("val_groups") for record in records.values()):
+    if ablation.BASE_MODEL not in scores.predictions:
+        print(f"No {ablation.BASE_MODEL} run in this study: nothing to read the ablations against.")
         return pd.DataFrame()
-    return ablation.groups_table(instrument_label_groups(scores.predictions[ablation.BASE_MODEL]["val"]), records)
+    if not any(record.get("val_groups") for record in records.values()):
+        print(f"No ablation record in {config.display_path(Path(output_dir) / 'ablations')} keeps its validation groups "
+              "(records written before they were kept, or no ablation run): rerun notebook 05.")
+        return pd.DataFrame()
+    base = scores.metrics["models"][ablation.BASE_MODEL]["val"]["balanced_accuracy"]
+    return ablation.groups_table(instrument_label_groups(scores.predictions[ablation.BASE_MODEL]["val"]), base,
+                                 records)
 
 
 def ensembles_table(scores: StudyScores) -> pd.DataFrame:
