@@ -407,3 +407,35 @@ def test_the_ablation_command_names_its_file_after_the_variant_and_the_seeds(mon
     assert diagnostics.main(["ablation", "larger_images", "--seeds", "1", "2", "1"]) == 0
     assert calls["seeds"] == [1, 2]  # a seed named twice is one run
     assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / "ablation_larger_images_seeds1_2.json"
+
+
+def test_each_kind_of_side_check_reads_back_as_a_table_with_a_caption_naming_its_run(tmp_path):
+    flip = tmp_path / "flip.json"
+    flip.write_text(json.dumps({"profile": "full", "run_commit": "abc", "environment": {"commit": "def"},
+                                "models": {"improved": {"as_is accuracy": 0.9, "as_is balanced accuracy": 0.95,
+                                                        "mirrored balanced accuracy": 0.96,
+                                                        "averaged balanced accuracy": 0.955}}}))
+    assert diagnostics.side_check_table(flip).loc["improved"].tolist() == [0.95, 0.96, 0.955]
+    assert diagnostics.side_check_caption(flip).endswith(
+        "test-time flipping, on the `full` run at commit abc, code at def; validation only.")
+    summary = {"best": 0.95, "best_epoch": 9, "mean_last_5": 0.88, "last": 0.85}
+    batch_norm = tmp_path / "batch_norm.json"
+    batch_norm.write_text(json.dumps({"trajectories": {"improved": {"summary": {"running": summary}}}}))
+    assert diagnostics.side_check_table(batch_norm).loc[("improved", "running"), "best_epoch"] == 9
+    seeds = tmp_path / "ablation_larger_images_seeds1_2.json"
+    seeds.write_text(json.dumps({
+        "ablation": "larger_images",
+        "runs": {"1": {"best": 0.92, "settled": 0.88, "train_seconds": 465.0, "trained_here": True},
+                 "42": {"best": 0.95, "settled": 0.89, "train_seconds": 485.0, "trained_here": False}},
+        "improved_seeds": [{"seed": 42, "best": 0.948, "settled": 0.869}, {"seed": 1, "best": 0.93, "settled": 0.82}],
+        "placed": [{"variant": "larger_images at seed 1", "best_against_seeds": "below every seed",
+                    "settled_against_seeds": "above every seed", "reading": "mixed: the two views disagree"},
+                   {"variant": "larger_images at seed 42", "best_against_seeds": "above every seed",
+                    "settled_against_seeds": "above every seed", "reading": "a hint that the choice hurts"}]}))
+    table = diagnostics.side_check_table(seeds)
+    assert table.index.tolist() == [("larger_images", 1), ("larger_images", 42), ("improved", 42), ("improved", 1)]
+    assert table.loc[("larger_images", 1), "last 5 against improved's seeds"] == "above every seed"
+    assert table.loc[("improved", 1), "reading"] == ""  # improved's own seeds are the yardstick, not placed
+    assert "`larger_images` at more seeds" in diagnostics.side_check_caption(seeds)
+    missing = tmp_path / "ablation_other.json"
+    assert diagnostics.side_check_table(missing).empty and "not found" in diagnostics.side_check_caption(missing)

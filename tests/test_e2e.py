@@ -199,6 +199,13 @@ def test_every_ablation_is_trained_on_train_and_judged_on_val(smoke_report):
     assert sorted(v["variant"] for v in evidence["variants"]) == sorted(get_profile("smoke")["ablations"])
 
 
+def test_the_targets_section_shows_the_threshold_check_and_the_side_checks_from_their_records(smoke_report):
+    analysis = (smoke_report / "06_error_analysis.html").read_text()
+    assert "balanced accuracy at the threshold" in analysis  # computed from this run's improved
+    for record in ("flip.json", "batch_norm.json", "ablation_larger_images_seeds1_2.json"):
+        assert f"reports/side_checks/{record}" in analysis  # each named, read back or said to be missing
+
+
 def test_new_images_are_classified_from_a_sample_laid_out_like_fetch_raw(smoke_report):
     import pandas as pd
 

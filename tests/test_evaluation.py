@@ -427,3 +427,32 @@ def test_the_comparison_table_sets_the_claims_the_report_carries_above_every_run
     assert pd.isna(table.iloc[0]["test balanced accuracy"])  # the blog gave no balanced accuracy
     older = {key: value for key, value in metrics.items() if key != "quick_cnn_claim"}  # a report from before the row
     assert len(comparison_table(older)) == 3
+
+
+def test_the_best_threshold_maximises_balanced_accuracy_and_ties_go_to_the_one_nearest_one_half():
+    from marsrover.evaluation import balanced_accuracy_at, best_threshold
+
+    labels, p_surface = np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.7, 0.9])
+    assert balanced_accuracy_at(labels, p_surface) == 0.75  # 0.6 is called Surface at 0.5
+    assert best_threshold(labels, p_surface) == 0.61  # 0.61 to 0.70 all separate them: the nearest to 0.5
+    assert best_threshold(labels, np.array([0.1, 0.2, 0.8, 0.9])) == 0.5  # 0.5 itself is as good as any
+    assert np.isnan(balanced_accuracy_at(labels, p_surface, float("nan")))  # no threshold chosen: no score
+    with pytest.raises(ValueError, match="both labels"):
+        best_threshold(np.array([1, 1]), np.array([0.2, 0.9]))
+
+
+def test_the_threshold_check_chooses_on_validation_and_across_the_halves_of_its_sols(predictions, capsys):
+    from marsrover.study import StudyScores, threshold_table
+
+    # earlier sols (10, 11) and later ones (20, 21): at 0.5 the later half calls one Rover image Surface
+    val = pd.DataFrame({"split": "val", "sol": [10, 10, 11, 11, 20, 20, 21, 21], "label": [0, 1, 0, 1, 0, 1, 0, 1],
+                        "p_surface": [0.1, 0.9, 0.2, 0.8, 0.6, 0.9, 0.1, 0.7]})
+    table = threshold_table(StudyScores({}, {"improved": {"val": val}}, {}, {}), "improved")
+    assert table[["chosen on", "scored on", "images scored"]].values.tolist() == [
+        ["all of validation", "all of validation", 8], ["earlier sols", "later sols", 4],
+        ["later sols", "earlier sols", 4]]
+    assert table["threshold"].tolist() == [0.61, 0.5, 0.61]
+    assert table["balanced accuracy at 0.5"].tolist() == [0.875, 0.75, 1.0]
+    assert table["balanced accuracy at the threshold"].tolist() == [1.0, 0.75, 1.0]
+    assert threshold_table(StudyScores({}, {}, {}, {}), "improved").empty
+    assert "No improved run" in capsys.readouterr().out

@@ -390,6 +390,55 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
     return _side_check(run_dir, data_dir, None, out, check)
 
 
+def side_check_table(path: Path) -> pd.DataFrame:
+    """A side check's JSON as a table (empty when the file is missing).
+
+    ``flip``: one row per model, validation balanced accuracy as the images are, mirrored and averaged.
+    ``batch-norm``: one row per trajectory and statistics: the best epoch's score, its epoch and the mean of
+    the last epochs (the saved models' scores when it trained no trajectory). ``ablation``: one row per seed
+    of the variant, its best epoch and the mean of its last epochs placed against the range of ``improved``'s
+    seeds, then ``improved``'s seeds themselves.
+    """
+    result = reporting.load_json(path)
+    if "ablation" in result:
+        placed = {row["variant"].rsplit(" at seed ", 1)[1]: row for row in result.get("placed", [])}
+        rows = [{"run": result["ablation"], "seed": int(seed), "best val balanced accuracy": run["best"],
+                 "mean of last 5 epochs": run["settled"], "seconds": run["train_seconds"],
+                 "trained by this check": run["trained_here"],
+                 "best against improved's seeds": placed.get(seed, {}).get("best_against_seeds", ""),
+                 "last 5 against improved's seeds": placed.get(seed, {}).get("settled_against_seeds", ""),
+                 "reading": placed.get(seed, {}).get("reading", "")} for seed, run in result["runs"].items()]
+        rows += [{"run": "improved", "seed": run["seed"], "best val balanced accuracy": run["best"],
+                  "mean of last 5 epochs": run["settled"], "trained by this check": False,
+                  # improved's own seeds are the yardstick, not placed against it
+                  **dict.fromkeys(["best against improved's seeds", "last 5 against improved's seeds", "reading"], "")}
+                 for run in result["improved_seeds"]]
+        return pd.DataFrame(rows).set_index(["run", "seed"])
+    if "trajectories" in result and result["trajectories"]:
+        return pd.DataFrame([{"trajectory": run, "statistics": statistics, **summary}
+                             for run, trajectory in result["trajectories"].items()
+                             for statistics, summary in trajectory["summary"].items()]).set_index(
+                                 ["trajectory", "statistics"])
+    if "saved_models" in result:
+        return pd.DataFrame.from_dict(result["saved_models"], orient="index").rename_axis("run")
+    if "models" in result:
+        return pd.DataFrame.from_dict(result["models"], orient="index").rename_axis("run")[
+            [f"{view} balanced accuracy" for view in ("as_is", "mirrored", "averaged")]]
+    return pd.DataFrame()
+
+
+def side_check_caption(path: Path) -> str:
+    """Which side check a JSON holds, the run it used (by its commit) and the code's commit; or that it is missing."""
+    path = Path(path)
+    result = reporting.load_json(path)
+    if not result:
+        return f"`{config.display_path(path)}`: not found (this side check has not been run here)."
+    kind = (f"`{result['ablation']}` at more seeds" if "ablation" in result else
+            "batch-norm statistics" if "trajectories" in result else "test-time flipping")
+    return (f"`{config.display_path(path)}`: {kind}, on the `{result.get('profile')}` run at commit "
+            f"{result.get('run_commit')}, code at {result.get('environment', {}).get('commit')}; validation only.")
+
+
 def ablation_file_name(name: str, seeds: list[int]) -> str:
     """The default JSON of an ablation check: ``ablation_<name>_seeds<s1>_<s2>.json``."""
     return f"ablation_{name}_seeds{'_'.join(str(seed) for seed in seeds)}.json"

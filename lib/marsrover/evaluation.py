@@ -198,6 +198,27 @@ def breakdown(predictions: pd.DataFrame, by: str) -> pd.DataFrame:
     return table
 
 
+THRESHOLD_GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)
+
+
+def balanced_accuracy_at(y_true, p_surface, threshold: float = 0.5) -> float:
+    """Balanced accuracy of predicting Surface when ``p_surface >= threshold`` (NaN without both labels, or for a
+    NaN threshold: none was chosen)."""
+    if np.isnan(threshold):
+        return float("nan")
+    return _balanced_accuracy_or_nan(np.asarray(y_true), (np.asarray(p_surface) >= threshold).astype(int))
+
+
+def best_threshold(y_true, p_surface, grid: np.ndarray = THRESHOLD_GRID) -> float:
+    """The threshold on P(Surface) of ``grid`` with the highest balanced accuracy; ties go to the one nearest
+    0.5, the threshold every model here is scored at."""
+    scores = np.array([balanced_accuracy_at(y_true, p_surface, threshold) for threshold in grid])
+    if np.isnan(scores).all():
+        raise ValueError("a threshold cannot be chosen without both labels among the images")
+    best = np.flatnonzero(scores == np.nanmax(scores))
+    return float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
+
+
 def group_records(predictions: pd.DataFrame, by: str) -> list[dict]:
     """:func:`breakdown` as JSON-ready records, one per group in sorted order: ``group``, ``n``, ``accuracy``,
     ``errors``. A group with a non-finite ``p_surface`` (a diverged model) has no score: its accuracy is NaN."""

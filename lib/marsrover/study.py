@@ -858,6 +858,37 @@ def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
     return table
 
 
+def threshold_table(scores: StudyScores, run: str) -> pd.DataFrame:
+    """Would a decision threshold other than 0.5, chosen on validation, help ``run`` (a train-only run)?
+
+    Three rows: chosen on all of validation and scored there (an optimistic bound: chosen and judged on the
+    same images), then chosen on the earlier half of validation's sols and scored on the later half, and the
+    other way round (the halves of forward validation, :func:`forward_validation_index`). Each with the
+    balanced accuracy at the chosen threshold and at 0.5 on the images scored. The test split plays no part.
+    """
+    from .evaluation import balanced_accuracy_at, best_threshold
+
+    if run not in scores.predictions:
+        print(f"No {run} run in this study: no threshold to check.")
+        return pd.DataFrame()
+    val = scores.predictions[run]["val"]
+    halves = forward_validation_index(val)
+    plans = [("all of validation", "all of validation", val, val)]
+    if halves is not None:
+        early, later = val[(halves["split"] == EARLY_VAL).to_numpy()], val[(halves["split"] == "val").to_numpy()]
+        plans += [("earlier sols", "later sols", early, later), ("later sols", "earlier sols", later, early)]
+    rows = []
+    for chosen_on, scored_on, fit, judged in plans:
+        # a half with one label only (a tiny profile) has no threshold to choose
+        threshold = best_threshold(fit["label"], fit["p_surface"]) if fit["label"].nunique() == 2 else float("nan")
+        rows.append({"chosen on": chosen_on, "scored on": scored_on, "images scored": len(judged),
+                     "threshold": threshold,
+                     "balanced accuracy at the threshold": balanced_accuracy_at(judged["label"], judged["p_surface"],
+                                                                                threshold),
+                     "balanced accuracy at 0.5": balanced_accuracy_at(judged["label"], judged["p_surface"])})
+    return pd.DataFrame(rows)
+
+
 def ablation_groups_table(scores: StudyScores, output_dir: Path) -> pd.DataFrame:
     """Notebook 05's ablations read by validation group (:func:`marsrover.ablation.groups_table`): the study's
     ``improved`` run, its seed repeats and each variant. Empty, with the reason printed, without an ``improved``
