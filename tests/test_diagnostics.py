@@ -364,7 +364,8 @@ def _improved_run(run_dir, seed, scores):
                                                      "config": {"seeds": {"seed": seed}}, "train_seconds": 1.0}))
 
 
-def test_an_ablation_is_trained_again_at_other_seeds_and_each_run_placed_against_improveds_seeds(tiny_paths, tmp_path):
+def test_an_ablation_is_trained_again_at_other_seeds_and_each_run_placed_against_improveds_seeds(tiny_paths, tmp_path,
+                                                                                               capsys):
     from marsrover import study
 
     run_dir = tmp_path / "reports" / "smoke"
@@ -385,12 +386,18 @@ def test_an_ablation_is_trained_again_at_other_seeds_and_each_run_placed_against
     assert sum(group["n"] for group in result["runs"]["1"]["val_groups"]) == int((index["split"] == "val").sum())
     assert [run["seed"] for run in result["improved_seeds"]] == [42, 1]
     assert result["improved_ranges"] == {"best": [0.6, 0.7], "settled": [0.5, 0.6]}
-    assert [placed["variant"] for placed in result["placed"]] == ["flip_only at seed 1", "flip_only at seed 42"]
+    assert [(placed["seed"], placed["variant"]) for placed in result["placed"]] == [
+        (1, "flip_only at seed 1"), (42, "flip_only at seed 42")]
+    assert result["runs"]["42"]["commit"] == committed["environment"]["commit"]  # each run names its code
     assert result["means"]["improved"] == {"best": pytest.approx(0.65), "settled": pytest.approx(0.55)}
     assert json.loads(out.read_text())["environment"]["commit"] == result["environment"]["commit"]
-    # trained again at the study's seed, it must repeat the study's record (same CPU type)
-    again = diagnostics.ablation_side_check(run_dir, "flip_only", [42], data_dir=tiny_paths.root)
+    # trained again at the study's seed, it must repeat the study's record (same CPU type); without a seed
+    # repeat of improved in the run, it is trained but not placed, and the run says so before training
+    (run_dir / "ablations" / "repeat_seed_1.json").unlink()
+    again = diagnostics.ablation_side_check(run_dir, "flip_only", [42, 42], data_dir=tiny_paths.root)
     assert again["committed_history_matches"] is True and list(again["runs"]) == ["42"]
+    assert again["placed"] == [] and again["improved_ranges"] is None
+    assert "no seed repeat of improved" in capsys.readouterr().out
 
 
 def test_an_ablation_check_needs_a_known_ablation_and_a_run_with_improved(tiny_paths, tmp_path):
@@ -404,8 +411,9 @@ def test_the_ablation_command_names_its_file_after_the_variant_and_the_seeds(mon
     calls = {}
     monkeypatch.setattr(diagnostics, "ablation_side_check",
                         lambda run_dir, name, seeds, **kwargs: calls.update(name=name, seeds=seeds, **kwargs))
-    assert diagnostics.main(["ablation", "larger_images", "--seeds", "1", "2", "1"]) == 0
-    assert calls["seeds"] == [1, 2]  # a seed named twice is one run
+    assert diagnostics.main(["ablation", "larger_images", "--seeds", "2", "1", "2"]) == 0
+    assert calls["seeds"] == [2, 1, 2]  # the check trains a seed named twice once
+    # one file for one set of seeds, however they were named
     assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / "ablation_larger_images_seeds1_2.json"
 
 
@@ -417,20 +425,26 @@ def test_each_kind_of_side_check_reads_back_as_a_table_with_a_caption_naming_its
                                                         "averaged balanced accuracy": 0.955}}}))
     assert diagnostics.side_check_table(flip).loc["improved"].tolist() == [0.95, 0.96, 0.955]
     assert diagnostics.side_check_caption(flip).endswith(
-        "test-time flipping, on the `full` run at commit abc, code at def; validation only.")
+        "test-time flipping, on the `full` run at commit abc, written by code at def; validation only.")
     summary = {"best": 0.95, "best_epoch": 9, "mean_last_5": 0.88, "last": 0.85}
+    saved_models = {"improved": {"fit on": "train", "running": 0.95, "recomputed": 0.9}}
     batch_norm = tmp_path / "batch_norm.json"
-    batch_norm.write_text(json.dumps({"trajectories": {"improved": {"summary": {"running": summary}}}}))
-    assert diagnostics.side_check_table(batch_norm).loc[("improved", "running"), "best_epoch"] == 9
+    batch_norm.write_text(json.dumps({"profile": "full", "saved_models": saved_models, "trajectories": {
+        "improved": {"summary": {"running": summary}, "epochs": {"running": [0.5, 0.95, 0.85]}}}}))
+    trajectories = diagnostics.side_check_table(batch_norm)  # the trajectories, when it trained any
+    assert trajectories.loc[("improved", "running"), ["best_epoch", "lowest"]].tolist() == [9, 0.5]
+    assert "run at commit not recorded" in diagnostics.side_check_caption(batch_norm)
+    batch_norm.write_text(json.dumps({"saved_models": saved_models, "trajectories": {}}))
+    assert diagnostics.side_check_table(batch_norm).loc["improved", "recomputed"] == 0.9  # else its saved models
     seeds = tmp_path / "ablation_larger_images_seeds1_2.json"
     seeds.write_text(json.dumps({
         "ablation": "larger_images",
         "runs": {"1": {"best": 0.92, "settled": 0.88, "train_seconds": 465.0, "trained_here": True},
                  "42": {"best": 0.95, "settled": 0.89, "train_seconds": 485.0, "trained_here": False}},
         "improved_seeds": [{"seed": 42, "best": 0.948, "settled": 0.869}, {"seed": 1, "best": 0.93, "settled": 0.82}],
-        "placed": [{"variant": "larger_images at seed 1", "best_against_seeds": "below every seed",
+        "placed": [{"seed": 1, "variant": "larger_images at seed 1", "best_against_seeds": "below every seed",
                     "settled_against_seeds": "above every seed", "reading": "mixed: the two views disagree"},
-                   {"variant": "larger_images at seed 42", "best_against_seeds": "above every seed",
+                   {"seed": 42, "variant": "larger_images at seed 42", "best_against_seeds": "above every seed",
                     "settled_against_seeds": "above every seed", "reading": "a hint that the choice hurts"}]}))
     table = diagnostics.side_check_table(seeds)
     assert table.index.tolist() == [("larger_images", 1), ("larger_images", 42), ("improved", 42), ("improved", 1)]

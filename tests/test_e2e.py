@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from marsrover import config, reporting
@@ -184,6 +185,11 @@ def test_every_ablation_is_trained_on_train_and_judged_on_val(smoke_report):
         assert record["config"]["model"] == f"improved-{name}" and record["config"]["val_images"] >= 30
         assert len(record["history"]["val_balanced_accuracy"]) == 1
         assert sum(group["n"] for group in record["val_groups"]) == record["config"]["val_images"]
+        # the groups are of the weights the run kept: their balanced accuracy is its best epoch's
+        recalls = [sum(g["n"] * g["accuracy"] for g in record["val_groups"] if g["group"].endswith(label))
+                   / sum(g["n"] for g in record["val_groups"] if g["group"].endswith(label))
+                   for label in ("Rover", "Surface")]
+        assert np.mean(recalls) == pytest.approx(max(record["history"]["val_balanced_accuracy"]), abs=1e-4)
     for seed in get_profile("smoke")["seed_repeats"]:  # improved itself at another seed: chance's yardstick
         record = json.loads((smoke_report / "ablations" / f"repeat_seed_{seed}.json").read_text())
         assert record["config"]["model"] == "improved" and record["config"]["seeds"]["seed"] == seed

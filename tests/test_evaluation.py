@@ -286,6 +286,7 @@ def test_the_ablations_are_read_by_validation_group_beside_the_studys_improved_r
     record = {"history": {"val_balanced_accuracy": [0.5]}, "question": "?", "config": {"seeds": {"seed": 42}}}
     (folder / "flip_only.json").write_text(json.dumps(record))
     assert ablation_groups_table(scores, tmp_path).empty  # written before groups were kept
+    assert "rerun notebook 05" in capsys.readouterr().out  # an empty table says why
     (folder / "flip_only.json").write_text(json.dumps(
         {**record, "val_groups": [{"group": "MAHLI · Rover", "n": 3, "accuracy": 1.0}]}))
     table = ablation_groups_table(scores, tmp_path)
@@ -294,8 +295,9 @@ def test_the_ablations_are_read_by_validation_group_beside_the_studys_improved_r
     assert table.loc["improved (as chosen)", "MAHLI · Rover"] == pytest.approx(2 / 3)
     assert table.loc["improved (as chosen)", "worst group's name"] == "Mastcam right · Rover"
     assert table.loc["improved (as chosen)", "best val balanced accuracy"] == 0.7
+    assert "rerun notebook 05" not in capsys.readouterr().out
     assert ablation_groups_table(StudyScores({"models": {}}, {}, {}, {}), tmp_path).empty  # no improved run
-    assert "rerun notebook 05" in capsys.readouterr().out  # an empty table says why
+    assert "No improved run" in capsys.readouterr().out  # an empty table says why
 
 
 def test_an_ensemble_averages_p_surface_over_runs_on_the_same_images(predictions):

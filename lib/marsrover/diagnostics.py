@@ -327,16 +327,30 @@ def flip_side_check(run_dir: Path, *, data_dir: Path | None = None, out: Path | 
     return _side_check(run_dir, data_dir, None, out, check)
 
 
+def _seed_run(record: dict, trained_here: bool) -> dict:
+    """One seed's run of a variant in an ablation check: its two views, time, curve, groups and provenance."""
+    from . import ablation
+
+    environment = record.get("environment", {})
+    return {"best": ablation.VIEWS["best"](record["history"]), "settled": ablation.VIEWS["settled"](record["history"]),
+            "train_seconds": record["train_seconds"], "trained_here": trained_here,
+            # runs of other commits or CPUs can sit side by side here: each says where it came from
+            "commit": environment.get("commit"), "cpu": environment.get("cpu", {}).get("model_name"),
+            "val_balanced_accuracy": [round(value, 4) for value in record["history"]["val_balanced_accuracy"]],
+            **({"val_groups": record["val_groups"]} if "val_groups" in record else {})}
+
+
 def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir: Path | None = None,
                         out: Path | None = None) -> dict:
     """Ablation ``name`` trained again at each of ``seeds`` with the profile of ``run_dir``, on train, judged
-    on validation; with the run's own record of it (the study's seed, unless retrained), every seed's run is
-    placed against the range of ``improved``'s seeds in ``run_dir`` (:func:`marsrover.ablation.seed_evidence`);
-    writes ``out``."""
+    on validation; with the run's own record of it (the study's seed, unless retrained: retraining it checks
+    that the record repeats, ``committed_history_matches``), every seed's run is placed against the range of
+    ``improved``'s seeds in ``run_dir`` (:func:`marsrover.ablation.seed_evidence`); writes ``out``."""
     import tempfile
 
     from . import ablation
 
+    seeds = list(dict.fromkeys(seeds))  # a seed named twice is one run
     if name not in ablation.ABLATIONS:  # before any image is loaded
         raise KeyError(f"unknown ablation {name!r}; choose from {sorted(ablation.ABLATIONS)}")
     run_dir = Path(run_dir)
@@ -346,37 +360,39 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
         raise FileNotFoundError(f"{config.display_path(base_path)} holds no trained run: the seeds of "
                                 f"{ablation.BASE_MODEL} to compare with come from running notebook 05 there")
     committed = ablation.load_records(run_dir)
+    repeats = {key: record for key, record in committed.items() if ablation.is_repeat(key)}
+    if not repeats:  # the runs are still worth having, but nothing will place them
+        print(f"{config.display_path(run_dir)} has no seed repeat of {ablation.BASE_MODEL}: the runs will not be "
+              "placed against its seeds (the profile's seed_repeats train them)", flush=True)
+    own = committed.get(name)  # the study's own run of the variant
+    study_seed = own["config"]["seeds"]["seed"] if own else None
 
     def check(result, profile, paths, index, seed):
         result.update(ablation=name, question=ablation.ABLATIONS[name].question)
-        runs = {}
-        if name in committed and committed[name]["config"]["seeds"]["seed"] not in seeds:
-            runs[committed[name]["config"]["seeds"]["seed"]] = committed[name]  # the study's own run of it
+        records = {study_seed: own} if own and study_seed not in seeds else {}
         for run_seed in seeds:
             with tempfile.TemporaryDirectory() as scratch:  # run_ablations empties its folder first
-                runs[run_seed] = study.run_ablations([name], paths, index, Path(scratch),
-                                                     image_size=profile["image_size"], epochs=profile["epochs"],
-                                                     batch_size=profile["batch_size"], seed=run_seed)[name]
-            if name in committed and committed[name]["config"]["seeds"]["seed"] == run_seed:
-                result["committed_history_matches"] = _matches_record(
-                    run_dir / "ablations" / f"{name}.json", runs[run_seed]["history"]["val_balanced_accuracy"])
-        result["runs"] = {str(run_seed): {
-            "best": ablation.VIEWS["best"](record["history"]), "settled": ablation.VIEWS["settled"](record["history"]),
-            "train_seconds": record["train_seconds"], "trained_here": run_seed in seeds,
-            "val_balanced_accuracy": [round(value, 4) for value in record["history"]["val_balanced_accuracy"]],
-            **({"val_groups": record["val_groups"]} if "val_groups" in record else {})}
-            for run_seed, record in sorted(runs.items())}
-        repeats = {key: record for key, record in committed.items() if ablation.is_repeat(key)}
+                record = study.run_ablations([name], paths, index, Path(scratch), image_size=profile["image_size"],
+                                             epochs=profile["epochs"], batch_size=profile["batch_size"],
+                                             seed=run_seed)[name]
+            records[run_seed] = record
+            if run_seed == study_seed:
+                result["committed_history_matches"] = bool(np.allclose(
+                    own["history"]["val_balanced_accuracy"], record["history"]["val_balanced_accuracy"], atol=1e-6))
+        records = dict(sorted(records.items()))
+        runs = {run_seed: _seed_run(record, run_seed in seeds) for run_seed, record in records.items()}
+        result["runs"] = {str(run_seed): run for run_seed, run in runs.items()}
         # each seed's run of the variant, placed like a variant of notebook 05
         evidence = ablation.seed_evidence(base_run, {**repeats, **{f"{name} at seed {run_seed}": record
-                                                                    for run_seed, record in sorted(runs.items())}})
+                                                                    for run_seed, record in records.items()}})
         result["improved_seeds"] = evidence["seeds"] if evidence else [
             {"seed": base_run["config"]["seeds"]["seed"], **{view: ablation.VIEWS[view](base_run["history"])
                                                             for view in ablation.VIEWS}}]
         result["improved_ranges"] = evidence["ranges"] if evidence else None
-        result["placed"] = evidence["variants"] if evidence else []
+        result["placed"] = [{"seed": run_seed, **placed} for run_seed, placed in
+                            zip(records, evidence["variants"])] if evidence else []
         result["means"] = {
-            name: {view: float(np.mean([run[view] for run in result["runs"].values()])) for view in ablation.VIEWS},
+            name: {view: float(np.mean([run[view] for run in runs.values()])) for view in ablation.VIEWS},
             ablation.BASE_MODEL: {view: float(np.mean([run[view] for run in result["improved_seeds"]]))
                                   for view in ablation.VIEWS}}
         for run_seed, run in result["runs"].items():
@@ -394,54 +410,60 @@ def side_check_table(path: Path) -> pd.DataFrame:
     """A side check's JSON as a table (empty when the file is missing).
 
     ``flip``: one row per model, validation balanced accuracy as the images are, mirrored and averaged.
-    ``batch-norm``: one row per trajectory and statistics: the best epoch's score, its epoch and the mean of
-    the last epochs (the saved models' scores when it trained no trajectory). ``ablation``: one row per seed
-    of the variant, its best epoch and the mean of its last epochs placed against the range of ``improved``'s
-    seeds, then ``improved``'s seeds themselves.
+    ``batch-norm``: one row per trajectory and statistics: the best epoch's score, its epoch, the lowest epoch,
+    the mean of the last epochs and the last (when it trained trajectories; its saved models' scores otherwise).
+    ``ablation``: one row per seed of the variant, its best epoch and the mean of its last epochs placed against
+    the range of ``improved``'s seeds, then ``improved``'s seeds themselves.
     """
+    from .ablation import SETTLED_EPOCHS
+
     result = reporting.load_json(path)
     if "ablation" in result:
-        placed = {row["variant"].rsplit(" at seed ", 1)[1]: row for row in result.get("placed", [])}
+        placed = {row["seed"]: row for row in result.get("placed", [])}
+        settled = f"mean of last {SETTLED_EPOCHS} epochs"
+        places = {"best against improved's seeds": "best_against_seeds",
+                  f"last {SETTLED_EPOCHS} against improved's seeds": "settled_against_seeds", "reading": "reading"}
         rows = [{"run": result["ablation"], "seed": int(seed), "best val balanced accuracy": run["best"],
-                 "mean of last 5 epochs": run["settled"], "seconds": run["train_seconds"],
-                 "trained by this check": run["trained_here"],
-                 "best against improved's seeds": placed.get(seed, {}).get("best_against_seeds", ""),
-                 "last 5 against improved's seeds": placed.get(seed, {}).get("settled_against_seeds", ""),
-                 "reading": placed.get(seed, {}).get("reading", "")} for seed, run in result["runs"].items()]
+                 settled: run["settled"], "seconds": run["train_seconds"], "trained by this check": run["trained_here"],
+                 **{column: placed.get(int(seed), {}).get(key, "") for column, key in places.items()}}
+                for seed, run in result["runs"].items()]
         rows += [{"run": "improved", "seed": run["seed"], "best val balanced accuracy": run["best"],
-                  "mean of last 5 epochs": run["settled"], "trained by this check": False,
-                  # improved's own seeds are the yardstick, not placed against it
-                  **dict.fromkeys(["best against improved's seeds", "last 5 against improved's seeds", "reading"], "")}
+                  settled: run["settled"], "trained by this check": False,
+                  **dict.fromkeys(places, "")}  # improved's own seeds are the yardstick, not placed against it
                  for run in result["improved_seeds"]]
         return pd.DataFrame(rows).set_index(["run", "seed"])
-    if "trajectories" in result and result["trajectories"]:
-        return pd.DataFrame([{"trajectory": run, "statistics": statistics, **summary}
+    if result.get("trajectories"):
+        return pd.DataFrame([{"trajectory": run, "statistics": statistics, **summary,
+                              "lowest": min(trajectory["epochs"][statistics]) if "epochs" in trajectory else None}
                              for run, trajectory in result["trajectories"].items()
                              for statistics, summary in trajectory["summary"].items()]).set_index(
                                  ["trajectory", "statistics"])
     if "saved_models" in result:
         return pd.DataFrame.from_dict(result["saved_models"], orient="index").rename_axis("run")
     if "models" in result:
-        return pd.DataFrame.from_dict(result["models"], orient="index").rename_axis("run")[
-            [f"{view} balanced accuracy" for view in ("as_is", "mirrored", "averaged")]]
+        columns = [f"{view} balanced accuracy" for view in ("as_is", "mirrored", "averaged")]
+        return pd.DataFrame.from_dict(result["models"], orient="index").rename_axis("run").reindex(columns=columns)
     return pd.DataFrame()
 
 
 def side_check_caption(path: Path) -> str:
-    """Which side check a JSON holds, the run it used (by its commit) and the code's commit; or that it is missing."""
+    """Which side check a JSON holds, the run it used (by its commit) and the code that wrote it; or that it is
+    missing."""
     path = Path(path)
     result = reporting.load_json(path)
     if not result:
         return f"`{config.display_path(path)}`: not found (this side check has not been run here)."
     kind = (f"`{result['ablation']}` at more seeds" if "ablation" in result else
-            "batch-norm statistics" if "trajectories" in result else "test-time flipping")
-    return (f"`{config.display_path(path)}`: {kind}, on the `{result.get('profile')}` run at commit "
-            f"{result.get('run_commit')}, code at {result.get('environment', {}).get('commit')}; validation only.")
+            "batch-norm statistics" if "trajectories" in result else
+            "test-time flipping" if "models" in result else "a side check")
+    run_commit = result.get("run_commit") or "not recorded"
+    return (f"`{config.display_path(path)}`: {kind}, on the `{result.get('profile')}` run at commit {run_commit}, "
+            f"written by code at {result.get('environment', {}).get('commit')}; validation only.")
 
 
 def ablation_file_name(name: str, seeds: list[int]) -> str:
-    """The default JSON of an ablation check: ``ablation_<name>_seeds<s1>_<s2>.json``."""
-    return f"ablation_{name}_seeds{'_'.join(str(seed) for seed in seeds)}.json"
+    """The default JSON of an ablation check: ``ablation_<name>_seeds<s1>_<s2>.json``, seeds in order."""
+    return f"ablation_{name}_seeds{'_'.join(str(seed) for seed in sorted(set(seeds)))}.json"
 
 
 def batch_norm_file_name(*, forward: bool = False, epochs: int | None = None, seed: int | None = None,
@@ -484,9 +506,8 @@ def main(argv: list[str] | None = None) -> int:
                            "ablation_<name>_seeds<s1>_<s2>.json)")
     args = parser.parse_args(argv)
     if args.command == "ablation":
-        seeds = list(dict.fromkeys(args.seeds))  # a seed named twice is one run
-        ablation_side_check(args.run_dir, args.name, seeds, data_dir=args.data_dir,
-                            out=args.out or SIDE_CHECKS_DIR / ablation_file_name(args.name, seeds))
+        ablation_side_check(args.run_dir, args.name, args.seeds, data_dir=args.data_dir,
+                            out=args.out or SIDE_CHECKS_DIR / ablation_file_name(args.name, args.seeds))
         return 0
     if args.command == "flip":
         flip_side_check(args.run_dir, data_dir=args.data_dir, out=args.out)

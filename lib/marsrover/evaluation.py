@@ -221,14 +221,16 @@ def best_threshold(y_true, p_surface, grid: np.ndarray = THRESHOLD_GRID) -> floa
 
 def group_records(predictions: pd.DataFrame, by: str) -> list[dict]:
     """:func:`breakdown` as JSON-ready records, one per group in sorted order: ``group``, ``n``, ``accuracy``,
-    ``errors``. A group with a non-finite ``p_surface`` (a diverged model) has no score: its accuracy is NaN."""
+    ``errors``. A group with a non-finite ``p_surface`` (a diverged model) has no score: NaN accuracy, no errors
+    counted."""
     table = breakdown(predictions, by)
     unscored = set()
     if "p_surface" in predictions:
         finite = np.isfinite(predictions["p_surface"].astype(float).to_numpy())
         unscored = set(predictions.loc[~finite, by])
     return [{"group": str(group), "n": int(row["n"]),
-             "accuracy": float("nan") if group in unscored else float(row["accuracy"]), "errors": int(row["errors"])}
+             **({"accuracy": float("nan"), "errors": None} if group in unscored else
+                {"accuracy": float(row["accuracy"]), "errors": int(row["errors"])})}
             for group, row in table.iterrows()]
 
 

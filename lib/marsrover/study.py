@@ -821,10 +821,16 @@ def breakdown_table(scores: StudyScores, by: str) -> pd.DataFrame:
     return counts.join(pd.DataFrame(accuracy)).sort_values("n", ascending=False)
 
 
-def _by_instrument_and_label(predictions: pd.DataFrame) -> pd.DataFrame:
-    from .evaluation import breakdown, group_names
+def _with_instrument_label_group(predictions: pd.DataFrame) -> pd.DataFrame:
+    from .evaluation import group_names
 
-    return breakdown(predictions.assign(group=group_names(predictions, ("instrument", "label_name"))), "group")
+    return predictions.assign(group=group_names(predictions, ("instrument", "label_name")))
+
+
+def _by_instrument_and_label(predictions: pd.DataFrame) -> pd.DataFrame:
+    from .evaluation import breakdown
+
+    return breakdown(_with_instrument_label_group(predictions), "group")
 
 
 def instrument_label_groups(predictions: pd.DataFrame) -> list[dict]:
@@ -833,9 +839,9 @@ def instrument_label_groups(predictions: pd.DataFrame) -> list[dict]:
     The split's shift lives in these groups, so the model card shows them for the run validation chose
     and for the headline on test.
     """
-    from .evaluation import group_names, group_records
+    from .evaluation import group_records
 
-    return group_records(predictions.assign(group=group_names(predictions, ("instrument", "label_name"))), "group")
+    return group_records(_with_instrument_label_group(predictions), "group")
 
 
 def validation_groups_table(scores: StudyScores) -> pd.DataFrame:
