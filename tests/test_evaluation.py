@@ -275,11 +275,11 @@ def test_validation_groups_show_per_group_accuracy_of_train_only_runs_beside_bal
 
 
 def test_the_ablations_are_read_by_validation_group_beside_the_studys_improved_run(predictions, tmp_path, capsys):
-    from marsrover.study import StudyScores, ablation_groups_table
+    from marsrover.study import StudyScores, ablation_groups_table, instrument_label_groups
 
     val = predictions.assign(label_name=predictions["label"].map({0: "Rover", 1: "Surface"}))
-    scores = StudyScores({"models": {"improved": {"val": {"balanced_accuracy": 0.7}}}}, {"improved": {"val": val}},
-                         {}, {})
+    scored = {"balanced_accuracy": 0.7, "by_instrument_and_label": instrument_label_groups(val)}  # as score_study
+    scores = StudyScores({"models": {"improved": {"val": scored}}}, {"improved": {"val": val}}, {}, {})
     assert ablation_groups_table(scores, tmp_path).empty  # no ablation records
     folder = tmp_path / "ablations"
     folder.mkdir()

@@ -902,16 +902,15 @@ def ablation_groups_table(scores: StudyScores, output_dir: Path) -> pd.DataFrame
     from . import ablation
 
     records = ablation.load_records(output_dir)
-    if ablation.BASE_MODEL not in scores.predictions:
+    if ablation.BASE_MODEL not in scores.metrics["models"]:
         print(f"No {ablation.BASE_MODEL} run in this study: nothing to read the ablations against.")
         return pd.DataFrame()
     if not any(record.get("val_groups") for record in records.values()):
         print(f"No ablation record in {config.display_path(Path(output_dir) / 'ablations')} keeps its validation groups "
               "(records written before they were kept, or no ablation run): rerun notebook 05.")
         return pd.DataFrame()
-    base = scores.metrics["models"][ablation.BASE_MODEL]["val"]["balanced_accuracy"]
-    return ablation.groups_table(instrument_label_groups(scores.predictions[ablation.BASE_MODEL]["val"]), base,
-                                 records)
+    base = scores.metrics["models"][ablation.BASE_MODEL]["val"]  # scored per group by score_study already
+    return ablation.groups_table(base["by_instrument_and_label"], base["balanced_accuracy"], records)
 
 
 def ensembles_table(scores: StudyScores) -> pd.DataFrame:
