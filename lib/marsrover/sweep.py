@@ -1,0 +1,307 @@
+"""A recipe sweep for a GPU machine: ``improved``'s family at several recipes and seeds, on any Keras backend.
+
+The study's runs answer "what does this recipe reach on a 2-core CPU"; the sweep asks what more compute
+would buy (more epochs, larger images, a wider network) and how much of a recipe's score is its seed.
+It runs where TensorFlow is absent (Keras on JAX on a GPU machine): NumPy arrays in, no tf.data, several
+runs side by side in worker processes. As in the study, each run trains on train and keeps the epoch with
+the best validation balanced accuracy; the recipe is chosen on validation only, by its mean over seeds,
+and only that recipe is refitted on train+val for the median of its seeds' best epochs. Test scores are
+recorded for every run, for reading, never for choosing.
+
+Its figures are side evidence, not the study's: another backend and device, and no determinism.
+``python -m marsrover.sweep --out DIR`` writes ``DIR/sweep.json`` after every finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from importlib import metadata
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from . import atomic, config
+from .ablation import BASE_MODEL
+from .evaluation import group_names
+from .image_cache import cached_images
+from .loss_weights import balanced_class_weights, instrument_balance_weights
+
+
+@dataclass(frozen=True)
+class SweepRecipe:
+    name: str
+    question: str
+    changes: dict  # ModelSpec fields changed from improved's (body_options merged into its own)
+
+
+SWEEP_RECIPES: dict[str, SweepRecipe] = {
+    recipe.name: recipe
+    for recipe in (  # in the order they run: a sweep cut short by its deadline keeps the first ones
+        SweepRecipe("improved", "the study's recipe as it stands (the reference)", {}),
+        SweepRecipe("improved_40_epochs", "does a longer cosine schedule settle higher?", {"epochs": 40}),
+        SweepRecipe("larger_images_40_epochs", "192 px instead of 128, 40 epochs",
+                    {"epochs": 40, "image_size": 192}),
+        SweepRecipe("wider_40_epochs", "twice the filters in every layer, 40 epochs",
+                    {"epochs": 40, "body_options": {"widths": (64, 128, 256, 512)}}),
+        SweepRecipe("closeup_zoom_40_epochs", "zooming in by up to 50% (MAHLI-like close-ups), 40 epochs",
+                    {"epochs": 40, "augmentation": "closeup"}),
+        SweepRecipe("full_resolution_stem_40_epochs", "a first convolution at full resolution, 40 epochs",
+                    {"epochs": 40, "body_options": {"stem_strides": 1}}),
+    )
+}
+SWEEP_SEEDS = (42, 1, 2, 3, 4)  # 42 is the study's seed; 1 and 2 its seed repeats
+LAST_EPOCHS = 5  # "settled": the mean validation score of the last epochs, beside the best one
+
+
+def recipe_spec(recipe: SweepRecipe):
+    """``improved``'s spec with the recipe's changes, registered so ``build_model`` finds it by name."""
+    from .models import MODEL_SPECS, get_spec
+
+    base = get_spec(BASE_MODEL)
+    changes = dict(recipe.changes)
+    if "body_options" in changes:
+        changes["body_options"] = {**base.body_options, **changes["body_options"]}
+    spec = replace(base, name=f"sweep-{recipe.name}", description=recipe.question, **changes)
+    MODEL_SPECS[spec.name] = spec
+    return spec
+
+
+def split_data(index: pd.DataFrame, paths: config.DataPaths, split: str, size: int) -> dict[str, np.ndarray]:
+    """One split's images (uint8), labels and instrument x label groups, in the index's order."""
+    rows = index[index["split"] == split].reset_index(drop=True)
+    return {"images": cached_images(rows, paths.images_root, size, paths.cache, progress=False),
+            "labels": rows["label"].to_numpy(),
+            "groups": group_names(rows, ("instrument", "label_name")).to_numpy()}
+
+
+def _scores(labels: np.ndarray, p_surface: np.ndarray) -> dict[str, float]:
+    predicted = (p_surface >= 0.5).astype(int)
+    return {"accuracy": round(float(accuracy_score(labels, predicted)), 4),
+            "balanced_accuracy": round(float(balanced_accuracy_score(labels, predicted)), 4)}
+
+
+def fit_run(recipe_name: str, seed: int, *, refit_epochs: int | None = None, data_dir: str | None = None,
+            batch_size: int | None = None) -> dict:
+    """Train one recipe at one seed and score it (a worker process's job).
+
+    Without ``refit_epochs``: fit on train, validate every epoch, keep the best epoch's predictions.
+    With it: fit on train+val for exactly that many epochs and keep the last.
+    """
+    import keras
+
+    from .models import build_model
+
+    started = time.perf_counter()
+    spec = recipe_spec(SWEEP_RECIPES[recipe_name])
+    paths = config.data_paths(data_dir)
+    index = pd.read_csv(paths.index_csv)
+    splits = {split: split_data(index, paths, split, spec.image_size) for split in config.SPLITS}
+    fit_splits = ["train", "val"] if refit_epochs else ["train"]
+    x = np.concatenate([splits[s]["images"] for s in fit_splits]).astype("float32")
+    y = np.concatenate([splits[s]["labels"] for s in fit_splits])
+    groups = np.concatenate([splits[s]["groups"] for s in fit_splits])
+    epochs = refit_epochs or spec.epochs
+    batch_size = batch_size or spec.batch_size
+    if spec.ema_momentum is not None:
+        raise ValueError(f"{recipe_name}: the sweep does not average weights (ema_momentum)")
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(spec.name, spec.image_size, seed=seed, weights=None)
+    steps_per_epoch = int(np.ceil(len(y) / batch_size))
+    learning_rate = spec.learning_rate
+    if spec.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(spec.learning_rate, epochs * steps_per_epoch)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy())
+    judged = {s: splits[s] for s in (["test"] if refit_epochs else ["val", "test"])}
+    judged_x = {s: part["images"].astype("float32") for s, part in judged.items()}
+    history: dict[str, list] = {f"{s}_{metric}": [] for s in judged for metric in ("accuracy", "balanced_accuracy")}
+    kept: dict[str, np.ndarray] = {}
+    best = {"epoch": 0, "score": -1.0}
+
+    class ScoreEachEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            p = {s: self.model.predict(judged_x[s], batch_size=256, verbose=0)[:, 1] for s in judged}
+            for s, part in judged.items():
+                for metric, value in _scores(part["labels"], p[s]).items():
+                    history[f"{s}_{metric}"].append(value)
+            score = history["val_balanced_accuracy"][-1] if "val" in judged else epoch
+            if score > best["score"]:  # the study's rule: the first best epoch on validation
+                best.update(epoch=epoch + 1, score=score)
+                kept.update(p)
+
+    fit = model.fit(x, y, sample_weight=instrument_balance_weights(groups) if spec.instrument_balance else None,
+                    class_weight=balanced_class_weights(y) if spec.class_weighting else None,
+                    batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0, callbacks=[ScoreEachEpoch()])
+    run = {"recipe": recipe_name, "seed": seed, "fit_on": "+".join(fit_splits), "epochs": epochs,
+           "image_size": spec.image_size, "batch_size": batch_size, "augmentation": spec.augmentation,
+           "body_options": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.body_options.items()},
+           "kept_epoch": best["epoch"], "train_loss": [round(float(v), 4) for v in fit.history["loss"]],
+           "history": history, "seconds": round(time.perf_counter() - started, 1)}
+    for s, part in judged.items():
+        run[s] = _scores(part["labels"], kept[s])
+        run[f"{s}_p_surface"] = [round(float(v), 4) for v in kept[s]]
+    if "val" in judged:
+        run["val_settled_balanced_accuracy"] = round(float(np.mean(history["val_balanced_accuracy"][-LAST_EPOCHS:])), 4)
+    return run
+
+
+def summarise(runs: list[dict], labels: dict[str, np.ndarray], seeds: tuple[int, ...]) -> dict:
+    """Per recipe: validation over seeds (the selection), test per seed and of the seeds' average."""
+    summary = {}
+    for fit_on in ("train", "train+val"):
+        for recipe in SWEEP_RECIPES:
+            mine = [run for run in runs if run["recipe"] == recipe and run["fit_on"] == fit_on]
+            if not mine:
+                continue
+            entry = {"seeds": [run["seed"] for run in mine], "complete": len(mine) == len(seeds),
+                     "test_per_seed": [run["test"] for run in mine],
+                     "test_of_average": _scores(labels["test"], np.mean([run["test_p_surface"] for run in mine], 0))}
+            if fit_on == "train":
+                best = [run["val"]["balanced_accuracy"] for run in mine]
+                settled = [run["val_settled_balanced_accuracy"] for run in mine]
+                entry.update({
+                    "val_best_balanced_accuracy": {"mean": round(float(np.mean(best)), 4),
+                                                   "min": min(best), "max": max(best)},
+                    "val_settled_balanced_accuracy_mean": round(float(np.mean(settled)), 4),
+                    "kept_epochs": [run["kept_epoch"] for run in mine],
+                    "val_of_average": _scores(labels["val"], np.mean([run["val_p_surface"] for run in mine], 0)),
+                })
+            summary[f"{recipe} ({fit_on})"] = entry
+    return summary
+
+
+def chosen_recipe(runs: list[dict], seeds: tuple[int, ...]) -> str | None:
+    """The recipe with the best mean (over seeds) best-epoch validation balanced accuracy, among complete ones."""
+    means = {}
+    for recipe in SWEEP_RECIPES:
+        scores = [run["val"]["balanced_accuracy"] for run in runs if run["recipe"] == recipe and run["fit_on"] == "train"]
+        if len(scores) == len(seeds):
+            means[recipe] = np.mean(scores)
+    return max(means, key=means.get) if means else None
+
+
+def _environment(commit: str) -> dict:
+    import keras
+
+    versions = {}
+    for package in ("keras", "jax", "jaxlib", "tensorflow", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    devices = None
+    if keras.backend.backend() == "jax":
+        import jax
+
+        devices = [str(device) for device in jax.devices()]
+    return {"commit": commit, "keras_backend": keras.backend.backend(), "devices": devices,
+            "versions": versions, "machine": platform.platform(), "cpu_count": os.cpu_count()}
+
+
+def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], workers: int, deadline_s: float,
+              commit: str, data_dir: str | None = None, batch_size: int | None = None) -> dict:
+    """Every recipe at every seed on train, then the chosen recipe refitted on train+val, while time lasts.
+
+    A job not started before ``deadline_s`` (seconds from now) is left out, and the document says so; the
+    refit starts only if the chosen recipe's slowest seed would finish before the deadline.
+    """
+    started = time.perf_counter()
+    unknown = sorted(set(recipes) - set(SWEEP_RECIPES))
+    if unknown:
+        raise KeyError(f"unknown recipes {unknown}; choose from {list(SWEEP_RECIPES)}")
+    paths = config.data_paths(data_dir)
+    index = pd.read_csv(paths.index_csv)
+    for size in sorted({recipe_spec(SWEEP_RECIPES[r]).image_size for r in recipes}):
+        for split in config.SPLITS:  # decoded once here, so the workers only load the cache files
+            split_data(index, paths, split, size)
+    labels = {split: index.loc[index["split"] == split, "label"].to_numpy() for split in config.SPLITS}
+    document = {"about": __doc__.strip().splitlines()[0], "environment": _environment(commit),
+                "seeds": list(seeds), "recipes": {r: SWEEP_RECIPES[r].question for r in recipes},
+                "selection": chosen_recipe.__doc__, "runs": [], "left_out": [], "chosen": None}
+    out_path = Path(out_dir) / "sweep.json"
+
+    def save():
+        document["seconds"] = round(time.perf_counter() - started, 1)
+        document["summary"] = summarise(document["runs"], labels, seeds)
+        atomic.write_text(out_path, json.dumps(document, indent=1) + "\n")
+
+    def run_jobs(pool, jobs):
+        futures = {}
+        for recipe, seed, refit_epochs in jobs:
+            futures[pool.submit(_job, recipe, seed, refit_epochs, started + deadline_s, data_dir, batch_size)] = (
+                recipe, seed)
+        for future in as_completed(futures):
+            recipe, seed = futures[future]
+            try:
+                run = future.result()
+            except Exception as error:  # one broken run must not lose the others
+                document["left_out"].append(f"{recipe}, seed {seed}: {type(error).__name__}: {error}")
+            else:
+                if isinstance(run, str):
+                    document["left_out"].append(run)
+                else:
+                    document["runs"].append(run)
+                    print(f"{time.perf_counter() - started:6.0f}s {run['recipe']} seed {run['seed']} "
+                          f"({run['fit_on']}): kept epoch {run['kept_epoch']}, "
+                          f"val {run.get('val')}, test {run['test']}, {run['seconds']}s", flush=True)
+            save()
+
+    context = get_context("spawn")  # each worker starts its own backend (JAX on the GPU), not a fork of ours
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        run_jobs(pool, [(recipe, seed, None) for recipe in recipes for seed in seeds])
+        chosen = chosen_recipe(document["runs"], seeds)
+        document["chosen"] = chosen
+        if chosen:
+            mine = [run for run in document["runs"] if run["recipe"] == chosen]
+            refit_epochs = int(np.median([run["kept_epoch"] for run in mine]))
+            document["refit_epochs"] = refit_epochs
+            needed = max(run["seconds"] for run in mine) * refit_epochs / mine[0]["epochs"] * 1.5
+            if time.perf_counter() - started + needed < deadline_s:
+                run_jobs(pool, [(chosen, seed, refit_epochs) for seed in seeds])
+            else:
+                document["left_out"].append(f"{chosen} refit on train+val: about {needed:.0f}s needed, "
+                                            "past the deadline")
+    save()
+    return document
+
+
+def _job(recipe: str, seed: int, refit_epochs: int | None, deadline: float, data_dir, batch_size):
+    if time.perf_counter() > deadline:
+        return f"{recipe}, seed {seed}{' refit' if refit_epochs else ''}: not started before the deadline"
+    return fit_run(recipe, seed, refit_epochs=refit_epochs, data_dir=data_dir, batch_size=batch_size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m marsrover.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for sweep.json")
+    parser.add_argument("--recipes", nargs="+", default=list(SWEEP_RECIPES), choices=list(SWEEP_RECIPES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SWEEP_SEEDS))
+    parser.add_argument("--workers", type=int, default=1, help="runs side by side (processes)")
+    parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which no run starts")
+    parser.add_argument("--commit", default=None, help="the code's commit, where the checkout has no .git")
+    parser.add_argument("--data-dir", default=None, help="the data folder (default: the project's data/)")
+    parser.add_argument("--batch-size", type=int, default=None, help="instead of each recipe's own")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    commit = args.commit
+    if commit is None:
+        from .provenance import code_commit
+
+        commit = code_commit()
+    run_sweep(args.out, recipes=args.recipes, seeds=tuple(args.seeds), workers=args.workers,
+              deadline_s=args.deadline, commit=commit, data_dir=args.data_dir, batch_size=args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

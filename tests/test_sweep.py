@@ -1,0 +1,76 @@
+"""The GPU recipe sweep: runs chosen on validation only, refits of fixed length, a deadline that loses nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from marsrover import config, dataset, sweep
+from tests.conftest import TINY_SIZES, write_tiny_set
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path):
+    paths = config.data_paths(tmp_path / "data")
+    write_tiny_set(paths.images_root)
+    paths.index_csv.parent.mkdir(parents=True, exist_ok=True)
+    dataset.build_index(paths.images_root, progress=False).to_csv(paths.index_csv, index=False)
+    return str(paths.root)
+
+
+def test_a_run_on_train_keeps_the_epoch_with_the_best_validation_balanced_accuracy(tiny_data_dir):
+    run = sweep.fit_run("improved", 42, data_dir=tiny_data_dir, batch_size=2)
+
+    history = run["history"]["val_balanced_accuracy"]
+    assert run["fit_on"] == "train" and len(history) == run["epochs"] == 15
+    assert run["kept_epoch"] == int(np.argmax(history)) + 1
+    assert run["val"]["balanced_accuracy"] == history[run["kept_epoch"] - 1]
+    assert run["test"]["accuracy"] == run["history"]["test_accuracy"][run["kept_epoch"] - 1]
+    assert len(run["val_p_surface"]) == TINY_SIZES["val"] and len(run["test_p_surface"]) == TINY_SIZES["test"]
+    assert run["val_settled_balanced_accuracy"] == pytest.approx(np.mean(history[-sweep.LAST_EPOCHS:]), abs=1e-4)
+
+
+def test_a_refit_trains_on_train_and_val_for_exactly_its_epochs_and_keeps_the_last(tiny_data_dir):
+    run = sweep.fit_run("wider_40_epochs", 1, refit_epochs=2, data_dir=tiny_data_dir, batch_size=2)
+
+    assert run["fit_on"] == "train+val" and run["epochs"] == run["kept_epoch"] == 2
+    assert run["body_options"]["widths"] == [64, 128, 256, 512]
+    assert "val" not in run and len(run["history"]["test_accuracy"]) == 2
+
+
+def _run(recipe, seed, val_score, fit_on="train"):
+    return {"recipe": recipe, "seed": seed, "fit_on": fit_on, "val": {"balanced_accuracy": val_score}}
+
+
+def test_the_recipe_is_chosen_by_its_mean_over_seeds_among_recipes_that_ran_every_seed():
+    runs = [_run("improved", 1, 0.90), _run("improved", 2, 0.94),
+            _run("improved_40_epochs", 1, 0.93), _run("improved_40_epochs", 2, 0.92),
+            _run("wider_40_epochs", 1, 0.99)]  # its second seed never ran
+
+    assert sweep.chosen_recipe(runs, seeds=(1, 2)) == "improved_40_epochs"
+    assert sweep.chosen_recipe([], seeds=(1, 2)) is None
+
+
+def test_every_recipe_is_improved_with_named_changes():
+    for recipe in sweep.SWEEP_RECIPES.values():
+        spec = sweep.recipe_spec(recipe)
+        assert spec.name == f"sweep-{recipe.name}" and spec.instrument_balance and spec.restore_best
+    assert sweep.recipe_spec(sweep.SWEEP_RECIPES["improved"]).epochs == 15
+
+
+def test_jobs_past_the_deadline_are_listed_as_left_out_and_nothing_is_refitted(tiny_data_dir, tmp_path):
+    document = sweep.run_sweep(tmp_path / "out", recipes=["improved"], seeds=(1, 2), workers=1, deadline_s=0,
+                               commit="abc123", data_dir=tiny_data_dir)
+
+    saved = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert saved["runs"] == [] and saved["chosen"] is None
+    assert sorted(saved["left_out"]) == ["improved, seed 1: not started before the deadline",
+                                         "improved, seed 2: not started before the deadline"]
+    assert saved["environment"]["commit"] == "abc123" and document["seeds"] == [1, 2]
+
+
+def test_unknown_recipes_are_named(tmp_path):
+    with pytest.raises(KeyError, match="bigger"):
+        sweep.run_sweep(tmp_path, recipes=["bigger"], seeds=(1,), workers=1, deadline_s=1, commit="x")
