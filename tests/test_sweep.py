@@ -74,3 +74,16 @@ def test_jobs_past_the_deadline_are_listed_as_left_out_and_nothing_is_refitted(t
 def test_unknown_recipes_are_named(tmp_path):
     with pytest.raises(KeyError, match="bigger"):
         sweep.run_sweep(tmp_path, recipes=["bigger"], seeds=(1,), workers=1, deadline_s=1, commit="x")
+
+
+def test_the_chosen_recipe_is_refitted_on_train_and_val_for_the_median_of_its_best_epochs(tiny_data_dir, tmp_path):
+    document = sweep.run_sweep(tmp_path / "out", recipes=["improved"], seeds=(1,), workers=1, deadline_s=600,
+                               commit="abc123", data_dir=tiny_data_dir, batch_size=2)
+
+    trained, refitted = (next(run for run in document["runs"] if run["fit_on"] == fit_on)
+                         for fit_on in ("train", "train+val"))
+    assert document["chosen"] == "improved" and document["left_out"] == []
+    assert document["refit_epochs"] == refitted["epochs"] == trained["kept_epoch"]
+    assert set(document["summary"]) == {"improved (train)", "improved (train+val)"}
+    assert document["summary"]["improved (train)"]["val_best_balanced_accuracy"]["mean"] == trained["val"][
+        "balanced_accuracy"]

@@ -209,11 +209,13 @@ def _environment(commit: str) -> dict:
 
 
 def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], workers: int, deadline_s: float,
-              commit: str, data_dir: str | None = None, batch_size: int | None = None) -> dict:
+              commit: str, stop_s: float | None = None, data_dir: str | None = None,
+              batch_size: int | None = None) -> dict:
     """Every recipe at every seed on train, then the chosen recipe refitted on train+val, while time lasts.
 
-    A job not started before ``deadline_s`` (seconds from now) is left out, and the document says so; the
-    refit starts only if the chosen recipe's slowest seed would finish before the deadline.
+    A run on train not started before ``deadline_s`` (seconds from now) is left out, and the document says
+    so; the refits start only if they should end before ``stop_s`` (by default the deadline), judged from
+    the chosen recipe's slowest run on train.
     """
     started = time.perf_counter()
     unknown = sorted(set(recipes) - set(SWEEP_RECIPES))
@@ -238,8 +240,8 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
     def run_jobs(pool, jobs):
         futures = {}
         for recipe, seed, refit_epochs in jobs:
-            futures[pool.submit(_job, recipe, seed, refit_epochs, started + deadline_s, data_dir, batch_size)] = (
-                recipe, seed)
+            deadline = started + (deadline_s if refit_epochs is None else float("inf"))  # refits: checked above
+            futures[pool.submit(_job, recipe, seed, refit_epochs, deadline, data_dir, batch_size)] = (recipe, seed)
         for future in as_completed(futures):
             recipe, seed = futures[future]
             try:
@@ -265,12 +267,13 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
             mine = [run for run in document["runs"] if run["recipe"] == chosen]
             refit_epochs = int(np.median([run["kept_epoch"] for run in mine]))
             document["refit_epochs"] = refit_epochs
-            needed = max(run["seconds"] for run in mine) * refit_epochs / mine[0]["epochs"] * 1.5
-            if time.perf_counter() - started + needed < deadline_s:
+            more_images = (len(labels["train"]) + len(labels["val"])) / len(labels["train"])
+            needed = max(run["seconds"] for run in mine) * refit_epochs / mine[0]["epochs"] * more_images * 1.2
+            if time.perf_counter() - started + needed < (deadline_s if stop_s is None else stop_s):
                 run_jobs(pool, [(chosen, seed, refit_epochs) for seed in seeds])
             else:
                 document["left_out"].append(f"{chosen} refit on train+val: about {needed:.0f}s needed, "
-                                            "past the deadline")
+                                            "past the stop")
     save()
     return document
 
@@ -288,7 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", nargs="+", default=list(SWEEP_RECIPES), choices=list(SWEEP_RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SWEEP_SEEDS))
     parser.add_argument("--workers", type=int, default=1, help="runs side by side (processes)")
-    parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which no run starts")
+    parser.add_argument("--deadline", type=float, default=float("inf"),
+                        help="seconds after which no run on train starts")
+    parser.add_argument("--stop", type=float, default=None,
+                        help="seconds by which the refits should end (default: the deadline)")
     parser.add_argument("--commit", default=None, help="the code's commit, where the checkout has no .git")
     parser.add_argument("--data-dir", default=None, help="the data folder (default: the project's data/)")
     parser.add_argument("--batch-size", type=int, default=None, help="instead of each recipe's own")
@@ -300,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
 
         commit = code_commit()
     run_sweep(args.out, recipes=args.recipes, seeds=tuple(args.seeds), workers=args.workers,
-              deadline_s=args.deadline, commit=commit, data_dir=args.data_dir, batch_size=args.batch_size)
+              deadline_s=args.deadline, stop_s=args.stop, commit=commit, data_dir=args.data_dir, batch_size=args.batch_size)
 
 
 if __name__ == "__main__":
