@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from marsrover import labels
+from marsrover import config, dataset, labels
 from marsrover.dataset import CLASS_NAMES_FILE, SPLIT_FILES
 
 # (file name, split, MSL class id): sols and instruments are read from the names.
@@ -64,6 +64,16 @@ def _offline(monkeypatch):
 @pytest.fixture
 def tiny_images_root(tmp_path: Path) -> Path:
     return write_tiny_set(tmp_path / "msl-images")
+
+
+@pytest.fixture
+def tiny_paths(tmp_path):
+    """The data folders of a tiny set, extracted and indexed as ``marsrover data`` leaves them."""
+    paths = config.data_paths(tmp_path / "data")
+    write_tiny_set(paths.images_root)
+    paths.index_csv.parent.mkdir(parents=True, exist_ok=True)
+    dataset.build_index(paths.images_root, progress=False).to_csv(paths.index_csv, index=False)
+    return paths
 
 
 @contextlib.contextmanager

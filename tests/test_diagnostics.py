@@ -5,9 +5,8 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import write_tiny_set
 
-from marsrover import config, dataset, diagnostics
+from marsrover import diagnostics
 from marsrover.training import batch_norm_layers, recalibrate_batch_norm
 
 
@@ -76,15 +75,6 @@ def test_scoring_with_recomputed_statistics_puts_the_running_ones_back():
     for layer, (mean, variance) in zip(batch_norm_layers(model), before):
         np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
         np.testing.assert_array_equal(layer.moving_variance.numpy(), variance)
-
-
-@pytest.fixture
-def tiny_paths(tmp_path):
-    paths = config.data_paths(tmp_path / "data")
-    write_tiny_set(paths.images_root)
-    paths.index_csv.parent.mkdir(parents=True, exist_ok=True)
-    dataset.build_index(paths.images_root, progress=False).to_csv(paths.index_csv, index=False)
-    return paths
 
 
 def test_a_trajectory_scores_every_epoch_and_its_running_column_repeats_the_runs_own_history(tiny_paths):

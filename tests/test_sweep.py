@@ -1,4 +1,4 @@
-"""The GPU recipe sweep: runs chosen on validation only, refits of fixed length, a deadline that loses nothing."""
+"""The GPU recipe sweep: runs chosen on validation only, refits of fixed length, deadlines that say what they left out."""
 
 from __future__ import annotations
 
@@ -6,18 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_SIZES
 
-from marsrover import config, dataset, sweep
-from tests.conftest import TINY_SIZES, write_tiny_set
+from marsrover import sweep
 
 
 @pytest.fixture
-def tiny_data_dir(tmp_path):
-    paths = config.data_paths(tmp_path / "data")
-    write_tiny_set(paths.images_root)
-    paths.index_csv.parent.mkdir(parents=True, exist_ok=True)
-    dataset.build_index(paths.images_root, progress=False).to_csv(paths.index_csv, index=False)
-    return str(paths.root)
+def tiny_data_dir(tiny_paths):
+    return str(tiny_paths.root)
 
 
 def test_a_run_on_train_keeps_the_epoch_with_the_best_validation_balanced_accuracy(tiny_data_dir):
@@ -36,6 +32,7 @@ def test_a_refit_trains_on_train_and_val_for_exactly_its_epochs_and_keeps_the_la
     run = sweep.fit_run("wider_40_epochs", 1, refit_epochs=2, data_dir=tiny_data_dir, batch_size=2)
 
     assert run["fit_on"] == "train+val" and run["epochs"] == run["kept_epoch"] == 2
+    assert run["batch_norm_statistics"] == "recomputed over the fit images, weighted by instrument x label group"
     assert run["body_options"]["widths"] == [64, 128, 256, 512]
     assert "val" not in run and len(run["history"]["test_accuracy"]) == 2
 
@@ -53,11 +50,19 @@ def test_the_recipe_is_chosen_by_its_mean_over_seeds_among_recipes_that_ran_ever
     assert sweep.chosen_recipe([], seeds=(1, 2)) is None
 
 
-def test_every_recipe_is_improved_with_named_changes():
+def test_every_recipe_is_improved_with_its_named_changes_and_the_rest_of_improveds_recipe():
+    from marsrover.models import get_spec
+
+    improved = get_spec("improved")
     for recipe in sweep.SWEEP_RECIPES.values():
         spec = sweep.recipe_spec(recipe)
         assert spec.name == f"sweep-{recipe.name}" and spec.instrument_balance and spec.restore_best
-    assert sweep.recipe_spec(sweep.SWEEP_RECIPES["improved"]).epochs == 15
+        assert spec.schedule == improved.schedule and spec.batch_size == improved.batch_size
+    larger = sweep.recipe_spec(sweep.SWEEP_RECIPES["larger_images_40_epochs"])
+    wider = sweep.recipe_spec(sweep.SWEEP_RECIPES["wider_40_epochs"])
+    assert (larger.image_size, larger.epochs, larger.body_options) == (192, 40, improved.body_options)
+    assert wider.body_options == {**improved.body_options, "widths": (64, 128, 256, 512)}
+    assert sweep.recipe_spec(sweep.SWEEP_RECIPES["improved"]).epochs == improved.epochs == 15
 
 
 def test_jobs_past_the_deadline_are_listed_as_left_out_and_nothing_is_refitted(tiny_data_dir, tmp_path):
@@ -87,3 +92,14 @@ def test_the_chosen_recipe_is_refitted_on_train_and_val_for_the_median_of_its_be
     assert set(document["summary"]) == {"improved (train)", "improved (train+val)"}
     assert document["summary"]["improved (train)"]["val_best_balanced_accuracy"]["mean"] == trained["val"][
         "balanced_accuracy"]
+
+
+def test_refits_that_would_end_past_the_stop_are_left_out_and_the_choice_is_kept(tiny_data_dir, tmp_path):
+    document = sweep.run_sweep(tmp_path / "out", recipes=["improved"], seeds=(1,), workers=1, deadline_s=600,
+                               stop_s=0, commit="abc123", data_dir=tiny_data_dir, batch_size=2)
+
+    saved = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert [run["fit_on"] for run in saved["runs"]] == ["train"]
+    assert saved["chosen"] == "improved" and saved["refit_epochs"] == saved["runs"][0]["kept_epoch"]
+    assert len(saved["left_out"]) == 1 and saved["left_out"][0].startswith("improved refit on train+val: about")
+    assert document["left_out"] == saved["left_out"]
