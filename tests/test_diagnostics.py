@@ -424,6 +424,7 @@ def test_each_kind_of_side_check_reads_back_as_a_table_with_a_caption_naming_its
     trajectories = diagnostics.side_check_table(batch_norm)  # the trajectories, when it trained any
     assert trajectories.loc[("improved", "running"), ["best_epoch", "lowest"]].tolist() == [9, 0.5]
     assert "run at commit not recorded" in diagnostics.side_check_caption(batch_norm)
+    assert diagnostics.side_check_table(batch_norm, saved_models=True).loc["improved", "recomputed"] == 0.9
     batch_norm.write_text(json.dumps({"saved_models": saved_models, "trajectories": {}}))
     assert diagnostics.side_check_table(batch_norm).loc["improved", "recomputed"] == 0.9  # else its saved models
     seeds = tmp_path / "ablation_larger_images_seeds1_2.json"
@@ -443,3 +444,23 @@ def test_each_kind_of_side_check_reads_back_as_a_table_with_a_caption_naming_its
     assert "`larger_images` at more seeds" in diagnostics.side_check_caption(seeds)
     missing = tmp_path / "ablation_other.json"
     assert diagnostics.side_check_table(missing).empty and "not found" in diagnostics.side_check_caption(missing)
+
+
+def test_the_forward_runs_at_each_seed_and_length_read_back_as_one_table_naming_their_run_and_code(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.setattr(diagnostics, "SIDE_CHECKS_DIR", tmp_path)
+    summary = {"running": {"best": 0.98, "best_epoch": 6, "mean_last_5": 0.94, "last": 0.94}}
+    for seed, epochs, commit in ((42, None, "aaa"), (1, 6, "bbb")):
+        name = diagnostics.batch_norm_file_name(forward=True, epochs=epochs, seed=None if seed == 42 else seed)
+        (tmp_path / name).write_text(json.dumps({
+            "seed": seed, "run_commit": "run1", "environment": {"commit": commit},
+            "trajectories": {"improved_forward": {"summary": summary, "epochs": {"running": [0.5, 0.98]}}}}))
+
+    table = diagnostics.batch_norm_forward_table()
+
+    assert table.index.tolist() == [(42, "recipe's", "improved_forward", "running"),
+                                    (1, 6, "improved_forward", "running")]  # missing files are left out
+    assert table["written_at"].tolist() == ["aaa", "bbb"] and set(table["run"]) == {"run1"}
+    assert table["lowest"].tolist() == [0.5, 0.5]
+    monkeypatch.setattr(diagnostics, "SIDE_CHECKS_DIR", tmp_path / "none")
+    assert diagnostics.batch_norm_forward_table().empty

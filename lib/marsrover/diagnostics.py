@@ -406,18 +406,21 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
     return _side_check(run_dir, data_dir, None, out, check)
 
 
-def side_check_table(path: Path) -> pd.DataFrame:
+def side_check_table(path: Path, *, saved_models: bool = False) -> pd.DataFrame:
     """A side check's JSON as a table (empty when the file is missing).
 
     ``flip``: one row per model, validation balanced accuracy as the images are, mirrored and averaged.
     ``batch-norm``: one row per trajectory and statistics: the best epoch's score, its epoch, the lowest epoch,
-    the mean of the last epochs and the last (when it trained trajectories; its saved models' scores otherwise).
+    the mean of the last epochs and the last (when it trained trajectories; its saved models' scores otherwise,
+    or with ``saved_models``: one row per saved model, its kept weights scored with each kind of statistics).
     ``ablation``: one row per seed of the variant, its best epoch and the mean of its last epochs placed against
     the range of ``improved``'s seeds, then ``improved``'s seeds themselves.
     """
     from .ablation import SETTLED_EPOCHS
 
     result = reporting.load_json(path)
+    if saved_models:
+        return pd.DataFrame.from_dict(result.get("saved_models") or {}, orient="index").rename_axis("run")
     if "ablation" in result:
         placed = {row["seed"]: row for row in result.get("placed", [])}
         settled = f"mean of last {SETTLED_EPOCHS} epochs"
@@ -444,6 +447,25 @@ def side_check_table(path: Path) -> pd.DataFrame:
         columns = [f"{view} balanced accuracy" for view in ("as_is", "mirrored", "averaged")]
         return pd.DataFrame.from_dict(result["models"], orient="index").rename_axis("run").reindex(columns=columns)
     return pd.DataFrame()
+
+
+def batch_norm_forward_table(seeds=(None, 1, 2), epochs=(None, 6)) -> pd.DataFrame:
+    """The forward-run trajectories of ``batch-norm --trajectory improved --forward`` at each seed (None: the
+    study's) and length (None: the recipe's), one table: each file's rows (see :func:`side_check_table`) under
+    its seed and epochs, with the run it used and the commit that wrote it. Missing files are left out."""
+    tables = {}
+    for seed in seeds:
+        for length in epochs:
+            path = SIDE_CHECKS_DIR / batch_norm_file_name(forward=True, epochs=length, seed=seed)
+            result = reporting.load_json(path)
+            if not result.get("trajectories"):
+                continue
+            table = side_check_table(path).assign(run=result.get("run_commit") or "not recorded",
+                                                  written_at=result.get("environment", {}).get("commit"))
+            tables[(result.get("seed", seed), length or "recipe's")] = table
+    if not tables:
+        return pd.DataFrame()
+    return pd.concat(tables, names=["seed", "epochs"])
 
 
 def side_check_caption(path: Path) -> str:
