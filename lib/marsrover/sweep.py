@@ -212,11 +212,10 @@ def _environment(commit: str) -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    devices = None
-    if keras.backend.backend() == "jax":
-        import jax
-
-        devices = [str(device) for device in jax.devices()]
+    try:  # through Keras, so the sweep imports no backend of its own
+        devices = [str(device) for device in keras.distribution.list_devices()]
+    except Exception as error:  # a backend without Keras' distribution support
+        devices = f"not listed ({type(error).__name__})"
     return {"commit": commit, "keras_backend": keras.backend.backend(), "devices": devices,
             "versions": versions, "machine": platform.platform(), "cpu_count": os.cpu_count()}
 
