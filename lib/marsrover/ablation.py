@@ -103,15 +103,24 @@ def variant_spec(ablation: str) -> ModelSpec:
     if ablation not in ABLATIONS:
         raise KeyError(f"unknown ablation {ablation!r}; choose from {sorted(ABLATIONS)}")
     base = get_spec(BASE_MODEL)
-    changes = dict(ABLATIONS[ablation].changes)
-    if "body_options" in changes:
-        changes["body_options"] = {**base.body_options, **changes["body_options"]}
-    unchanged = [key for key, value in changes.items() if getattr(base, key) == value]
+    spec = improved_with(ABLATIONS[ablation].changes, name=variant_name(ablation),
+                         description=ABLATIONS[ablation].question)
+    unchanged = [key for key in ABLATIONS[ablation].changes if getattr(base, key) == getattr(spec, key)]
     if unchanged:
         raise ValueError(f"ablation {ablation!r} changes nothing in {unchanged}: the base already has it")
-    spec = replace(base, name=variant_name(ablation), description=ABLATIONS[ablation].question, **changes)
     MODEL_SPECS.setdefault(spec.name, spec)
     return spec
+
+
+def improved_with(changes: dict, *, name: str, description: str) -> ModelSpec:
+    """``improved``'s spec with ``changes`` to its fields (``body_options`` merged into its own), not registered."""
+    from .models import get_spec
+
+    base = get_spec(BASE_MODEL)
+    changes = dict(changes)
+    if "body_options" in changes:
+        changes["body_options"] = {**base.body_options, **changes["body_options"]}
+    return replace(base, name=name, description=description, **changes)
 
 
 def variant_image_size(ablation: str, image_size: int) -> int:

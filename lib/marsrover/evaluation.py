@@ -324,6 +324,11 @@ def group_names(frame: pd.DataFrame, by: str | tuple[str, ...] = ("msl_name", "i
                      index=frame.index, name="group", dtype=object)
 
 
+def instrument_label_group(frame: pd.DataFrame) -> pd.Series:
+    """Each row's instrument x label group, e.g. ``MAHLI · Surface``: the groups ``improved``'s loss balances."""
+    return group_names(frame, ("instrument", "label_name"))
+
+
 def errors_against_training(predictions: pd.DataFrame, training: pd.DataFrame,
                             by: str | tuple[str, ...] = ("msl_name", "instrument")) -> pd.DataFrame:
     """Test errors per group of ``by`` beside how many images of that group the model trained on.

@@ -168,6 +168,13 @@ def scale_inputs(x, scaling: str):
     raise ValueError(f"unknown input scaling {scaling!r}; choose unit or per_image")
 
 
+def recipe_learning_rate(spec: ModelSpec, epochs: int, steps_per_epoch: int):
+    """The recipe's learning rate: constant, or cosine decay over all ``epochs`` of ``steps_per_epoch`` steps."""
+    if spec.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(spec.learning_rate, epochs * steps_per_epoch)
+    return spec.learning_rate
+
+
 def get_spec(name: str) -> ModelSpec:
     """The spec called ``name``; KeyError lists the known ones."""
     try:

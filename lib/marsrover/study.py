@@ -93,9 +93,9 @@ def fit_arrays(paths: config.DataPaths, index: pd.DataFrame, fit_splits: Sequenc
 
 def split_groups(index: pd.DataFrame, split: str) -> np.ndarray:
     """Each image's instrument x label group (e.g. ``MAHLI · Surface``), in :func:`split_arrays`' order."""
-    from .evaluation import group_names
+    from .evaluation import instrument_label_group
 
-    return group_names(index[index["split"] == split], ("instrument", "label_name")).to_numpy()
+    return instrument_label_group(index[index["split"] == split]).to_numpy()
 
 
 _COPY_CHUNK = 256
@@ -822,9 +822,9 @@ def breakdown_table(scores: StudyScores, by: str) -> pd.DataFrame:
 
 
 def _with_instrument_label_group(predictions: pd.DataFrame) -> pd.DataFrame:
-    from .evaluation import group_names
+    from .evaluation import instrument_label_group
 
-    return predictions.assign(group=group_names(predictions, ("instrument", "label_name")))
+    return predictions.assign(group=instrument_label_group(predictions))
 
 
 def _by_instrument_and_label(predictions: pd.DataFrame) -> pd.DataFrame:

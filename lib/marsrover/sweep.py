@@ -22,7 +22,7 @@ import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import metadata
 from multiprocessing import get_context
 from pathlib import Path
@@ -32,8 +32,8 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from . import atomic, config, dataset
-from .ablation import BASE_MODEL
-from .evaluation import group_names
+from .ablation import improved_with
+from .evaluation import instrument_label_group
 from .image_cache import cached_images
 from .loss_weights import balanced_class_weights, instrument_balance_weights
 
@@ -66,13 +66,9 @@ LAST_EPOCHS = 5  # "settled": the mean validation score of the last epochs, besi
 
 def recipe_spec(recipe: SweepRecipe):
     """``improved``'s spec with the recipe's changes, registered so ``build_model`` finds it by name."""
-    from .models import MODEL_SPECS, get_spec
+    from .models import MODEL_SPECS
 
-    base = get_spec(BASE_MODEL)
-    changes = dict(recipe.changes)
-    if "body_options" in changes:
-        changes["body_options"] = {**base.body_options, **changes["body_options"]}
-    spec = replace(base, name=f"sweep-{recipe.name}", description=recipe.question, **changes)
+    spec = improved_with(recipe.changes, name=f"sweep-{recipe.name}", description=recipe.question)
     MODEL_SPECS[spec.name] = spec
     return spec
 
@@ -82,7 +78,7 @@ def split_data(index: pd.DataFrame, paths: config.DataPaths, split: str, size: i
     rows = index[index["split"] == split].reset_index(drop=True)
     return {"images": cached_images(rows, paths.images_root, size, paths.cache, progress=False),
             "labels": rows["label"].to_numpy(),
-            "groups": group_names(rows, ("instrument", "label_name")).to_numpy()}
+            "groups": instrument_label_group(rows).to_numpy()}
 
 
 def _scores(labels: np.ndarray, p_surface: np.ndarray) -> dict[str, float]:
@@ -106,7 +102,7 @@ def fit_run(recipe_name: str, seed: int, *, refit_epochs: int | None = None, dat
     import keras
 
     from .batch_norm import batch_norm_layers, recalibrate_batch_norm
-    from .models import build_model
+    from .models import build_model, recipe_learning_rate
 
     started = time.perf_counter()
     spec = recipe_spec(SWEEP_RECIPES[recipe_name])
@@ -125,10 +121,7 @@ def fit_run(recipe_name: str, seed: int, *, refit_epochs: int | None = None, dat
     keras.utils.set_random_seed(seed)
     model = build_model(spec.name, spec.image_size, seed=seed, weights=None)
     steps_per_epoch = int(np.ceil(len(y) / batch_size))
-    learning_rate = spec.learning_rate
-    if spec.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(spec.learning_rate, epochs * steps_per_epoch)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=recipe_learning_rate(spec, epochs, steps_per_epoch)),
                   loss=keras.losses.SparseCategoricalCrossentropy())
     judged = {s: splits[s] for s in (["test"] if refit_epochs else ["val", "test"])}
     judged_x = {s: part["images"].astype("float32") for s, part in judged.items()}

@@ -18,7 +18,7 @@ from .config import display_path
 from .evaluation import EVAL_BATCH_SIZE
 from .batch_norm import batch_norm_description, batch_norm_layers, recalibrate_batch_norm  # noqa: F401 (re-exported)
 from .loss_weights import balanced_class_weights, instrument_balance_weights  # noqa: F401 (re-exported)
-from .models import build_model, get_spec
+from .models import build_model, get_spec, recipe_learning_rate
 from .provenance import run_environment
 
 
@@ -206,9 +206,7 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
     fixed = set_seeds(seed)
     model = build_model(name, size, seed=seed, weights=weights)
     steps_per_epoch = int(np.ceil(len(train_data[1]) / batch_size))
-    learning_rate = spec.learning_rate
-    if spec.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(spec.learning_rate, epochs * steps_per_epoch)
+    learning_rate = recipe_learning_rate(spec, epochs, steps_per_epoch)
     use_ema = spec.ema_momentum is not None
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate, use_ema=use_ema,
