@@ -103,3 +103,20 @@ def test_refits_that_would_end_past_the_stop_are_left_out_and_the_choice_is_kept
     assert saved["chosen"] == "improved" and saved["refit_epochs"] == saved["runs"][0]["kept_epoch"]
     assert len(saved["left_out"]) == 1 and saved["left_out"][0].startswith("improved refit on train+val: about")
     assert document["left_out"] == saved["left_out"]
+
+
+def test_a_resumed_sweep_keeps_the_earlier_runs_on_train_and_goes_on_to_the_refit(tiny_data_dir, tmp_path):
+    sweep.run_sweep(tmp_path / "first", recipes=["improved"], seeds=(1,), workers=1, deadline_s=600, stop_s=0,
+                    commit="first-commit", data_dir=tiny_data_dir, batch_size=2)
+
+    document = sweep.run_sweep(tmp_path / "second", recipes=["improved", "wider_40_epochs"], seeds=(1,), workers=1,
+                               deadline_s=0, stop_s=600, commit="second-commit", data_dir=tiny_data_dir,
+                               batch_size=2, resume=tmp_path / "first" / "sweep.json")
+
+    earlier = json.loads((tmp_path / "first" / "sweep.json").read_text())
+    assert document["runs"][0] == earlier["runs"][0]  # kept as it was, not trained again
+    assert [run["fit_on"] for run in document["runs"]] == ["train", "train+val"]
+    assert document["resumed_from"]["environment"]["commit"] == "first-commit"
+    assert document["resumed_from"]["runs_kept"] == 1 and document["environment"]["commit"] == "second-commit"
+    assert document["left_out"] == ["wider_40_epochs, seed 1: not started before the deadline"]
+    assert document["chosen"] == "improved"

@@ -215,12 +215,14 @@ def _environment(commit: str) -> dict:
 
 def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], workers: int, deadline_s: float,
               commit: str, stop_s: float | None = None, data_dir: str | None = None,
-              batch_size: int | None = None) -> dict:
+              batch_size: int | None = None, resume: Path | None = None) -> dict:
     """Every recipe at every seed on train, then the chosen recipe refitted on train+val, while time lasts.
 
     A run on train not started before ``deadline_s`` (seconds from now) is left out, and the document says
     so; the refits start only if they should end before ``stop_s`` (by default the deadline), judged from
-    the chosen recipe's slowest run on train.
+    the chosen recipe's slowest run on train. ``resume`` names an earlier ``sweep.json`` (a device call
+    cut short): its runs on train of these recipes and seeds are kept, not run again, and the document
+    records where they came from.
     """
     started = time.perf_counter()
     unknown = sorted(set(recipes) - set(SWEEP_RECIPES))
@@ -235,6 +237,13 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
     document = {"about": __doc__.strip().splitlines()[0], "environment": _environment(commit),
                 "seeds": list(seeds), "recipes": {r: SWEEP_RECIPES[r].question for r in recipes},
                 "selection": chosen_recipe.__doc__, "runs": [], "left_out": [], "chosen": None}
+    if resume is not None:
+        earlier = json.loads(Path(resume).read_text())
+        document["runs"] = [run for run in earlier["runs"] if run["fit_on"] == "train"
+                            and run["recipe"] in recipes and run["seed"] in seeds]
+        document["resumed_from"] = {"file": Path(resume).name, "runs_kept": len(document["runs"]),
+                                    "environment": earlier["environment"], "seconds": earlier.get("seconds")}
+    done = {(run["recipe"], run["seed"]) for run in document["runs"]}
     out_path = Path(out_dir) / "sweep.json"
 
     def save():
@@ -249,6 +258,9 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
             futures = {}
             for recipe, seed, refit_epochs in jobs:
                 deadline = started + (deadline_s if refit_epochs is None else float("inf"))  # refits: checked before
+                if time.perf_counter() > deadline:  # no process is started just to say so
+                    document["left_out"].append(_job(recipe, seed, refit_epochs, deadline, data_dir, batch_size))
+                    continue
                 futures[pool.submit(_job, recipe, seed, refit_epochs, deadline, data_dir, batch_size)] = (
                     recipe, seed, refit_epochs)
             _collect(futures)
@@ -271,7 +283,7 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
                           f"val {run.get('val')}, test {run['test']}, {run['seconds']}s", flush=True)
             save()
 
-    run_jobs([(recipe, seed, None) for recipe in recipes for seed in seeds])
+    run_jobs([(recipe, seed, None) for recipe in recipes for seed in seeds if (recipe, seed) not in done])
     chosen = document["chosen"] = chosen_recipe(document["runs"], seeds)
     if chosen:
         mine = [run for run in document["runs"] if run["recipe"] == chosen]
@@ -308,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commit", default=None, help="the code's commit, where the checkout has no .git")
     parser.add_argument("--data-dir", default=None, help="the data folder (default: the project's data/)")
     parser.add_argument("--batch-size", type=int, default=None, help="instead of each recipe's own")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="an earlier sweep.json whose runs on train are kept, not run again")
     args = parser.parse_args(argv)
     # JAX takes 75% of the GPU's memory in each process by default: the runs side by side would not fit.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -318,7 +332,8 @@ def main(argv: list[str] | None = None) -> None:
 
         commit = code_commit()
     run_sweep(args.out, recipes=args.recipes, seeds=tuple(args.seeds), workers=args.workers,
-              deadline_s=args.deadline, stop_s=args.stop, commit=commit, data_dir=args.data_dir, batch_size=args.batch_size)
+              deadline_s=args.deadline, stop_s=args.stop, commit=commit, data_dir=args.data_dir, batch_size=args.batch_size,
+              resume=args.resume)
 
 
 if __name__ == "__main__":
