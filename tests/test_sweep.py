@@ -120,3 +120,39 @@ def test_a_resumed_sweep_keeps_the_earlier_runs_on_train_and_goes_on_to_the_refi
     assert document["resumed_from"]["runs_kept"] == 1 and document["environment"]["commit"] == "second-commit"
     assert document["left_out"] == ["wider_40_epochs, seed 1: not started before the deadline"]
     assert document["chosen"] == "improved"
+
+
+def _entry(test_accuracies, val_best=None):
+    entry = {"seeds": list(range(len(test_accuracies))),
+             "test_per_seed": [{"accuracy": a, "balanced_accuracy": a - 0.01} for a in test_accuracies],
+             "test_of_average": {"accuracy": 0.9, "balanced_accuracy": 0.89}}
+    if val_best:
+        entry.update({"val_best_balanced_accuracy": {"mean": sum(val_best) / len(val_best), "min": min(val_best),
+                                                     "max": max(val_best)},
+                      "val_settled_balanced_accuracy_mean": 0.8, "kept_epochs": [3, 5],
+                      "val_of_average": {"accuracy": 0.95, "balanced_accuracy": 0.94}})
+    return entry
+
+
+def test_the_summary_table_reads_validation_first_and_test_per_seed_and_of_the_average(tmp_path):
+    environment = {"keras_backend": "jax", "devices": ["gpu:0"], "versions": {"keras": "3"}}
+    document = {"chosen": "improved", "refit_epochs": 4, "environment": {**environment, "commit": "b" * 40},
+                "left_out": ["wider_40_epochs, seed 1: not started before the deadline",
+                             "wider_40_epochs, seed 2: not started before the deadline"],
+                "resumed_from": {"environment": {**environment, "commit": "a" * 40}, "left_out": []},
+                "summary": {"improved (train)": _entry([0.8, 0.9], val_best=[0.92, 0.96]),
+                            "improved (train+val)": _entry([0.93, 0.95])}}
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(document))
+
+    table = sweep.summary_table(path)
+    caption = sweep.summary_caption(path)
+
+    assert list(table.index) == [("improved", "train"), ("improved", "train+val")]
+    assert table.loc[("improved", "train"), "val best BA, mean"] == pytest.approx(0.94)
+    assert table.loc[("improved", "train"), "test acc, range over seeds"] == "0.800–0.900"
+    assert table.loc[("improved", "train+val"), "epochs (kept)"] == "4" and table["chosen"].all()
+    assert "code at aaaaaaa; then" in caption and "code at bbbbbbb" in caption
+    assert "`wider_40_epochs` (2 runs)" in caption and "refitted for 4 epochs" in caption
+    assert sweep.summary_table(tmp_path / "missing.json").empty
+    assert "not found" in sweep.summary_caption(tmp_path / "missing.json")

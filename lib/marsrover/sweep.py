@@ -196,6 +196,53 @@ def chosen_recipe(runs: list[dict], seeds: tuple[int, ...]) -> str | None:
     return max(means, key=means.get) if means else None
 
 
+def summary_table(path: Path) -> pd.DataFrame:
+    """A ``sweep.json`` as a table: one row per recipe and what it was fitted on, validation first (the
+    selection: the best epoch's balanced accuracy, mean and range over seeds, and where the runs settled),
+    then test, per seed as a range and for the average of the seeds' P(Surface). Empty when the file is missing."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame()
+    document = json.loads(path.read_text())
+    rows = []
+    for key, entry in document["summary"].items():
+        recipe, fit_on = key.rsplit(" (", 1)
+        row = {"recipe": recipe, "fit on": fit_on.rstrip(")"), "chosen": recipe == document.get("chosen"),
+               "seeds": len(entry["seeds"]), "epochs (kept)": ", ".join(str(e) for e in entry.get("kept_epochs", []))
+               or str(document.get("refit_epochs", ""))}
+        best = entry.get("val_best_balanced_accuracy")
+        if best:
+            row.update({"val best BA, mean": best["mean"], "val best BA, range": f"{best['min']:.3f}–{best['max']:.3f}",
+                        f"val BA, mean of last {LAST_EPOCHS} epochs": entry["val_settled_balanced_accuracy_mean"],
+                        "val BA of the seeds' average": entry["val_of_average"]["balanced_accuracy"]})
+        for metric, short in (("accuracy", "acc"), ("balanced_accuracy", "BA")):
+            per_seed = [run[metric] for run in entry["test_per_seed"]]
+            row[f"test {short}, range over seeds"] = f"{min(per_seed):.3f}–{max(per_seed):.3f}"
+            row[f"test {short} of the seeds' average"] = entry["test_of_average"][metric]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["recipe", "fit on"])
+
+
+def summary_caption(path: Path) -> str:
+    """Where a ``sweep.json`` ran (backend, device, the code's commit, including a resumed earlier call's) and
+    what it left out; or that it is missing."""
+    path = Path(path)
+    if not path.exists():
+        return f"`{config.display_path(path)}`: not found (the sweep has not been run here)."
+    document = json.loads(path.read_text())
+    calls = [document.get("resumed_from", {}).get("environment"), document["environment"]]
+    where = "; then ".join(f"Keras {env['versions']['keras']} on {env['keras_backend']}, devices {env['devices']}, "
+                           f"code at {env['commit'][:7]}" for env in calls if env)
+    left_out: dict[str, int] = {}
+    for entry in [*document.get("resumed_from", {}).get("left_out", []), *document["left_out"]]:
+        what = entry.split(", seed ")[0] if ", seed " in entry else entry
+        left_out[what] = left_out.get(what, 0) + 1
+    return (f"`{config.display_path(path)}`: the GPU recipe sweep ({where}). Chosen on validation: "
+            f"`{document.get('chosen')}`, refitted for {document.get('refit_epochs')} epochs. Left out: "
+            + ("; ".join(f"`{what}` ({count} run{'s' if count > 1 else ''})" for what, count in left_out.items())
+               or "nothing") + ". Another backend and device than the study's, and not deterministic: side evidence.")
+
+
 def _environment(commit: str) -> dict:
     import keras
 
@@ -242,7 +289,8 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
         document["runs"] = [run for run in earlier["runs"] if run["fit_on"] == "train"
                             and run["recipe"] in recipes and run["seed"] in seeds]
         document["resumed_from"] = {"file": Path(resume).name, "runs_kept": len(document["runs"]),
-                                    "environment": earlier["environment"], "seconds": earlier.get("seconds")}
+                                    "environment": earlier["environment"], "seconds": earlier.get("seconds"),
+                                    "left_out": earlier.get("left_out", [])}
     done = {(run["recipe"], run["seed"]) for run in document["runs"]}
     out_path = Path(out_dir) / "sweep.json"
 
