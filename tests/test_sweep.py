@@ -105,21 +105,29 @@ def test_refits_that_would_end_past_the_stop_are_left_out_and_the_choice_is_kept
     assert document["left_out"] == saved["left_out"]
 
 
-def test_a_resumed_sweep_keeps_the_earlier_runs_on_train_and_goes_on_to_the_refit(tiny_data_dir, tmp_path):
+def test_a_resumed_sweep_keeps_the_earlier_runs_on_train_that_match_and_goes_on_to_the_refit(tiny_data_dir, tmp_path):
     sweep.run_sweep(tmp_path / "first", recipes=["improved"], seeds=(1,), workers=1, deadline_s=600, stop_s=0,
                     commit="first-commit", data_dir=tiny_data_dir, batch_size=2)
+    earlier = json.loads((tmp_path / "first" / "sweep.json").read_text())
+    run = earlier["runs"][0]
+    earlier["runs"] += [{**run, "fit_on": "train+val"}, {**run, "seed": 9}, {**run, "batch_size": 64}]
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
 
     document = sweep.run_sweep(tmp_path / "second", recipes=["improved", "wider_40_epochs"], seeds=(1,), workers=1,
                                deadline_s=0, stop_s=600, commit="second-commit", data_dir=tiny_data_dir,
-                               batch_size=2, resume=tmp_path / "first" / "sweep.json")
+                               batch_size=2, resume=tmp_path / "earlier.json")
 
-    earlier = json.loads((tmp_path / "first" / "sweep.json").read_text())
-    assert document["runs"][0] == earlier["runs"][0]  # kept as it was, not trained again
-    assert [run["fit_on"] for run in document["runs"]] == ["train", "train+val"]
-    assert document["resumed_from"]["environment"]["commit"] == "first-commit"
-    assert document["resumed_from"]["runs_kept"] == 1 and document["environment"]["commit"] == "second-commit"
+    assert document["runs"][0] == run  # kept as it was, not trained again
+    assert [r["fit_on"] for r in document["runs"]] == ["train", "train+val"]
+    resumed = document["resumed_from"]
+    assert resumed["environment"]["commit"] == "first-commit" and document["environment"]["commit"] == "second-commit"
+    assert resumed["runs_kept"] == 1 and resumed["runs_dropped"] == [
+        "improved, seed 1 (train+val): a refit (refits follow this call's choice)",
+        "improved, seed 9 (train): recipe or seed not asked for",
+        "improved, seed 1 (train): trained otherwise (epochs, image size or batch size)"]
+    assert resumed["left_out"] == earlier["left_out"] and resumed["arguments"]["deadline_s"] == 600
     assert document["left_out"] == ["wider_40_epochs, seed 1: not started before the deadline"]
-    assert document["chosen"] == "improved"
+    assert document["chosen"] == "improved" and document["arguments"]["resume"] == "earlier.json"
 
 
 def _entry(test_accuracies, val_best=None):
@@ -134,25 +142,64 @@ def _entry(test_accuracies, val_best=None):
     return entry
 
 
-def test_the_summary_table_reads_validation_first_and_test_per_seed_and_of_the_average(tmp_path):
-    environment = {"keras_backend": "jax", "devices": ["gpu:0"], "versions": {"keras": "3"}}
-    document = {"chosen": "improved", "refit_epochs": 4, "environment": {**environment, "commit": "b" * 40},
-                "left_out": ["wider_40_epochs, seed 1: not started before the deadline",
-                             "wider_40_epochs, seed 2: not started before the deadline"],
-                "resumed_from": {"environment": {**environment, "commit": "a" * 40}, "left_out": []},
+def _environment(commit):
+    return {"keras_backend": "jax", "devices": ["gpu:0"], "versions": {"keras": "3"}, "commit": commit}
+
+
+def _document(**changes):
+    runs = [{"recipe": "improved", "seed": seed, "fit_on": fit_on, "epochs": epochs}
+            for seed in (1, 2) for fit_on, epochs in (("train", 15), ("train+val", 4))]
+    runs.append({"recipe": "wider_40_epochs", "seed": 1, "fit_on": "train", "epochs": 40})
+    document = {"chosen": "improved", "refit_epochs": 4, "environment": _environment("c" * 40), "seeds": [1, 2],
+                "recipes": {"improved": "", "wider_40_epochs": ""}, "runs": runs,
+                "left_out": ["wider_40_epochs, seed 2: not started before the deadline"],
+                "resumed_from": {"environment": _environment("b" * 40),  # an earlier call, itself resumed
+                                 "left_out": ["wider_40_epochs, seed 2: not started before the deadline"],
+                                 "resumed_from": {"environment": _environment("a" * 40), "left_out": []}},
                 "summary": {"improved (train)": _entry([0.8, 0.9], val_best=[0.92, 0.96]),
+                            "wider_40_epochs (train)": {**_entry([0.85], val_best=[0.97]), "seeds": [1],
+                                                        "kept_epochs": [30]},
                             "improved (train+val)": _entry([0.93, 0.95])}}
+    return {**document, **changes}
+
+
+def test_the_summary_table_reads_validation_first_and_test_per_seed_and_of_the_average(tmp_path):
     path = tmp_path / "sweep.json"
-    path.write_text(json.dumps(document))
+    path.write_text(json.dumps(_document()))
 
     table = sweep.summary_table(path)
-    caption = sweep.summary_caption(path)
 
-    assert list(table.index) == [("improved", "train"), ("improved", "train+val")]
+    assert list(table.index) == [("improved", "train"), ("wider_40_epochs", "train"), ("improved", "train+val")]
+    assert list(table["chosen"]) == [True, False, True] and list(table["epochs trained"]) == [15, 40, 4]
+    assert table.loc[("improved", "train"), "best epoch (seed: epoch)"] == "0: 3, 1: 5"
     assert table.loc[("improved", "train"), "val best BA, mean"] == pytest.approx(0.94)
     assert table.loc[("improved", "train"), "test acc, range over seeds"] == "0.800–0.900"
-    assert table.loc[("improved", "train+val"), "epochs (kept)"] == "4" and table["chosen"].all()
-    assert "code at aaaaaaa; then" in caption and "code at bbbbbbb" in caption
-    assert "`wider_40_epochs` (2 runs)" in caption and "refitted for 4 epochs" in caption
     assert sweep.summary_table(tmp_path / "missing.json").empty
+    path.write_text(json.dumps(_document(summary={}, runs=[])))
+    assert sweep.summary_table(path).empty
+
+
+def test_the_caption_names_every_call_oldest_first_and_counts_each_missing_run_once(tmp_path):
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(_document()))
+
+    caption = sweep.summary_caption(path)
+
+    assert caption.index("code at aaaaaaa") < caption.index("code at bbbbbbb") < caption.index("code at ccccccc")
+    assert "refitted on train+val for 4 epochs at 2 of 2 seeds" in caption
+    assert "no result: `wider_40_epochs` at 1 of 2 seeds." in caption  # listed by both calls, counted once
+    path.write_text(json.dumps(_document(chosen=None, runs=[])))
+    assert "Nothing was chosen" in sweep.summary_caption(path)
     assert "not found" in sweep.summary_caption(tmp_path / "missing.json")
+
+
+def test_the_committed_gpu_sweep_record_reads_as_the_notebook_says():
+    record = sweep.config.PROJECT_ROOT / "reports" / "side_checks" / "sweep_gpu.json"
+
+    table = sweep.summary_table(record)
+    caption = sweep.summary_caption(record)
+
+    assert table.index.get_level_values("fit on").tolist() == ["train"] * 4 + ["train+val"]
+    assert table["chosen"].sum() == 2 and table.loc[("larger_images_40_epochs", "train+val"), "seeds"] == 5
+    assert "Chosen on validation: `larger_images_40_epochs`" in caption
+    assert "`closeup_zoom_40_epochs` at 5 of 5 seeds; `full_resolution_stem_40_epochs` at 5 of 5 seeds." in caption

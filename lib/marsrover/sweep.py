@@ -196,10 +196,20 @@ def chosen_recipe(runs: list[dict], seeds: tuple[int, ...]) -> str | None:
     return max(means, key=means.get) if means else None
 
 
+def _earlier_calls(document: dict) -> list[dict]:
+    """The ``resumed_from`` chain of a sweep document, oldest call first."""
+    calls, earlier = [], document.get("resumed_from")
+    while earlier:
+        calls.insert(0, earlier)
+        earlier = earlier.get("resumed_from")
+    return calls
+
+
 def summary_table(path: Path) -> pd.DataFrame:
     """A ``sweep.json`` as a table: one row per recipe and what it was fitted on, validation first (the
     selection: the best epoch's balanced accuracy, mean and range over seeds, and where the runs settled),
-    then test, per seed as a range and for the average of the seeds' P(Surface). Empty when the file is missing."""
+    then test, per seed as a range and for the average of the seeds' P(Surface). Empty when the file is missing
+    or holds no finished run."""
     path = Path(path)
     if not path.exists():
         return pd.DataFrame()
@@ -207,12 +217,15 @@ def summary_table(path: Path) -> pd.DataFrame:
     rows = []
     for key, entry in document["summary"].items():
         recipe, fit_on = key.rsplit(" (", 1)
-        row = {"recipe": recipe, "fit on": fit_on.rstrip(")"), "chosen": recipe == document.get("chosen"),
-               "seeds": len(entry["seeds"]), "epochs (kept)": ", ".join(str(e) for e in entry.get("kept_epochs", []))
-               or str(document.get("refit_epochs", ""))}
+        fit_on = fit_on.rstrip(")")
+        trained = next(run["epochs"] for run in document["runs"] if run["recipe"] == recipe and run["fit_on"] == fit_on)
+        row = {"recipe": recipe, "fit on": fit_on, "chosen": recipe == document.get("chosen"),
+               "seeds": len(entry["seeds"]), "epochs trained": trained}
         best = entry.get("val_best_balanced_accuracy")
         if best:
-            row.update({"val best BA, mean": best["mean"], "val best BA, range": f"{best['min']:.3f}–{best['max']:.3f}",
+            kept = sorted(zip(entry["seeds"], entry["kept_epochs"]))
+            row.update({"best epoch (seed: epoch)": ", ".join(f"{seed}: {epoch}" for seed, epoch in kept),
+                        "val best BA, mean": best["mean"], "val best BA, range": f"{best['min']:.3f}–{best['max']:.3f}",
                         f"val BA, mean of last {LAST_EPOCHS} epochs": entry["val_settled_balanced_accuracy_mean"],
                         "val BA of the seeds' average": entry["val_of_average"]["balanced_accuracy"]})
         for metric, short in (("accuracy", "acc"), ("balanced_accuracy", "BA")):
@@ -220,27 +233,34 @@ def summary_table(path: Path) -> pd.DataFrame:
             row[f"test {short}, range over seeds"] = f"{min(per_seed):.3f}–{max(per_seed):.3f}"
             row[f"test {short} of the seeds' average"] = entry["test_of_average"][metric]
         rows.append(row)
-    return pd.DataFrame(rows).set_index(["recipe", "fit on"])
+    return pd.DataFrame(rows).set_index(["recipe", "fit on"]) if rows else pd.DataFrame()
 
 
 def summary_caption(path: Path) -> str:
-    """Where a ``sweep.json`` ran (backend, device, the code's commit, including a resumed earlier call's) and
-    what it left out; or that it is missing."""
+    """Where a ``sweep.json`` ran (backend, devices and the code's commit of every call, resumed ones first), what
+    was chosen and refitted, and which requested runs have no result in it; or that it is missing."""
     path = Path(path)
     if not path.exists():
         return f"`{config.display_path(path)}`: not found (the sweep has not been run here)."
     document = json.loads(path.read_text())
-    calls = [document.get("resumed_from", {}).get("environment"), document["environment"]]
+    calls = [call["environment"] for call in _earlier_calls(document)] + [document["environment"]]
     where = "; then ".join(f"Keras {env['versions']['keras']} on {env['keras_backend']}, devices {env['devices']}, "
-                           f"code at {env['commit'][:7]}" for env in calls if env)
-    left_out: dict[str, int] = {}
-    for entry in [*document.get("resumed_from", {}).get("left_out", []), *document["left_out"]]:
-        what = entry.split(", seed ")[0] if ", seed " in entry else entry
-        left_out[what] = left_out.get(what, 0) + 1
-    return (f"`{config.display_path(path)}`: the GPU recipe sweep ({where}). Chosen on validation: "
-            f"`{document.get('chosen')}`, refitted for {document.get('refit_epochs')} epochs. Left out: "
-            + ("; ".join(f"`{what}` ({count} run{'s' if count > 1 else ''})" for what, count in left_out.items())
-               or "nothing") + ". Another backend and device than the study's, and not deterministic: side evidence.")
+                           f"code at {env['commit'][:7]}" for env in calls)
+    trained = {(run["recipe"], run["seed"]) for run in document["runs"] if run["fit_on"] == "train"}
+    missing = {recipe: sum((recipe, seed) not in trained for seed in document["seeds"]) for recipe in document["recipes"]}
+    no_result = "; ".join(f"`{recipe}` at {count} of {len(document['seeds'])} seeds" for recipe, count in missing.items()
+                          if count) or "none"
+    chosen = document.get("chosen")
+    refits = [run for run in document["runs"] if run["fit_on"] == "train+val"]
+    if chosen is None:
+        outcome = "Nothing was chosen: no recipe ran at every seed."
+    elif refits:
+        outcome = (f"Chosen on validation: `{chosen}`, refitted on train+val for {document.get('refit_epochs')} "
+                   f"epochs at {len(refits)} of {len(document['seeds'])} seeds.")
+    else:
+        outcome = f"Chosen on validation: `{chosen}`, not refitted ({'; '.join(document['left_out'][-1:]) or 'no refit ran'})."
+    return (f"`{config.display_path(path)}`: the GPU recipe sweep ({where}). {outcome} Runs on train with no result: "
+            f"{no_result}. Another backend and device than the study's, and not deterministic: side evidence.")
 
 
 def _environment(commit: str) -> dict:
@@ -268,8 +288,8 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
     A run on train not started before ``deadline_s`` (seconds from now) is left out, and the document says
     so; the refits start only if they should end before ``stop_s`` (by default the deadline), judged from
     the chosen recipe's slowest run on train. ``resume`` names an earlier ``sweep.json`` (a device call
-    cut short): its runs on train of these recipes and seeds are kept, not run again, and the document
-    records where they came from.
+    cut short): its runs on train of these recipes and seeds that trained as this call would are kept, not
+    run again; the document records which were kept and dropped, and the earlier call's environment.
     """
     started = time.perf_counter()
     unknown = sorted(set(recipes) - set(SWEEP_RECIPES))
@@ -283,14 +303,12 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
     labels = {split: index.loc[index["split"] == split, "label"].to_numpy() for split in config.SPLITS}
     document = {"about": __doc__.strip().splitlines()[0], "environment": _environment(commit),
                 "seeds": list(seeds), "recipes": {r: SWEEP_RECIPES[r].question for r in recipes},
-                "selection": chosen_recipe.__doc__, "runs": [], "left_out": [], "chosen": None}
+                "selection": chosen_recipe.__doc__, "runs": [], "left_out": [], "chosen": None,
+                "arguments": {"workers": workers, "deadline_s": None if deadline_s == float("inf") else deadline_s,
+                              "stop_s": stop_s, "batch_size": batch_size,
+                              "resume": None if resume is None else Path(resume).name}}
     if resume is not None:
-        earlier = json.loads(Path(resume).read_text())
-        document["runs"] = [run for run in earlier["runs"] if run["fit_on"] == "train"
-                            and run["recipe"] in recipes and run["seed"] in seeds]
-        document["resumed_from"] = {"file": Path(resume).name, "runs_kept": len(document["runs"]),
-                                    "environment": earlier["environment"], "seconds": earlier.get("seconds"),
-                                    "left_out": earlier.get("left_out", [])}
+        document["runs"], document["resumed_from"] = _resumed_runs(Path(resume), recipes, seeds, batch_size)
     done = {(run["recipe"], run["seed"]) for run in document["runs"]}
     out_path = Path(out_dir) / "sweep.json"
 
@@ -346,6 +364,32 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
             document["left_out"].append(f"{chosen} refit on train+val: about {needed:.0f}s needed, past the stop")
     save()
     return document
+
+
+def _resumed_runs(path: Path, recipes: list[str], seeds: tuple[int, ...], batch_size: int | None):
+    """An earlier call's runs on train that this call can use, and the record of where they came from.
+
+    A run is kept when its recipe and seed are asked for and it trained as this call would (epochs, image size,
+    batch size); the others, and the earlier refits (the choice may change), are dropped and listed.
+    """
+    earlier = json.loads(path.read_text())
+    kept, dropped = [], []
+    for run in earlier["runs"]:
+        spec = recipe_spec(SWEEP_RECIPES[run["recipe"]]) if run["recipe"] in SWEEP_RECIPES else None
+        expected = None if spec is None else (spec.epochs, spec.image_size, batch_size or spec.batch_size)
+        reason = ("a refit (refits follow this call's choice)" if run["fit_on"] != "train" else
+                  "recipe or seed not asked for" if run["recipe"] not in recipes or run["seed"] not in seeds else
+                  "trained otherwise (epochs, image size or batch size)"
+                  if (run["epochs"], run["image_size"], run["batch_size"]) != expected else None)
+        if reason:
+            dropped.append(f"{run['recipe']}, seed {run['seed']} ({run['fit_on']}): {reason}")
+        else:
+            kept.append(run)
+    record = {"file": path.name, "runs_kept": len(kept), "runs_dropped": dropped,
+              "environment": earlier["environment"], "arguments": earlier.get("arguments"),
+              "seconds": earlier.get("seconds"), "left_out": earlier.get("left_out", []),
+              "resumed_from": earlier.get("resumed_from")}
+    return kept, record
 
 
 def _job(recipe: str, seed: int, refit_epochs: int | None, deadline: float, data_dir, batch_size):
