@@ -210,10 +210,11 @@ def summary_table(path: Path) -> pd.DataFrame:
     selection: the best epoch's balanced accuracy, mean and range over seeds, and where the runs settled),
     then test, per seed as a range and for the average of the seeds' P(Surface). Empty when the file is missing
     or holds no finished run."""
-    path = Path(path)
-    if not path.exists():
+    from .reporting import load_json  # here: reporting imports jinja2, which a run of the sweep need not have
+
+    document = load_json(path)
+    if not document:
         return pd.DataFrame()
-    document = json.loads(path.read_text())
     rows = []
     for key, entry in document["summary"].items():
         recipe, fit_on = key.rsplit(" (", 1)
@@ -239,10 +240,11 @@ def summary_table(path: Path) -> pd.DataFrame:
 def summary_caption(path: Path) -> str:
     """Where a ``sweep.json`` ran (backend, devices and the code's commit of every call, resumed ones first), what
     was chosen and refitted, and which requested runs have no result in it; or that it is missing."""
-    path = Path(path)
-    if not path.exists():
+    from .reporting import load_json  # here: reporting imports jinja2, which a run of the sweep need not have
+
+    document = load_json(path)
+    if not document:
         return f"`{config.display_path(path)}`: not found (the sweep has not been run here)."
-    document = json.loads(path.read_text())
     calls = [call["environment"] for call in _earlier_calls(document)] + [document["environment"]]
     where = "; then ".join(f"Keras {env['versions']['keras']} on {env['keras_backend']}, devices {env['devices']}, "
                            f"code at {env['commit'][:7]}" for env in calls)
@@ -325,7 +327,7 @@ def run_sweep(out_dir: Path, *, recipes: list[str], seeds: tuple[int, ...], work
             for recipe, seed, refit_epochs in jobs:
                 deadline = started + (deadline_s if refit_epochs is None else float("inf"))  # refits: checked before
                 if time.perf_counter() > deadline:  # no process is started just to say so
-                    document["left_out"].append(_job(recipe, seed, refit_epochs, deadline, data_dir, batch_size))
+                    document["left_out"].append(_not_started(recipe, seed, refit_epochs))
                     continue
                 futures[pool.submit(_job, recipe, seed, refit_epochs, deadline, data_dir, batch_size)] = (
                     recipe, seed, refit_epochs)
@@ -392,9 +394,13 @@ def _resumed_runs(path: Path, recipes: list[str], seeds: tuple[int, ...], batch_
     return kept, record
 
 
+def _not_started(recipe: str, seed: int, refit_epochs: int | None) -> str:
+    return f"{recipe}, seed {seed}{' refit' if refit_epochs else ''}: not started before the deadline"
+
+
 def _job(recipe: str, seed: int, refit_epochs: int | None, deadline: float, data_dir, batch_size):
     if time.perf_counter() > deadline:
-        return f"{recipe}, seed {seed}{' refit' if refit_epochs else ''}: not started before the deadline"
+        return _not_started(recipe, seed, refit_epochs)
     return fit_run(recipe, seed, refit_epochs=refit_epochs, data_dir=data_dir, batch_size=batch_size)
 
 
