@@ -63,6 +63,22 @@ def test_the_readme_section_shows_the_table_ratios_and_machine():
     assert "the ceiling, the same model fed one batch already in memory: **1.1×**" in text_with_ceiling
     assert "**2.5×**" in text and "**420.0 images/s**" in text and "41.0 minutes" in text and "2 CPU cores" in text
     assert "on riscv64 with 2 CPU cores (Linux-9.9-test)" in text  # the machine it ran on, not the reader's
+    assert "bfloat16" not in text  # a record from before the bfloat16 row says nothing of it
+    named = bench.bench_markdown({**result, "cpu_model": "Some CPU", "train_setup_ratio_bfloat16": None,
+                                  "full_profile": {**result["full_profile"], "cpu_model": "Other CPU"}})
+    assert "on Some CPU (riscv64) with 2 CPU cores" in named and "41.0 minutes, peak kernel memory 3.1 GiB (on Other CPU" in named
+    assert "no bfloat16 row: this CPU has no native bfloat16" in named
+
+
+def test_the_last_full_run_is_read_with_the_cpu_its_study_ran_on(tmp_path):
+    assert bench.last_full_run(tmp_path) == {}  # no study run there yet
+    (tmp_path / "run_log.json").write_text(json.dumps({"total_seconds": 600, "peak_rss_gib": 2.0, "commit": "abc",
+                                                       "notebooks": [{"name": "05.ipynb", "seconds": 500,
+                                                                      "status": "ok"}]}))
+    assert bench.last_full_run(tmp_path)["cpu_model"] is None  # a run log without metrics names no CPU
+    (tmp_path / "metrics.json").write_text(json.dumps({"cpu": {"model_name": "Intel(R) Xeon(R) Processor"}}))
+    full = bench.last_full_run(tmp_path)
+    assert full["cpu_model"] == "Intel(R) Xeon(R) Processor" and full["total_minutes"] == 10.0 and full["all_ok"]
 
 
 def test_paths_inside_the_project_are_recorded_relative_to_it(tmp_path):

@@ -16,7 +16,8 @@ from marsrover.runner import discover_notebooks
 pytestmark = pytest.mark.e2e
 
 
-STALE_FIGURES = ("confusion_matrix_vanished_run.png", "gradcam_vanished_model.jpg")
+STALE_FIGURES = ("confusion_matrix_vanished_run.png", "gradcam_vanished_model.jpg", "gradcam_of_vanished_run.jpg",
+                 "confident_errors_vanished_run.jpg", "reliability_vanished_run.png")
 # records an earlier study's notebook 05 wrote for runs this one does not train (a forward run included)
 STALE_RECORDS = ("runs/vanished_run.json", "selection/vanished_forward.json")
 
@@ -59,7 +60,8 @@ def test_the_html_shows_the_confusion_matrix_and_example_predictions(smoke_repor
     assert "Confusion matrices" in html and "Example predictions" in html
     index = (smoke_report / "index.html").read_text()
     assert 'src="figures/confusion_matrix.png"' in index and 'src="figures/example_predictions.jpg"' in index
-    charts = ("confusion_matrix", "training_history", "roc_pr_curves", "reliability", "coverage", "breakdown_msl_class")
+    charts = ("confusion_matrix", "training_history", "roc_pr_curves", "reliability", "reliability_no_temperature",
+              "coverage", "breakdown_msl_class")
     photographs = ("example_predictions", "sample_images", "contact_sheet", "augmentation_strong", "confident_errors",
                    "gradcam", "new_images_uncertain")
     for figure in charts:
@@ -74,6 +76,14 @@ def test_per_run_figures_are_those_of_this_studys_runs_only(smoke_report):
     confusion = {path.stem for path in (smoke_report / "figures").glob("confusion_matrix*")}
     assert confusion == {"confusion_matrix", "confusion_matrix_normalised"} | {
         f"confusion_matrix_{run}" for run in metrics["models"] if run != metrics["headline"]}
+    others = [run for run in metrics["models"] if run != metrics["headline"]]
+    errors = {path.stem for path in (smoke_report / "figures").glob("confident_errors*")}
+    assert errors == {"confident_errors" if run == metrics["headline"] else f"confident_errors_{run}"
+                      for run in metrics["models"] if metrics["models"][run]["test"]["accuracy"] < 1}
+    gradcam = {path.stem for path in (smoke_report / "figures").glob("gradcam*")}
+    singles = {f"gradcam_of_{run}" for run in others if not metrics["models"][run].get("members")}
+    assert "gradcam" in gradcam and singles <= gradcam and not any(name.startswith("gradcam_of_") for name in
+                                                                   gradcam - singles)
     assert not any((smoke_report / "figures" / stale).exists() for stale in STALE_FIGURES)
     assert not any((smoke_report / stale).exists() for stale in STALE_RECORDS)  # nor timed as this study's
 
@@ -175,6 +185,16 @@ def test_smoke_refits_end_with_batch_norm_statistics_recomputed_by_group_and_tra
         "recomputed over the training images, weighted by instrument x label group"
     assert records["improved"]["batch_norm_statistics"] == "running (Keras' moving average)"
     assert records["seed_notebook_refit"]["batch_norm_statistics"] == "none (no batch normalisation)"
+
+
+def test_every_run_records_the_numeric_policy_it_trained_under_and_the_metrics_repeat_it(smoke_report):
+    metrics = json.loads((smoke_report / "metrics.json").read_text())
+    for run, scores in metrics["models"].items():
+        record = json.loads((smoke_report / "runs" / f"{run}.json").read_text())["config"]
+        if record.get("members"):  # an average trains nothing
+            continue
+        assert record["numeric_policy"] == "float32", run  # smoke asks for no mixed precision
+        assert scores["numeric_policy"] == record["numeric_policy"], run
 
 
 def test_every_ablation_is_trained_on_train_and_judged_on_val(smoke_report):

@@ -13,6 +13,7 @@ from marsrover.evaluation import (
     binary_metrics,
     bootstrap_ci,
     breakdown,
+    correct_and_wrong,
     coverage_curve,
     curves,
     errors_against_training,
@@ -373,6 +374,15 @@ def test_most_confident_errors_come_first(predictions):
     np.testing.assert_allclose(errors["confidence"], [0.95, 0.8])
     assert len(most_confident_errors(predictions, 10)) == 3
     assert most_confident_errors(predictions.drop(columns="predicted"), 1)["id"].tolist() == ["f"]
+
+
+def test_examples_to_explain_are_half_random_correct_predictions_then_the_most_confident_errors(predictions):
+    chosen = correct_and_wrong(predictions, 4, seed=0)
+    assert len(chosen) == 4 and set(chosen["id"][:2]) <= {"a", "c", "e", "g"} and chosen["id"][2:].tolist() == ["f", "b"]
+    assert correct_and_wrong(predictions, 4, seed=0)["id"].tolist() == chosen["id"].tolist()  # seeded
+    assert len(correct_and_wrong(predictions, 20, seed=0)) == 4 + 3  # every correct one, every error
+    assert correct_and_wrong(predictions[predictions["label"] != predictions["predicted"]], 4, seed=0)["id"].tolist() \
+        == ["f", "b"]  # no correct prediction to draw
 
 
 # --- figures --------------------------------------------------------------------------------------

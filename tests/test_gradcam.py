@@ -1,6 +1,7 @@
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from keras import layers
 
@@ -152,3 +153,17 @@ def test_each_model_of_a_saved_average_is_explained_on_its_own(tmp_path):
         batch = np.random.default_rng(1).integers(0, 255, (2, size, size, 3)).astype("float32")
         heatmaps = grad_cam(member, batch)
         assert heatmaps.shape == (2, size, size) and 0.0 <= heatmaps.min() and heatmaps.max() <= 1.0
+
+
+def test_a_runs_gradcam_figure_reads_the_examples_images_at_the_models_size(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):  # larger than the model's input: read at 8 px
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / name)
+    examples = pd.DataFrame({"path": ["a.jpg", "b.jpg", "c.jpg"], "label": [1, 0, 1], "p_surface": [0.9, 0.8, 0.3]})
+    fig = plots.gradcam_figure(_brightness_model(), examples, tmp_path, suptitle="run: Grad-CAM")
+    assert len(fig.axes) == 4 * 2 and fig._suptitle.get_text() == "run: Grad-CAM"  # one row: (image, overlay) x 4
+    assert fig.axes[0].images[0].get_array().shape[:2] == (8, 8)
+    assert fig.axes[2].get_title(loc="left").startswith("true: Rover\npred: Surface (80%)")
+    plt.close(fig)

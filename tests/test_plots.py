@@ -118,3 +118,13 @@ def test_seed_repeats_are_drawn_as_grey_dashes_behind_coloured_variants():
     assert lines["improved, seed 1"].get_color() == "grey" and lines["improved, seed 1"].get_linestyle() == "--"
     assert len({lines["improved"].get_color(), lines["flip_only"].get_color(), "grey"}) == 3
     assert lines["improved"].get_linewidth() > lines["flip_only"].get_linewidth()  # the chosen recipe stands out
+
+
+def test_a_normalised_confusion_matrix_can_carry_each_cells_count_under_its_share():
+    confusion = [[90, 10], [5, 15]]
+    shares = [text.get_text() for text in plots.confusion_heatmap(confusion, title="t", normalize=True).axes[0].texts]
+    assert shares == ["0.90", "0.10", "0.25", "0.75"]
+    both = plots.confusion_heatmap(confusion, title="t", normalize=True, with_counts=True)
+    assert [text.get_text() for text in both.axes[0].texts] == ["0.90\n(90)", "0.10\n(10)", "0.25\n(5)", "0.75\n(15)"]
+    counts = plots.confusion_heatmap(confusion, title="t")
+    assert [text.get_text() for text in counts.axes[0].texts] == ["90", "10", "5", "15"]

@@ -193,6 +193,7 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert "<sup>2</sup> The validation split was part of this run's training data." in text
     assert "| improved | train only | 93.0% | 92.0% |" in text and "`transfer` was skipped" in text
     assert "took 45 minutes" in text and "3.2 GiB" in text
+    assert "**The targets.** The study asks `improved`" in text  # in words, below the table
     assert "| 9 in 4.8 min |" in text  # each run's epochs and training time, from its run record
     assert "| improved | train only |" in text and text.count("| – |\n") >= 2  # unknown cost shows a dash
     assert reporting.update_readme(readme, METRICS)  # again: the markers stay, the section is replaced
@@ -264,6 +265,59 @@ def test_the_results_say_where_the_training_time_went_from_the_run_records(tmp_p
     assert "Training time" not in reporting.results_markdown(METRICS, {"total_seconds": 1800}, tmp_path / "empty")
 
 
+def test_the_targets_are_stated_in_words_against_the_majority_answer_the_seed_models_and_the_best_run():
+    text = reporting.targets_markdown(METRICS)
+    assert text.startswith("**The targets.** The study asks `improved` for at least 98.0% accuracy and 97.0% "
+                           "balanced accuracy on the official test split.")
+    assert "`improved` (train only) scores 95.0% accuracy and 94.0% balanced accuracy: every target missed." in text
+    assert ("`improved_refit` (refit on train+val) scores 98.1% accuracy and 97.2% balanced accuracy: every target "
+            "reached.") in text
+    assert "`improved`'s test accuracy is above the 75.0% of always answering Rover." in text
+    assert ("The best test accuracy and balanced accuracy of any run: `improved_refit` (refit on train+val, the "
+            "headline), 98.1% accuracy and 97.2% balanced accuracy.") in text
+    assert "On validation" not in text and "Trained on train alone" not in text  # lower on val; no seed model
+
+
+def _improved_beside(**runs):
+    weak = {"kind": "train only", "val": {"accuracy": 0.93}, "test": {"accuracy": 0.726, "balanced_accuracy": 0.792}}
+    return {**METRICS, "models": {"improved": weak, **runs}}
+
+
+def _train_only(accuracy, balanced=0.7, **extra):
+    return {"kind": "train only", "val": {"accuracy": 0.9}, "test": {"accuracy": accuracy, "balanced_accuracy": balanced},
+            **extra}
+
+
+def test_the_targets_text_sets_improved_beside_each_seed_model_trained_on_train_alone():
+    text = reporting.targets_markdown(_improved_beside(seed_notebook=_train_only(0.816), seed_blog=_train_only(0.70, 0.95)))
+    assert "`improved` (train only) scores 72.6% accuracy and 79.2% balanced accuracy: every target missed." in text
+    assert "`improved`'s test accuracy is below the 75.0% of always answering Rover." in text
+    assert ("Trained on train alone like `improved`, `seed_notebook` and `seed_blog` score 81.6% and 70.0% test "
+            "accuracy: `improved` is below `seed_notebook` and above `seed_blog`.") in text
+    assert "On validation `improved` scored 93.0% accuracy: it lost 20.4 points between the validation sols" in text
+    assert "The best test accuracy of any run: `seed_notebook` (train only), 81.6% accuracy and 70.0% balanced" in text
+    assert "The best test balanced accuracy of any run: `seed_blog` (train only), 70.0% accuracy and 95.0%" in text
+    one = reporting.targets_markdown(_improved_beside(seed_blog=_train_only(0.70)))
+    assert "`seed_blog` scores 70.0% test accuracy: `improved` is above it." in one
+    level = reporting.targets_markdown(_improved_beside(seed_blog=_train_only(0.726), seed_notebook=_train_only(0.726)))
+    assert ": `improved` is level with both." in level
+    average = _train_only(0.99, members=["seed_blog", "seed_notebook"])  # an average is not a seed model
+    assert "Trained on train alone" not in reporting.targets_markdown(_improved_beside(**{"seed_blog+seed_notebook": average}))
+
+
+def test_the_targets_text_names_the_target_missed_and_does_not_round_a_miss_into_a_hit():
+    def verdict(accuracy, balanced, targets=reporting.TARGETS):
+        metrics = {"models": {"improved": _train_only(accuracy, balanced)}}
+        return reporting.targets_markdown(metrics, targets=targets).split(": ", 1)[1].split(".")[0]
+
+    assert verdict(0.99, 0.9) == "balanced accuracy missed"
+    assert verdict(0.99, 0.9696) == "balanced accuracy missed (just short: 96"  # 96.96% would show as 97.0%
+    assert verdict(0.98, 0.97) == "every target reached"  # a target is met at its own value
+    assert verdict(0.9, 0.9, targets={"accuracy": 0.98}) == "missed"
+    assert reporting.targets_markdown({"models": {"improved": _train_only(0.9)}}).count("always answering") == 0
+    assert reporting.targets_markdown({"models": {"seed_blog": _train_only(1)}}) == ""  # no improved run: nothing
+
+
 def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     card = reporting.write_model_card(tmp_path, METRICS).read_text()
     assert card.startswith("# Model card: improved_refit") and "abc123" in card
@@ -275,6 +329,7 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert "after test scores had been seen" in card  # the rules changed late are owned up to
     assert "suggested by an earlier run's test errors" in card
     assert "Two caveats" in card and "averaging models" not in card  # a single model owes no averaging caveat
+    assert "**The targets.**" in card and "not a clean held-out\nestimate" in card  # said where the numbers are
     assert "group of the images it was fitted on against that shortcut (MAHLI · Surface 1.17, " in card
 
 

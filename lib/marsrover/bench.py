@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import config, reporting, study
-from .provenance import code_commit
+from .provenance import code_commit, cpu_description
 
 
 def _peak_rss_gib() -> float:
@@ -190,8 +190,11 @@ def last_full_run(report_dir: Path) -> dict:
     if not log_path.exists():
         return {}
     log = json.loads(log_path.read_text())
+    metrics_path = Path(report_dir) / "metrics.json"  # names the CPU the study ran on, often not this one
+    cpu = json.loads(metrics_path.read_text()).get("cpu", {}) if metrics_path.exists() else {}
     return {
         "total_minutes": round(log["total_seconds"] / 60, 2), "peak_rss_gib": log.get("peak_rss_gib"),
+        "cpu_model": cpu.get("model_name"),
         "commit": log.get("commit"), "notebook_seconds": {run["name"]: run["seconds"] for run in log["notebooks"]},
         "all_ok": all(run["status"] == "ok" for run in log["notebooks"]),
     }
@@ -241,6 +244,7 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
     result = {
         "commit": code_commit(), "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "platform": platform.platform(),
+        "cpu_model": cpu_description().get("model_name"),
         "train_pipeline_ratio": round(project_train["images_per_s"] / seed_train["images_per_s"], 2),
         # The most any float32 input pipeline could reach here: the model fed without input work, over the seed's.
         "train_pipeline_ceiling_ratio": round(ceiling["images_per_s"] / seed_train["images_per_s"], 2),
@@ -289,14 +293,19 @@ def bench_markdown(result: dict) -> str:
         + (f" (the ceiling, the same model fed one batch already in memory: **{result['train_pipeline_ceiling_ratio']}×**)"
            if result.get("train_pipeline_ceiling_ratio") else "")
         + (f"; with the full profile's bfloat16 policy: **{result['train_setup_ratio_bfloat16']}×**"
-           if result.get("train_setup_ratio_bfloat16") else "") + "; batched inference: "
+           if result.get("train_setup_ratio_bfloat16") else
+           "; no bfloat16 row: this CPU has no native bfloat16, so the full profile would train in float32 on it"
+           if "train_setup_ratio_bfloat16" in result else "") + "; batched inference: "
         f"**{result['inference_images_per_s']} images/s**, **{result['inference_ratio']}×** the per-image loop "
         f"({result['settings']['inference_model']})"
         + (f"; the headline, an average of runs ({result['settings']['headline_model']}): "
            f"**{result['headline_inference_images_per_s']} images/s**"
            if "infer_batched_headline" in result["measurements"] else "") + ". Last full profile: "
-        f"{full.get('total_minutes', '–')} minutes, peak kernel memory {full.get('peak_rss_gib', '–')} GiB.",
-        f"Measured at commit `{result['commit']}` on {result.get('machine', '–')} with {result['cpu_count']} CPU "
+        f"{full.get('total_minutes', '–')} minutes, peak kernel memory {full.get('peak_rss_gib', '–')} GiB"
+        + (f" (on {full['cpu_model']}, as `reports/full/metrics.json` names it)" if full.get("cpu_model") else "") + ".",
+        f"Measured at commit `{result['commit']}` on "
+        + (f"{result['cpu_model']} ({result.get('machine', '–')})" if result.get("cpu_model")
+           else result.get("machine", "–")) + f" with {result['cpu_count']} CPU "
         f"cores ({result.get('platform', 'platform not recorded')}); `reports/bench.json` has every figure.",
     ]
     return "\n".join(lines)

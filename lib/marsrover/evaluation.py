@@ -298,6 +298,14 @@ def most_confident_errors(predictions: pd.DataFrame, k: int = 12) -> pd.DataFram
     return wrong.sort_values("confidence", ascending=False, kind="stable").head(k)
 
 
+def correct_and_wrong(predictions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """Examples to explain: ``count // 2`` correct predictions drawn at random, then the ``count // 2`` most
+    confident errors (fewer of either when the split has fewer)."""
+    correct = predictions[_predicted(predictions) == predictions["label"].astype(int)]
+    return pd.concat([correct.sample(n=min(count // 2, len(correct)), random_state=seed),
+                      most_confident_errors(predictions, count // 2)])
+
+
 def average_predictions(frames: list[pd.DataFrame], threshold: float = 0.5) -> pd.DataFrame:
     """An ensemble's predictions: the mean of several runs' P(Surface) on the same images.
 

@@ -154,13 +154,21 @@ def validation_curves(histories: dict[str, dict[str, list[float]]], metric: str 
     return fig
 
 
-def confusion_heatmap(confusion: Sequence[Sequence[int]], *, title: str, normalize: bool = False) -> plt.Figure:
-    """A seaborn heatmap of a 2x2 confusion matrix (rows: true label, columns: predicted)."""
-    matrix = np.asarray(confusion, dtype=float)
-    if normalize:
-        matrix = matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None)
+def confusion_heatmap(confusion: Sequence[Sequence[int]], *, title: str, normalize: bool = False,
+                      with_counts: bool = False) -> plt.Figure:
+    """A seaborn heatmap of a 2x2 confusion matrix (rows: true label, columns: predicted).
+
+    ``normalize`` divides each row by its true-label count; ``with_counts`` then writes each cell's count
+    under its share, so one figure holds both."""
+    counts = np.asarray(confusion, dtype=float)
+    matrix = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None) if normalize else counts
+    if normalize and with_counts:
+        annot, fmt = np.array([[f"{share:.2f}\n({count:.0f})" for share, count in zip(*rows)]
+                               for rows in zip(matrix, counts)]), ""
+    else:
+        annot, fmt = True, ".2f" if normalize else ".0f"
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    sns.heatmap(matrix, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", cbar=False,
+    sns.heatmap(matrix, annot=annot, fmt=fmt, cmap="Blues", cbar=False,
                 xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES, ax=ax)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     return fig
@@ -307,6 +315,18 @@ def breakdown_bars(table: pd.DataFrame, *, title: str, metric: str = "accuracy")
         ax.text(value + 0.01 if np.isfinite(value) else 0.01, position, f"n={int(n)}", va="center", fontsize=8)
     ax.set(title=title, xlabel=metric.replace("_", " "), ylabel=data.index.name or "", xlim=(0, 1.12))
     return fig
+
+
+def gradcam_figure(model, examples: pd.DataFrame, images_root: Path, *, suptitle: str) -> plt.Figure:
+    """Grad-CAM of ``model`` on the ``examples`` rows' images (``path``, ``label``, ``p_surface``), read at the
+    model's input size; each caption gives the probability in ``p_surface`` (an average's, for its models)."""
+    from .gradcam import grad_cam
+
+    size = int(model.input_shape[1])
+    images = np.stack([load_image(Path(images_root) / path, size) for path in examples["path"]])
+    heatmaps = grad_cam(model, images.astype("float32"))
+    return gradcam_grid(images, heatmaps, y_true=examples["label"].tolist(), p_surface=examples["p_surface"].tolist(),
+                        suptitle=suptitle)
 
 
 def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str] | None = None, *,

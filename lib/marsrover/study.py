@@ -99,7 +99,7 @@ def split_groups(index: pd.DataFrame, split: str) -> np.ndarray:
 
 
 _COPY_CHUNK = 256
-REFIT_SUFFIX = "_refit"
+REFIT_SUFFIX = reporting.REFIT_SUFFIX
 RANDOM_SPLIT_SUFFIX = "_random_split"
 TRAIN_ONLY = "train only"  # the kind of run that competes for the headline, chosen on validation
 FORWARD_SUFFIX = "_forward"
@@ -609,7 +609,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
         scores[run], predictions[run] = {"kind": _run_kind(run), "image_size": size,
                                          "epochs": record["config"].get("epochs"),
                                          **{key: record["config"][key] for key in
-                                            ("epochs_chosen_by", "batch_norm_statistics") if key in record["config"]},
+                                            ("epochs_chosen_by", "batch_norm_statistics", "numeric_policy")
+                                            if key in record["config"]},
                                          **{key: record["config"][key] for key in ("group_weights", "class_weight")
                                             if record["config"].get(key)},  # how its loss was weighted
                                          "train_seconds": record.get("train_seconds")}, {}
@@ -762,17 +763,15 @@ def _interval(pair) -> str:
     return f"{pair[0]:.3f}–{pair[1]:.3f}" if pair else ""
 
 
-TARGETS = {"accuracy": 0.98, "balanced_accuracy": 0.97}  # issue 3: the improved model, official test split
+TARGETS = reporting.TARGETS
 
 
 def targets_table(metrics: dict, model: str = "improved", targets: dict[str, float] = TARGETS) -> pd.DataFrame:
     """The improved model's runs (and each average that includes one) against the study's
     test targets: reached or not, and by how much."""
     rows = []
-    for run, splits in metrics["models"].items():
-        models_of_run = splits.get("members") or [run]
-        if not {model, model + REFIT_SUFFIX} & set(models_of_run):
-            continue
+    for run in reporting.runs_built_on(metrics, model):
+        splits = metrics["models"][run]
         row = {"run": run, "trained": splits["kind"]}
         for key, target in targets.items():
             value = splits["test"][key]

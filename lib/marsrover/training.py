@@ -252,6 +252,9 @@ def train(name: str, train_data: tuple[np.ndarray, np.ndarray],
     config = {
         "model": name, "run": run_name or name, "image_size": size, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": spec.learning_rate, "schedule": spec.schedule, "optimizer": "Adam",
+        # the policy the model was built with: float32, or mixed_bfloat16 / mixed_float16 where the profile
+        # asks and the hardware has it
+        "numeric_policy": model.dtype_policy.name,
         "ema_momentum": spec.ema_momentum,
         "augmentation": spec.augmentation, "class_weight": class_weight,
         **({"group_weights": group_weights} if group_weights else {}),  # instrument_balance's weight per group
