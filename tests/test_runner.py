@@ -192,7 +192,9 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert "<sup>1</sup> The seed blog's own figures, on its random 80/20 split" in text
     assert "<sup>2</sup> The validation split was part of this run's training data." in text
     assert "| improved | train only | 93.0% | 92.0% |" in text and "`transfer` was skipped" in text
-    assert "took 45 minutes" in text and "3.2 GiB" in text
+    assert "took 45 minutes on x86_64 with 2 CPU cores" in text and "3.2 GiB" in text
+    named = reporting.results_markdown({**METRICS, "cpu": {"model_name": "AMD EPYC"}}, {"total_seconds": 60})
+    assert "took 1 minutes on AMD EPYC (x86_64) with 2 CPU cores" in named  # the CPU type, where the run named it
     assert "**The targets.** The study asks `improved`" in text  # in words, below the table
     assert "| 9 in 4.8 min |" in text  # each run's epochs and training time, from its run record
     assert "| improved | train only |" in text and text.count("| – |\n") >= 2  # unknown cost shows a dash

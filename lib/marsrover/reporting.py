@@ -397,8 +397,11 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
     for run, reason in metrics.get("skipped", {}).items():
         lines.append(f"\n`{run}` was skipped: {reason.split('. ')[0]}.")
     if run_log:
+        machine = metrics.get("processor") or "this machine"
+        if cpu_model := metrics.get("cpu", {}).get("model_name"):  # the CPU type decides the seeded runs' last bits
+            machine = f"{cpu_model} ({machine})"
         lines.append(f"\nThe whole profile took {run_log['total_seconds'] / 60:.0f} minutes on "
-                     f"{metrics.get('processor') or 'this machine'} with {metrics.get('cpu_count')} CPU cores "
+                     f"{machine} with {metrics.get('cpu_count')} CPU cores "
                      f"({metrics.get('platform', '')}), peak kernel memory {run_log.get('peak_rss_gib')} GiB."
                      + (f" {budget}" if (budget := budget_sentence(run_log)) else ""))
         if report_dir is not None and (breakdown := time_markdown(report_dir, run_log)):
