@@ -348,3 +348,50 @@ def test_a_saved_improved_model_loads_in_a_fresh_process(tmp_path):
     finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "(None, 2)" in finished.stdout
+
+
+def test_only_a_mixed_policy_the_machine_lacks_counts_as_emulated():
+    policies = {"float32", "mixed_bfloat16"}
+    assert inference.emulated_policies(policies, gpu=False, cpu_bfloat16=False) == {"mixed_bfloat16"}
+    assert inference.emulated_policies(policies, gpu=False, cpu_bfloat16=True) == set()  # AMX or AVX512-BF16
+    assert inference.emulated_policies(policies, gpu=True, cpu_bfloat16=False) == set()
+    assert inference.emulated_policies({"mixed_float16"}, gpu=False, cpu_bfloat16=True) == {"mixed_float16"}
+    assert inference.emulated_policies({"mixed_float16"}, gpu=True, cpu_bfloat16=False) == set()
+    assert inference.emulated_policies({"float32"}, gpu=False, cpu_bfloat16=False) == set()
+
+
+def _saved_under_bfloat16(path: Path) -> Path:
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        inner_input = keras.Input((16, 16, 3))
+        features = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, activation="relu")(inner_input))
+        inner = keras.Model(inner_input, keras.layers.GlobalAveragePooling2D()(features), name="backbone")
+        image = keras.Input((16, 16, 3))
+        outputs = keras.layers.Dense(2, activation="softmax", dtype="float32")(inner(keras.layers.Rescaling(1 / 255)(image)))
+        keras.Model(image, outputs).save(path)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    return path
+
+
+def test_a_model_trained_in_bfloat16_computes_in_float32_where_the_cpu_would_only_emulate_it(tmp_path, monkeypatch):
+    import keras
+
+    from marsrover import training
+
+    path = _saved_under_bfloat16(tmp_path / "bf16.keras")
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("float32")
+    monkeypatch.setattr(training, "cpu_supports_bfloat16", lambda: True)
+    native = inference.load_model(path)
+    assert "mixed_bfloat16" in inference._dtype_policies(native.get_config())  # kept where the CPU has it
+    monkeypatch.setattr(training, "cpu_supports_bfloat16", lambda: False)
+    rebuilt = inference.load_model(path)
+    assert inference._dtype_policies(rebuilt.get_config()) == {"float32"}  # the nested model's layers too
+    assert rebuilt.get_layer("backbone").layers[-1].compute_dtype == "float32"
+    np.testing.assert_allclose(rebuilt.predict(images, verbose=0), native.predict(images, verbose=0), atol=2e-2)
+    for kept, original in zip(rebuilt.weights, keras.models.load_model(path, compile=False).weights):
+        np.testing.assert_array_equal(kept.numpy(), original.numpy())  # the same weights, batch-norm statistics included

@@ -123,7 +123,8 @@ def find_default_model() -> Path:
 
 
 def load_model(path: str | os.PathLike | None = None):
-    """Load a saved Keras model (``path``, or :func:`find_default_model` when None) for inference."""
+    """Load a saved Keras model (``path``, or :func:`find_default_model` when None) for inference, computing in
+    float32 where its mixed policy would only be emulated (:func:`in_float32_where_emulated`)."""
     path = Path(path) if path is not None else find_default_model()
     if path.is_dir():
         raise NoModelError(f"model {path} is a folder; give a saved .keras file")
@@ -136,10 +137,58 @@ def load_model(path: str | os.PathLike | None = None):
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would call it "not found"
         raise ValueError(f"{path} is not a .keras model: a .keras file is a zip archive, and this one is not")
     try:
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
         raise ValueError(f"could not load the model in {path} ({type(error).__name__}: {error}); a damaged file, "
                          "or one saved by another version of marsrover or Keras") from error
+    return in_float32_where_emulated(model)
+
+
+def _dtype_policies(config) -> set[str]:
+    """The names of every dtype policy in a Keras model config, nested models' included."""
+    if isinstance(config, dict):
+        own = {config["config"]["name"]} if config.get("class_name") == "DTypePolicy" else set()
+        return own.union(*(_dtype_policies(value) for value in config.values()))
+    if isinstance(config, list):
+        return set().union(*(_dtype_policies(value) for value in config))
+    return set()
+
+
+def _float32_policies(config):
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_policies(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_policies(value) for value in config]
+    return config
+
+
+def emulated_policies(policies: set[str], *, gpu: bool, cpu_bfloat16: bool) -> set[str]:
+    """The mixed policies among ``policies`` this machine has no native arithmetic for."""
+    return {policy for policy in policies
+            if (policy == "mixed_float16" and not gpu) or (policy == "mixed_bfloat16" and not gpu and not cpu_bfloat16)}
+
+
+def in_float32_where_emulated(model):
+    """``model`` itself, or, when it was trained under a mixed policy that this machine only emulates (bfloat16
+    on a CPU without native bfloat16, as the `full` profile's models on most laptops; float16 without a GPU),
+    the same model rebuilt to compute in float32, which runs much faster there.
+
+    Weights are float32 under every policy, so they carry over unchanged; the probabilities differ only by
+    the rounding the mixed policy added.
+    """
+    import tensorflow as tf
+
+    from .training import cpu_supports_bfloat16
+
+    config = model.get_config()
+    if not emulated_policies(_dtype_policies(config), gpu=bool(tf.config.list_physical_devices("GPU")),
+                             cpu_bfloat16=cpu_supports_bfloat16()):
+        return model
+    rebuilt = model.__class__.from_config(_float32_policies(config))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 def model_image_size(model) -> tuple[int, int]:
