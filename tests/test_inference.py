@@ -361,37 +361,60 @@ def test_only_a_mixed_policy_the_machine_lacks_counts_as_emulated():
 
 
 def _saved_under_bfloat16(path: Path) -> Path:
+    """A small model of the project's shapes trained under bfloat16: a nested Sequential (as the augmentation
+    block), an adapted Normalization layer (as EfficientNet's), batch norm with non-trivial statistics inside a
+    nested model, a float32 softmax."""
     import keras
 
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         keras.utils.set_random_seed(0)
+        rng = np.random.default_rng(0)
+        normalization = keras.layers.Normalization(axis=-1)
+        normalization.adapt(rng.normal(100, 40, (64, 16, 16, 3)).astype("float32"))
         inner_input = keras.Input((16, 16, 3))
-        features = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, activation="relu")(inner_input))
+        batch_norm = keras.layers.BatchNormalization()
+        features = batch_norm(keras.layers.Conv2D(4, 3, activation="relu")(inner_input))
         inner = keras.Model(inner_input, keras.layers.GlobalAveragePooling2D()(features), name="backbone")
+        block = keras.Sequential([keras.layers.RandomFlip("horizontal")], name="augmentation")
         image = keras.Input((16, 16, 3))
-        outputs = keras.layers.Dense(2, activation="softmax", dtype="float32")(inner(keras.layers.Rescaling(1 / 255)(image)))
-        keras.Model(image, outputs).save(path)
+        outputs = keras.layers.Dense(2, activation="softmax", dtype="float32")(inner(normalization(block(image))))
+        model = keras.Model(image, outputs)
+        batch_norm.moving_mean.assign(rng.normal(0, 1, 4).astype("float32"))
+        batch_norm.moving_variance.assign(rng.uniform(0.5, 2, 4).astype("float32"))
+        model.save(path)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     return path
 
 
 def test_a_model_trained_in_bfloat16_computes_in_float32_where_the_cpu_would_only_emulate_it(tmp_path, monkeypatch):
+    import zipfile
+
     import keras
 
     from marsrover import training
 
     path = _saved_under_bfloat16(tmp_path / "bf16.keras")
-    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("float32")
+    images = np.random.default_rng(1).normal(100, 40, (8, 16, 16, 3)).astype("float32")
+    monkeypatch.setattr(inference, "has_gpu", lambda: False)
     monkeypatch.setattr(training, "cpu_supports_bfloat16", lambda: True)
+    assert inference.float32_copy_where_emulated(path, tmp_path) is None  # the CPU has bfloat16: loaded as saved
     native = inference.load_model(path)
-    assert "mixed_bfloat16" in inference._dtype_policies(native.get_config())  # kept where the CPU has it
+    assert native.get_layer("backbone").layers[-1].compute_dtype == "bfloat16"
     monkeypatch.setattr(training, "cpu_supports_bfloat16", lambda: False)
+    (tmp_path / "copy").mkdir()
+    copy = inference.float32_copy_where_emulated(path, tmp_path / "copy")
+    config = json.loads(zipfile.ZipFile(copy).read("config.json"))
+    assert inference._dtype_policies(config) == {"float32"}  # every layer, nested models' included
+    assert "bfloat16" not in json.dumps(config)  # nor any input layer's dtype (the nested Sequential has one)
     rebuilt = inference.load_model(path)
-    assert inference._dtype_policies(rebuilt.get_config()) == {"float32"}  # the nested model's layers too
     assert rebuilt.get_layer("backbone").layers[-1].compute_dtype == "float32"
+    # The same weights, loaded the usual way: batch-norm statistics and the Normalization layer's state included.
+    saved = keras.models.load_model(path, compile=False)
+    assert len(rebuilt.weights) == len(saved.weights)
+    for kept, original in zip(rebuilt.weights, saved.weights):
+        np.testing.assert_array_equal(kept.numpy(), original.numpy())
     np.testing.assert_allclose(rebuilt.predict(images, verbose=0), native.predict(images, verbose=0), atol=2e-2)
-    for kept, original in zip(rebuilt.weights, keras.models.load_model(path, compile=False).weights):
-        np.testing.assert_array_equal(kept.numpy(), original.numpy())  # the same weights, batch-norm statistics included
+    assert np.ptp(rebuilt.predict(images, verbose=0)[:, 1]) > 1e-3  # not a constant output that matches anything

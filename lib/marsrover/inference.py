@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -124,7 +125,7 @@ def find_default_model() -> Path:
 
 def load_model(path: str | os.PathLike | None = None):
     """Load a saved Keras model (``path``, or :func:`find_default_model` when None) for inference, computing in
-    float32 where its mixed policy would only be emulated (:func:`in_float32_where_emulated`)."""
+    float32 where its mixed policy would only be emulated (:func:`float32_copy_where_emulated`)."""
     path = Path(path) if path is not None else find_default_model()
     if path.is_dir():
         raise NoModelError(f"model {path} is a folder; give a saved .keras file")
@@ -137,11 +138,14 @@ def load_model(path: str | os.PathLike | None = None):
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would call it "not found"
         raise ValueError(f"{path} is not a .keras model: a .keras file is a zip archive, and this one is not")
     try:
-        model = keras.models.load_model(path, compile=False)
+        with tempfile.TemporaryDirectory() as folder:
+            return keras.models.load_model(float32_copy_where_emulated(path, Path(folder)) or path, compile=False)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
         raise ValueError(f"could not load the model in {path} ({type(error).__name__}: {error}); a damaged file, "
                          "or one saved by another version of marsrover or Keras") from error
-    return in_float32_where_emulated(model)
+
+
+_MIXED_DTYPES = {"bfloat16", "float16"}  # the compute types of the mixed policies; variables stay float32
 
 
 def _dtype_policies(config) -> set[str]:
@@ -154,41 +158,59 @@ def _dtype_policies(config) -> set[str]:
     return set()
 
 
-def _float32_policies(config):
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy":
-            return {**config, "config": {**config["config"], "name": "float32"}}
-        return {key: _float32_policies(value) for key, value in config.items()}
+def _in_float32(config):
+    """``config`` with every dtype policy, and every input layer's dtype (a nested Sequential casts its input to
+    it), set to float32."""
     if isinstance(config, list):
-        return [_float32_policies(value) for value in config]
+        return [_in_float32(value) for value in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy":
+        return {**config, "config": {**config["config"], "name": "float32"}}
+    config = {key: _in_float32(value) for key, value in config.items()}
+    # input layers, and the tensors a functional config records between layers, name a dtype of their own
+    if config.get("class_name") in ("InputLayer", "__keras_tensor__") and config.get("config", {}).get(
+            "dtype") in _MIXED_DTYPES:
+        config["config"] = {**config["config"], "dtype": "float32"}
     return config
 
 
 def emulated_policies(policies: set[str], *, gpu: bool, cpu_bfloat16: bool) -> set[str]:
-    """The mixed policies among ``policies`` this machine has no native arithmetic for."""
+    """The mixed policies among ``policies`` this machine has no native arithmetic for. Any GPU counts as
+    native for both (an older one without bfloat16, such as a T4, still runs it faster than a CPU emulates it)."""
     return {policy for policy in policies
             if (policy == "mixed_float16" and not gpu) or (policy == "mixed_bfloat16" and not gpu and not cpu_bfloat16)}
 
 
-def in_float32_where_emulated(model):
-    """``model`` itself, or, when it was trained under a mixed policy that this machine only emulates (bfloat16
-    on a CPU without native bfloat16, as the `full` profile's models on most laptops; float16 without a GPU),
-    the same model rebuilt to compute in float32, which runs much faster there.
-
-    Weights are float32 under every policy, so they carry over unchanged; the probabilities differ only by
-    the rounding the mixed policy added.
-    """
+def has_gpu() -> bool:
     import tensorflow as tf
 
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def float32_copy_where_emulated(path: Path, folder: Path) -> Path | None:
+    """None when the ``.keras`` model at ``path`` runs natively here; when it was trained under a mixed policy
+    this machine only emulates (bfloat16 on a CPU without native bfloat16, as the `full` profile's models on most
+    laptops; float16 without a GPU), a copy in ``folder`` whose config computes in float32, much faster there.
+
+    Only the config changes: Keras loads the weights, float32 under every policy, the usual way (a layer that
+    keeps derived state, such as a Normalization layer's mean, rebuilds it). The probabilities differ only by the
+    rounding the mixed policy added.
+    """
     from .training import cpu_supports_bfloat16
 
-    config = model.get_config()
-    if not emulated_policies(_dtype_policies(config), gpu=bool(tf.config.list_physical_devices("GPU")),
-                             cpu_bfloat16=cpu_supports_bfloat16()):
-        return model
-    rebuilt = model.__class__.from_config(_float32_policies(config))
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
+    if path.suffix != ".keras":
+        return None
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+        if not emulated_policies(_dtype_policies(config), gpu=has_gpu(), cpu_bfloat16=cpu_supports_bfloat16()):
+            return None
+        copy = folder / path.name
+        with zipfile.ZipFile(copy, "w") as rewritten:
+            for entry in archive.infolist():
+                content = json.dumps(_in_float32(config)) if entry.filename == "config.json" else archive.read(entry)
+                rewritten.writestr(entry, content)
+    return copy
 
 
 def model_image_size(model) -> tuple[int, int]:
