@@ -68,6 +68,13 @@ def test_the_readme_section_shows_the_table_ratios_and_machine():
                                   "full_profile": {**result["full_profile"], "cpu_model": "Other CPU"}})
     assert "on Some CPU (riscv64) with 2 CPU cores" in named and "41.0 minutes, peak kernel memory 3.1 GiB (on Other CPU" in named
     assert "no bfloat16 row: this CPU has no native bfloat16" in named
+    assert "as saved" not in named  # no headline timed as saved: no ratio to give
+    emulated = bench.bench_markdown({**result, "headline_float32_ratio": 2.1,
+                                     "measurements": {**result["measurements"], "infer_batched_headline": {
+                                         "images_per_s": 50.0, "seconds": 20.0, "peak_rss_gib": 1.0}},
+                                     "headline_inference_images_per_s": 50.0,
+                                     "settings": {**result["settings"], "headline_model": "models/a+b.keras"}})
+    assert "(models/a+b.keras): **50.0 images/s**, **2.1×** the same model as saved, whose mixed precision" in emulated
 
 
 def test_the_last_full_run_is_read_with_the_cpu_its_study_ran_on(tmp_path):

@@ -409,8 +409,11 @@ def test_a_model_trained_in_bfloat16_computes_in_float32_where_the_cpu_would_onl
     config = json.loads(zipfile.ZipFile(copy).read("config.json"))
     assert inference._dtype_policies(config) == {"float32"}  # every layer, nested models' included
     assert "bfloat16" not in json.dumps(config)  # nor any input layer's dtype (the nested Sequential has one)
+    assert inference.emulated_here(path) == {"mixed_bfloat16"}
     rebuilt = inference.load_model(path)
     assert rebuilt.get_layer("backbone").layers[-1].compute_dtype == "float32"
+    as_saved = inference.load_model(path, float32_where_emulated=False)  # what the benchmark times beside it
+    assert as_saved.get_layer("backbone").layers[-1].compute_dtype == "bfloat16"
     # The same weights, loaded the usual way: batch-norm statistics and the Normalization layer's state included.
     saved = keras.models.load_model(path, compile=False)
     assert len(rebuilt.weights) == len(saved.weights)

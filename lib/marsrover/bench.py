@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import config, reporting, study
+from .inference import emulated_here
 from .provenance import code_commit, cpu_description
 
 
@@ -131,11 +132,11 @@ def _train_from_cache(images_path: str, labels: list[int], batch_size: int, step
     return {"images_per_s": steps * batch_size / timing["seconds"], **timing}
 
 
-def _inference_model(model_path: str | None, size: int):
+def _inference_model(model_path: str | None, size: int, as_saved: bool = False):
     from .inference import load_model
     from .models import build_model
 
-    return load_model(model_path) if model_path else build_model("improved", size)
+    return load_model(model_path, float32_where_emulated=not as_saved) if model_path else build_model("improved", size)
 
 
 def infer_per_image(files: list[str], model_path: str | None, size: int) -> dict:
@@ -152,11 +153,12 @@ def infer_per_image(files: list[str], model_path: str | None, size: int) -> dict
     return {"images_per_s": len(files) / seconds, "seconds": seconds}
 
 
-def infer_batched(files: list[str], model_path: str | None, size: int, batch_size: int) -> dict:
-    """``marsrover predict``'s path: parallel decoding, large batches, one predict call per batch."""
+def infer_batched(files: list[str], model_path: str | None, size: int, batch_size: int, as_saved: bool = False) -> dict:
+    """``marsrover predict``'s path: parallel decoding, large batches, one predict call per batch (``as_saved``:
+    the model in its saved policy, even where ``predict`` would load it to compute in float32)."""
     from .inference import classify_files
 
-    model = _inference_model(model_path, size)
+    model = _inference_model(model_path, size, as_saved)
     classify_files(model, files[:batch_size], batch_size=batch_size, progress=False)  # warm-up
     started = time.perf_counter()
     table = classify_files(model, files, batch_size=batch_size, progress=False)
@@ -240,6 +242,9 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
     batched = _isolated(infer_batched, infer_files, improved_path, infer_size, infer_batch_size)
     headline = _isolated(infer_batched, infer_files, model_path, infer_size, infer_batch_size) \
         if headline_is_average else None
+    # Where predict loads the headline to compute in float32 (its bfloat16 would only be emulated), also as saved.
+    headline_as_saved = _isolated(infer_batched, infer_files, model_path, infer_size, infer_batch_size, True) \
+        if headline_is_average and emulated_here(Path(model_path)) else None
     full = last_full_run(full_report)
     result = {
         "commit": code_commit(), "cpu_count": os.cpu_count(),
@@ -254,6 +259,9 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
         "inference_ratio": round(batched["images_per_s"] / per_image["images_per_s"], 2),
         "inference_images_per_s": round(batched["images_per_s"], 1),
         "headline_inference_images_per_s": round((headline or batched)["images_per_s"], 1),
+        # predict's float32 load over the headline as saved, where its mixed policy is only emulated here
+        "headline_float32_ratio": round(headline["images_per_s"] / headline_as_saved["images_per_s"], 2)
+        if headline_as_saved else None,
         "full_profile_minutes": full.get("total_minutes"),
         "peak_rss_gib": full.get("peak_rss_gib"),
         "settings": {"train_images": len(files), "train_steps": train_steps, "train_rounds": train_rounds,
@@ -266,7 +274,8 @@ def run_benchmark(paths: config.DataPaths, index: pd.DataFrame, *, train_images:
                          "train_input_free": ceiling,
                          **({"train_project_pipeline_bfloat16": project_bf16} if project_bf16 else {}),
                          "infer_per_image": per_image, "infer_batched": batched,
-                         **({"infer_batched_headline": headline} if headline else {})},
+                         **({"infer_batched_headline": headline} if headline else {}),
+                         **({"infer_batched_headline_as_saved": headline_as_saved} if headline_as_saved else {})},
         "full_profile": full,
     }
     if out:
@@ -300,7 +309,10 @@ def bench_markdown(result: dict) -> str:
         f"({result['settings']['inference_model']})"
         + (f"; the headline, an average of runs ({result['settings']['headline_model']}): "
            f"**{result['headline_inference_images_per_s']} images/s**"
-           if "infer_batched_headline" in result["measurements"] else "") + ". Last full profile: "
+           if "infer_batched_headline" in result["measurements"] else "")
+        + (f", **{result['headline_float32_ratio']}×** the same model as saved, whose mixed precision this CPU only "
+           "emulates (`predict` loads it to compute in float32)" if result.get("headline_float32_ratio") else "")
+        + ". Last full profile: "
         f"{full.get('total_minutes', '–')} minutes, peak kernel memory {full.get('peak_rss_gib', '–')} GiB"
         + (f" (on {full['cpu_model']}, as `reports/full/metrics.json` names it)" if full.get("cpu_model") else "") + ".",
         f"Measured at commit `{result['commit']}` on "

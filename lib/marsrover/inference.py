@@ -123,9 +123,10 @@ def find_default_model() -> Path:
     return max(candidates, key=lambda path: (path.stat().st_mtime, str(path)))
 
 
-def load_model(path: str | os.PathLike | None = None):
+def load_model(path: str | os.PathLike | None = None, *, float32_where_emulated: bool = True):
     """Load a saved Keras model (``path``, or :func:`find_default_model` when None) for inference, computing in
-    float32 where its mixed policy would only be emulated (:func:`float32_copy_where_emulated`)."""
+    float32 where its mixed policy would only be emulated (:func:`float32_copy_where_emulated`; turned off by
+    ``float32_where_emulated=False``, as the benchmark does to time the model as saved)."""
     path = Path(path) if path is not None else find_default_model()
     if path.is_dir():
         raise NoModelError(f"model {path} is a folder; give a saved .keras file")
@@ -139,7 +140,8 @@ def load_model(path: str | os.PathLike | None = None):
         raise ValueError(f"{path} is not a .keras model: a .keras file is a zip archive, and this one is not")
     try:
         with tempfile.TemporaryDirectory() as folder:
-            return keras.models.load_model(float32_copy_where_emulated(path, Path(folder)) or path, compile=False)
+            float32_copy = float32_copy_where_emulated(path, Path(folder)) if float32_where_emulated else None
+            return keras.models.load_model(float32_copy or path, compile=False)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
         raise ValueError(f"could not load the model in {path} ({type(error).__name__}: {error}); a damaged file, "
                          "or one saved by another version of marsrover or Keras") from error
@@ -188,6 +190,17 @@ def has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def emulated_here(path: Path) -> set[str]:
+    """The mixed policies of the ``.keras`` model at ``path`` that this machine would only emulate."""
+    from .training import cpu_supports_bfloat16
+
+    if Path(path).suffix != ".keras":
+        return set()
+    with zipfile.ZipFile(path) as archive:
+        policies = _dtype_policies(json.loads(archive.read("config.json")))
+    return emulated_policies(policies, gpu=has_gpu(), cpu_bfloat16=cpu_supports_bfloat16())
+
+
 def float32_copy_where_emulated(path: Path, folder: Path) -> Path | None:
     """None when the ``.keras`` model at ``path`` runs natively here; when it was trained under a mixed policy
     this machine only emulates (bfloat16 on a CPU without native bfloat16, as the `full` profile's models on most
@@ -197,14 +210,10 @@ def float32_copy_where_emulated(path: Path, folder: Path) -> Path | None:
     keeps derived state, such as a Normalization layer's mean, rebuilds it). The probabilities differ only by the
     rounding the mixed policy added.
     """
-    from .training import cpu_supports_bfloat16
-
-    if path.suffix != ".keras":
+    if not emulated_here(path):
         return None
     with zipfile.ZipFile(path) as archive:
         config = json.loads(archive.read("config.json"))
-        if not emulated_policies(_dtype_policies(config), gpu=has_gpu(), cpu_bfloat16=cpu_supports_bfloat16()):
-            return None
         copy = folder / path.name
         with zipfile.ZipFile(copy, "w") as rewritten:
             for entry in archive.infolist():
