@@ -204,7 +204,7 @@ def emulated_here(path: Path) -> set[str]:
 def float32_copy_where_emulated(path: Path, folder: Path) -> Path | None:
     """None when the ``.keras`` model at ``path`` runs natively here; when it was trained under a mixed policy
     this machine only emulates (bfloat16 on a CPU without native bfloat16, as the `full` profile's models on most
-    laptops; float16 without a GPU), a copy in ``folder`` whose config computes in float32, much faster there.
+    laptops; float16 without a GPU), a copy in ``folder`` whose config computes in float32, faster there.
 
     Only the config changes: Keras loads the weights, float32 under every policy, the usual way (a layer that
     keeps derived state, such as a Normalization layer's mean, rebuilds it). The probabilities differ only by the
