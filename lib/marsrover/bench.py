@@ -192,8 +192,8 @@ def last_full_run(report_dir: Path) -> dict:
     if not log_path.exists():
         return {}
     log = json.loads(log_path.read_text())
-    metrics_path = Path(report_dir) / "metrics.json"  # names the CPU the study ran on, often not this one
-    cpu = json.loads(metrics_path.read_text()).get("cpu", {}) if metrics_path.exists() else {}
+    # metrics.json names the CPU the study ran on, often not this one
+    cpu = reporting.load_json(Path(report_dir) / reporting.METRICS_FILE).get("cpu", {})
     return {
         "total_minutes": round(log["total_seconds"] / 60, 2), "peak_rss_gib": log.get("peak_rss_gib"),
         "cpu_model": cpu.get("model_name"),
@@ -316,8 +316,8 @@ def bench_markdown(result: dict) -> str:
         f"{full.get('total_minutes', '–')} minutes, peak kernel memory {full.get('peak_rss_gib', '–')} GiB"
         + (f" (on {full['cpu_model']}, as `reports/full/metrics.json` names it)" if full.get("cpu_model") else "") + ".",
         f"Measured at commit `{result['commit']}` on "
-        + (f"{result['cpu_model']} ({result.get('machine', '–')})" if result.get("cpu_model")
-           else result.get("machine", "–")) + f" with {result['cpu_count']} CPU "
+        f"{reporting.cpu_and_architecture(result.get('cpu_model'), result.get('machine', '–'))} "
+        f"with {result['cpu_count']} CPU "
         f"cores ({result.get('platform', 'platform not recorded')}); `reports/bench.json` has every figure.",
     ]
     return "\n".join(lines)

@@ -190,15 +190,19 @@ def has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def emulated_here(path: Path) -> set[str]:
-    """The mixed policies of the ``.keras`` model at ``path`` that this machine would only emulate."""
+def _emulated(config: dict) -> set[str]:
+    """The mixed policies of a saved model's config that this machine would only emulate."""
     from .training import cpu_supports_bfloat16
 
+    return emulated_policies(_dtype_policies(config), gpu=has_gpu(), cpu_bfloat16=cpu_supports_bfloat16())
+
+
+def emulated_here(path: Path) -> set[str]:
+    """The mixed policies of the ``.keras`` model at ``path`` that this machine would only emulate."""
     if Path(path).suffix != ".keras":
         return set()
     with zipfile.ZipFile(path) as archive:
-        policies = _dtype_policies(json.loads(archive.read("config.json")))
-    return emulated_policies(policies, gpu=has_gpu(), cpu_bfloat16=cpu_supports_bfloat16())
+        return _emulated(json.loads(archive.read("config.json")))
 
 
 def float32_copy_where_emulated(path: Path, folder: Path) -> Path | None:
@@ -210,10 +214,12 @@ def float32_copy_where_emulated(path: Path, folder: Path) -> Path | None:
     keeps derived state, such as a Normalization layer's mean, rebuilds it). The probabilities differ only by the
     rounding the mixed policy added.
     """
-    if not emulated_here(path):
+    if path.suffix != ".keras":
         return None
     with zipfile.ZipFile(path) as archive:
         config = json.loads(archive.read("config.json"))
+        if not _emulated(config):
+            return None
         copy = folder / path.name
         with zipfile.ZipFile(copy, "w") as rewritten:
             for entry in archive.infolist():

@@ -358,6 +358,11 @@ def targets_markdown(metrics: dict, model: str = "improved", targets: dict[str, 
     return " ".join(lines)
 
 
+def cpu_and_architecture(cpu_model: str | None, architecture: str) -> str:
+    """``"AMD EPYC (x86_64)"``, or the architecture alone where the CPU model is not known."""
+    return f"{cpu_model} ({architecture})" if cpu_model else architecture
+
+
 def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Path | None = None) -> str:
     """The study's results as a Markdown table, from ``metrics.json`` (and the run log's timing; with
     ``report_dir``, where the training time went)."""
@@ -397,9 +402,9 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
     for run, reason in metrics.get("skipped", {}).items():
         lines.append(f"\n`{run}` was skipped: {reason.split('. ')[0]}.")
     if run_log:
-        machine = metrics.get("processor") or "this machine"
-        if cpu_model := metrics.get("cpu", {}).get("model_name"):  # the CPU type decides the seeded runs' last bits
-            machine = f"{cpu_model} ({machine})"
+        # the CPU type decides the seeded runs' last bits
+        machine = cpu_and_architecture(metrics.get("cpu", {}).get("model_name"),
+                                       metrics.get("processor") or "this machine")
         lines.append(f"\nThe whole profile took {run_log['total_seconds'] / 60:.0f} minutes on "
                      f"{machine} with {metrics.get('cpu_count')} CPU cores "
                      f"({metrics.get('platform', '')}), peak kernel memory {run_log.get('peak_rss_gib')} GiB."
