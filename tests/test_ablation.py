@@ -18,13 +18,13 @@ def test_the_profiles_know_every_ablation_by_name():
         assert set(profiles.get_profile(name)["ablations"]) <= set(ablation.ABLATIONS)
 
 
-def test_the_full_profile_questions_four_choices_of_the_recipe_and_its_image_size_at_two_more_seeds():
+def test_the_full_profile_questions_five_choices_of_the_recipe_and_its_image_size_at_two_more_seeds():
     full = profiles.get_profile("full")
     questioned = [(field, option) if field == "body_options" else field
                   for name in full["ablations"] for field, value in ablation.ABLATIONS[name].changes.items()
                   for option in (value if field == "body_options" else [None])]
     assert set(questioned) == {"augmentation", ("body_options", "norm"), ("body_options", "head"),
-                               "instrument_balance", "image_size"}
+                               "instrument_balance", "schedule", "image_size"}
     # one variant for each choice (the two-hour budget); the image size both ways, smaller and larger
     assert sorted(questioned, key=str) == sorted([*set(questioned), "image_size"], key=str)
     sizes = sorted(ablation.ABLATIONS[name].changes.get("image_size", 0) for name in full["ablations"])[-2:]

@@ -21,6 +21,14 @@ def test_an_unparseable_file_name_is_an_error_naming_it():
         dataset.parse_image_name("IMG_1234.jpg")
 
 
+def test_an_images_observation_is_its_sol_instrument_and_sequence_number_or_its_own_id():
+    ids = pd.Series(["0989MH0004980040304441I01_DRCL", "0989MH0004980000304437C00_DRCL",
+                     "0838MR0036830060500783D01_DRCL", "my_photo"], index=[3, 1, 4, 1])
+    sequences = dataset.observation_sequences(ids)
+    assert sequences.tolist() == ["0989MH000498", "0989MH000498", "0838MR003683", "my_photo"]
+    assert sequences.index.tolist() == [3, 1, 4, 1]
+
+
 def test_a_malformed_split_line_names_file_and_line(tmp_path):
     split_file = tmp_path / "train-calibrated-shuffled.txt"
     split_file.write_text("calibrated/a.JPG 3\ncalibrated/b.JPG\n")

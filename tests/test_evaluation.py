@@ -135,6 +135,58 @@ def test_bootstrap_skips_resamples_where_the_metric_is_undefined():
     assert np.isnan(bootstrap_ci(np.zeros(3), p[:1].repeat(3), skm.roc_auc_score, n_boot=10)).all()
 
 
+def test_a_cluster_of_one_image_each_is_the_image_bootstrap():
+    y_true, y_pred = _noisy_predictions(200)
+    assert bootstrap_ci(y_true, y_pred, skm.accuracy_score, n_boot=200, seed=3, clusters=np.arange(200)) \
+        == bootstrap_ci(y_true, y_pred, skm.accuracy_score, n_boot=200, seed=3)
+
+
+def test_copies_of_an_image_add_nothing_to_a_cluster_bootstrap_but_narrow_an_image_bootstrap():
+    y_true, y_pred = _noisy_predictions(100)
+    copies, clusters = np.repeat(y_true, 5), np.repeat(np.arange(100), 5)  # five frames of each scene
+    predicted = np.repeat(y_pred, 5)
+    alone = bootstrap_ci(y_true, y_pred, skm.accuracy_score, n_boot=300, seed=1)
+    by_scene = bootstrap_ci(copies, predicted, skm.accuracy_score, n_boot=300, seed=1, clusters=clusters)
+    by_image = bootstrap_ci(copies, predicted, skm.accuracy_score, n_boot=300, seed=1)
+    np.testing.assert_allclose(by_scene, alone)
+    assert by_image[1] - by_image[0] < (alone[1] - alone[0]) / 1.5
+
+
+def test_clusters_must_name_one_per_image():
+    with pytest.raises(ValueError, match="clusters has 3 entries, y_true 4"):
+        bootstrap_ci(np.zeros(4), np.zeros(4), skm.accuracy_score, clusters=np.zeros(3))
+
+
+def test_the_metrics_say_what_their_intervals_resampled():
+    y_true, y_pred = _noisy_predictions(60)
+    sols = np.arange(60) // 4
+    by_sol = binary_metrics(y_true, y_pred.astype(float), n_boot=100, seed=0, clusters=sols, cluster_unit="sol")
+    assert (by_sol["ci95_unit"], by_sol["ci95_clusters"]) == ("sol", 15)
+    assert by_sol["ci95"]["accuracy"] == list(bootstrap_ci(y_true, y_pred, skm.accuracy_score, n_boot=100, seed=0,
+                                                           clusters=sols))
+    by_image = binary_metrics(y_true, y_pred.astype(float), n_boot=100, seed=0)
+    assert (by_image["ci95_unit"], by_image["ci95_clusters"]) == ("image", 60)
+    assert "ci95_unit" not in binary_metrics(y_true, y_pred.astype(float))  # no intervals, nothing resampled
+
+
+def test_the_interval_table_widens_from_images_to_sequences_to_sols_and_its_last_row_is_the_metrics_own():
+    from marsrover.study import interval_table
+
+    y_true, y_pred = _noisy_predictions(240, seed=4)
+    scene = np.arange(240) // 6  # six frames of one sequence, and of one answer: not independent draws
+    y_true, y_pred = y_true[scene * 6], y_pred[scene * 6]
+    sols = scene // 2
+    rows = pd.DataFrame({"id": [f"{100 + sol:04d}MH{s:06d}00{i:03d}I01_DRCL" for i, (s, sol) in
+                                enumerate(zip(scene, sols))], "sol": sols, "label": y_true, "p_surface": y_pred * 1.0})
+    table = interval_table(rows, bootstrap_samples=200, seed=0)
+    assert table.index.tolist() == ["image", "observation sequence", "sol (the study's)"]
+    assert table["units"].tolist() == [240, 40, 20]
+    width = table["accuracy CI width"]
+    assert width.iloc[0] < width.iloc[1] / 1.5 and width.iloc[0] < width.iloc[2] / 1.5
+    own = binary_metrics(y_true, y_pred * 1.0, n_boot=200, seed=0, clusters=sols)["ci95"]["accuracy"]
+    assert table.loc["sol (the study's)", "accuracy 95% CI"] == f"{own[0]:.3f}–{own[1]:.3f}"
+
+
 # --- curves, coverage -----------------------------------------------------------------------------
 
 
@@ -383,6 +435,21 @@ def test_examples_to_explain_are_half_random_correct_predictions_then_the_most_c
     assert len(correct_and_wrong(predictions, 20, seed=0)) == 4 + 3  # every correct one, every error
     assert correct_and_wrong(predictions[predictions["label"] != predictions["predicted"]], 4, seed=0)["id"].tolist() \
         == ["f", "b"]  # no correct prediction to draw
+
+
+def test_a_gallery_of_errors_can_keep_one_per_sequence_and_count_the_errors_it_stands_for(predictions):
+    sequences = pd.Series(["s1", "k", "s3", "d", "s5", "k", "s7"], index=predictions.index)  # b and f: one scene
+    errors = most_confident_errors(predictions, 10, one_per=sequences)
+    assert errors["id"].tolist() == ["f", "d"] and errors["errors_like_it"].tolist() == [2, 1]
+    assert most_confident_errors(predictions, 1, one_per=sequences)["id"].tolist() == ["f"]
+
+
+def test_examples_to_explain_can_keep_one_per_sequence_on_either_side(predictions):
+    sequences = pd.Series(["ac", "k", "ac", "d", "eg", "k", "eg"], index=predictions.index)
+    for seed in range(6):
+        chosen = correct_and_wrong(predictions, 8, seed=seed, one_per=sequences)
+        assert sequences[chosen.index].is_unique and len(chosen) == 2 + 2
+        assert chosen["id"][2:].tolist() == ["f", "d"]
 
 
 # --- figures --------------------------------------------------------------------------------------

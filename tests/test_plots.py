@@ -128,3 +128,11 @@ def test_a_normalised_confusion_matrix_can_carry_each_cells_count_under_its_shar
     assert [text.get_text() for text in both.axes[0].texts] == ["0.90\n(90)", "0.10\n(10)", "0.25\n(5)", "0.75\n(15)"]
     counts = plots.confusion_heatmap(confusion, title="t")
     assert [text.get_text() for text in counts.axes[0].texts] == ["90", "10", "5", "15"]
+
+
+def test_an_example_caption_carries_its_note_under_the_prediction():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    fig = plots.example_predictions(images, [0, 1], [0.9, 0.8], notes=["7 errors in its sequence", ""])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["true: Rover\npred: Surface (90%)\n7 errors in its sequence", "true: Surface\npred: Surface (80%)"]

@@ -204,6 +204,17 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert not reporting.update_readme(tmp_path / "no_markers.md", METRICS)
 
 
+def test_the_results_and_the_model_card_say_what_the_intervals_resampled(tmp_path):
+    assert "In brackets: 95% bootstrap intervals, resampling images." in reporting.results_markdown(METRICS)
+    by_sol = {**METRICS["models"]["improved_refit"]["test"], "ci95_unit": "sol", "ci95_clusters": 97}
+    metrics = {**METRICS, "models": {**METRICS["models"], "improved_refit": {**METRICS["models"]["improved_refit"],
+                                                                             "test": by_sol}}}
+    assert ("In brackets: 95% bootstrap intervals, resampling whole sols (97 in this split)."
+            in reporting.results_markdown(metrics))
+    card = reporting.write_model_card(tmp_path, metrics).read_text()
+    assert "## Metrics (official test split, n = 1305; 95% bootstrap intervals, resampling whole sols (97 in" in card
+
+
 def test_the_results_say_whether_the_run_kept_inside_its_profiles_budget():
     inside = reporting.results_markdown(METRICS, {"total_seconds": 6600, "budget_minutes": 120})
     assert "took 110 minutes" in inside and "That is inside the profile's budget of 120 minutes." in inside

@@ -28,6 +28,8 @@ CLASS_NAMES_FILE = "msl_synset_words-indexed.txt"
 # MSL product ids start with the sol (4 digits) and the instrument code, e.g. 0077ML0005780000102730I01.
 INSTRUMENTS = {"ML": "Mastcam left", "MR": "Mastcam right", "MH": "MAHLI"}
 _PRODUCT_ID = re.compile(r"^(?P<sol>\d{4})(?P<code>[A-Z]{2})")
+# ... followed by the number of the command sequence that took the image (6 digits): 0077ML000578.
+_SEQUENCE = re.compile(r"^\d{4}[A-Z]{2}\d{6}")
 
 INDEX_COLUMNS = [
     "id", "path", "split", "msl_class", "msl_name", "label", "label_name", "sol", "instrument",
@@ -73,6 +75,16 @@ def parse_image_name(name: str) -> tuple[int, str]:
     if not match or match["code"] not in INSTRUMENTS:
         raise DataSetError(f"cannot read sol and instrument from image name {name!r}")
     return int(match["sol"]), INSTRUMENTS[match["code"]]
+
+
+def observation_sequences(ids: pd.Series) -> pd.Series:
+    """Each image's observation: sol, instrument and sequence number from its MSL product id (``0989MH000498``
+    for ``0989MH0004980040304441I01_DRCL``), or the id itself when it has no such prefix.
+
+    One sequence's images are often the same scene: the frames of a MAHLI focus stack, or one frame as a
+    thumbnail and as a full image. A gallery that shows one image per sequence shows different scenes.
+    """
+    return ids.astype(str).map(lambda name: match[0] if (match := _SEQUENCE.match(name)) else name)
 
 
 def describe_image(path: Path) -> dict:

@@ -49,7 +49,8 @@ def _balanced_accuracy_or_nan(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def binary_metrics(y_true: np.ndarray, p_surface: np.ndarray, *, threshold: float = 0.5,
-                   n_boot: int = 0, seed: int = 0) -> dict[str, object]:
+                   n_boot: int = 0, seed: int = 0, clusters: np.ndarray | None = None,
+                   cluster_unit: str = "sol") -> dict[str, object]:
     """The scores of one split.
 
     Accuracy, balanced accuracy, macro F1, ROC-AUC, confusion matrix (rows true, columns
@@ -57,7 +58,9 @@ def binary_metrics(y_true: np.ndarray, p_surface: np.ndarray, *, threshold: floa
     ``precision``, ``recall`` and ``f1``; ``pr_auc`` (average precision of Surface) and ``brier``.
     ``roc_auc`` and ``pr_auc`` are None when the split holds one class only. With ``n_boot > 0``,
     ``ci95`` holds percentile-bootstrap 95% intervals of accuracy and balanced accuracy
-    (:func:`bootstrap_ci`, resampling images).
+    (:func:`bootstrap_ci`), resampling images, or, given ``clusters`` (each image's cluster, e.g. its
+    sol), whole clusters; ``ci95_unit`` names what was resampled (``cluster_unit``, or ``image``) and
+    ``ci95_clusters`` how many there were.
     """
     y_true = np.asarray(y_true).astype(int)
     p_surface = np.asarray(p_surface, dtype="float64")
@@ -88,9 +91,11 @@ def binary_metrics(y_true: np.ndarray, p_surface: np.ndarray, *, threshold: floa
         scores["ci95"] = {}
         for key, metric in (("accuracy", metrics.accuracy_score),
                             ("balanced_accuracy", _balanced_accuracy_or_nan)):
-            low, high = bootstrap_ci(y_true, y_pred, metric, n_boot=n_boot, seed=seed)
+            low, high = bootstrap_ci(y_true, y_pred, metric, n_boot=n_boot, seed=seed, clusters=clusters)
             scores["ci95"][key] = [_optional_float(low), _optional_float(high)]
         scores["n_boot"] = int(n_boot)
+        scores["ci95_unit"] = "image" if clusters is None else cluster_unit
+        scores["ci95_clusters"] = int(len(y_true) if clusters is None else pd.unique(np.asarray(clusters)).size)
     return scores
 
 
@@ -103,26 +108,40 @@ def majority_baseline(y_eval: np.ndarray) -> dict[str, object]:
 
 
 def bootstrap_ci(y_true: np.ndarray, y_pred_or_p: np.ndarray, metric: Callable[[np.ndarray, np.ndarray], float],
-                 *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+                 *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 clusters: np.ndarray | None = None) -> tuple[float, float]:
     """Percentile-bootstrap ``1 - alpha`` interval of ``metric(y_true, y_pred_or_p)``.
 
     Images are resampled with replacement ``n_boot`` times (``numpy.random.default_rng(seed)``,
-    so the interval is the same for the same seed). Resamples where the metric is undefined
-    (it raises ``ValueError``, returns None or a non-finite value) are skipped; (nan, nan) when
+    so the interval is the same for the same seed). Given ``clusters`` (one key per image), whole
+    clusters are resampled instead, as many as there are, each bringing all its images: a cluster
+    bootstrap, for images that are not independent draws. The study's images come in sols (the unit the
+    official split was drawn by), and one sol's images are often frames of one scene, so resampling images
+    would give intervals too narrow for what another set of sols would score. Resamples where the metric is
+    undefined (it raises ``ValueError``, returns None or a non-finite value) are skipped; (nan, nan) when
     none is left.
     """
     y_true = np.asarray(y_true)
     values_in = np.asarray(y_pred_or_p)
     if len(y_true) != len(values_in):
         raise ValueError(f"y_true has {len(y_true)} entries, y_pred_or_p {len(values_in)}")
+    if clusters is not None and len(clusters) != len(y_true):
+        raise ValueError(f"clusters has {len(clusters)} entries, y_true {len(y_true)}")
     if len(y_true) == 0:
         return float("nan"), float("nan")
+    if clusters is None:
+        members = np.arange(len(y_true))[:, None]
+    else:
+        codes, _ = pd.factorize(np.asarray(clusters), sort=True)
+        order = np.argsort(codes, kind="stable")
+        members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
     rng = np.random.default_rng(seed)
     estimates = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # single-class resamples make scikit-learn warn
         for _ in range(n_boot):
-            chosen = rng.integers(0, len(y_true), len(y_true))
+            drawn = rng.integers(0, len(members), len(members))
+            chosen = drawn if clusters is None else np.concatenate([members[i] for i in drawn])
             try:
                 value = metric(y_true[chosen], values_in[chosen])
             except ValueError:
@@ -285,25 +304,38 @@ def at_confidence(y_true: np.ndarray, p_surface: np.ndarray, threshold: float = 
     }
 
 
-def most_confident_errors(predictions: pd.DataFrame, k: int = 12) -> pd.DataFrame:
+def most_confident_errors(predictions: pd.DataFrame, k: int = 12, *, one_per: pd.Series | None = None) -> pd.DataFrame:
     """The ``k`` wrong predictions made with the highest confidence, most confident first.
 
     ``predictions`` needs ``label`` and ``p_surface`` (``predicted`` is derived at 0.5 when absent).
-    A ``confidence`` column (probability given to the wrong answer) is added.
+    A ``confidence`` column (probability given to the wrong answer) is added. Given ``one_per`` (a key per
+    row of ``predictions``, such as :func:`marsrover.dataset.observation_sequences`), only the most confident
+    error of each key is kept, and ``errors_like_it`` counts the errors of its key (itself included).
     """
     predicted = _predicted(predictions)
     wrong = predictions[predicted != predictions["label"].astype(int)].copy()
     p = wrong["p_surface"].astype(float)
     wrong["confidence"] = np.where(predicted[wrong.index] == 1, p, 1 - p)
-    return wrong.sort_values("confidence", ascending=False, kind="stable").head(k)
+    wrong = wrong.sort_values("confidence", ascending=False, kind="stable")
+    if one_per is not None:
+        keys = one_per.loc[wrong.index]
+        wrong["errors_like_it"] = keys.map(keys.value_counts()).to_numpy()
+        wrong = wrong[~keys.duplicated().to_numpy()]
+    return wrong.head(k)
 
 
-def correct_and_wrong(predictions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+def correct_and_wrong(predictions: pd.DataFrame, count: int, seed: int, *,
+                      one_per: pd.Series | None = None) -> pd.DataFrame:
     """Examples to explain: ``count // 2`` correct predictions drawn at random, then the ``count // 2`` most
-    confident errors (fewer of either when the split has fewer)."""
+    confident errors (fewer of either when the split has fewer); given ``one_per``, as in
+    :func:`most_confident_errors`, at most one image of each key on either side."""
     correct = predictions[_predicted(predictions) == predictions["label"].astype(int)]
-    return pd.concat([correct.sample(n=min(count // 2, len(correct)), random_state=seed),
-                      most_confident_errors(predictions, count // 2)])
+    if one_per is None:
+        drawn = correct.sample(n=min(count // 2, len(correct)), random_state=seed)
+    else:  # shuffled, then the first of each key: one image per key, drawn at random among its correct ones
+        shuffled = correct.sample(frac=1, random_state=seed)
+        drawn = shuffled[~one_per.loc[shuffled.index].duplicated().to_numpy()].head(count // 2)
+    return pd.concat([drawn, most_confident_errors(predictions, count // 2, one_per=one_per)])
 
 
 def average_predictions(frames: list[pd.DataFrame], threshold: float = 0.5) -> pd.DataFrame:

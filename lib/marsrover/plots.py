@@ -64,7 +64,8 @@ def save_fig(fig: plt.Figure, name: str, figures_dir: Path, *, dpi: int = 100) -
     photographs = draws_images(fig)
     suffix, other_suffix = (PHOTO_SUFFIX, CHART_SUFFIX) if photographs else (CHART_SUFFIX, PHOTO_SUFFIX)
     path = figures_dir / f"{name}{suffix}"
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure laid out as it was made (constrained) keeps that layout
+        fig.tight_layout()
     fig.savefig(path, dpi=dpi, bbox_inches="tight", **(_JPEG_OPTIONS if photographs else {}))
     (figures_dir / f"{name}{other_suffix}").unlink(missing_ok=True)
     return path
@@ -93,7 +94,9 @@ def image_grid(images: Sequence, titles: Sequence[str], *, columns: int = 6, siz
                title_colors: Sequence[str] | None = None, suptitle: str | None = None) -> plt.Figure:
     """Images (paths or arrays) in a grid with one caption each."""
     rows = max(1, int(np.ceil(len(images) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * 1.15), squeeze=False)
+    # constrained: a caption of two or three lines stays clear of the row above
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * 1.15), squeeze=False,
+                             layout="constrained")
     for position, ax in enumerate(axes.flat):
         ax.axis("off")
         if position >= len(images):
@@ -175,13 +178,16 @@ def confusion_heatmap(confusion: Sequence[Sequence[int]], *, title: str, normali
 
 
 def example_predictions(images: Sequence, y_true: Sequence[int], p_surface: Sequence[float], *,
-                        columns: int = 4, suptitle: str | None = None) -> plt.Figure:
-    """Images captioned with true label, predicted label and its probability; errors in red."""
+                        columns: int = 4, suptitle: str | None = None,
+                        notes: Sequence[str] | None = None) -> plt.Figure:
+    """Images captioned with true label, predicted label and its probability, and a line of ``notes`` where one
+    is not empty; errors in red."""
     titles, colors = [], []
-    for truth, probability in zip(y_true, p_surface):
+    for truth, probability, note in zip(y_true, p_surface, notes if notes is not None else [""] * len(y_true)):
         predicted = int(probability >= 0.5)
         confidence = probability if predicted else 1 - probability
-        titles.append(f"true: {CLASS_NAMES[truth]}\npred: {CLASS_NAMES[predicted]} ({confidence:.0%})")
+        titles.append(f"true: {CLASS_NAMES[truth]}\npred: {CLASS_NAMES[predicted]} ({confidence:.0%})"
+                      + (f"\n{note}" if note else ""))
         colors.append("tab:green" if predicted == truth else "tab:red")
     return image_grid(images, titles, columns=columns, size=2.6, title_colors=colors, suptitle=suptitle)
 
@@ -350,7 +356,7 @@ def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str] | N
     per_image = 2 if side_by_side else 1
     rows = max(1, int(np.ceil(len(images) / columns)))
     fig, axes = plt.subplots(rows, columns * per_image, squeeze=False,
-                             figsize=(columns * per_image * size, rows * size * 1.2))
+                             figsize=(columns * per_image * size, rows * size * 1.2), layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for position, (image, heatmap) in enumerate(zip(images, heatmaps)):

@@ -17,10 +17,10 @@ ALL_ABLATIONS = ["geometric_augmentation", "flip_only", "no_batch_norm", "flatte
                  "per_image_scaling", "unweighted_loss", "label_weighting", "constant_learning_rate", "weight_averaging",
                  "closeup_zoom", "full_resolution_stem", "smaller_images", "larger_images", "plain_recipe"]
 
-# One variant for each of four choices of the improved recipe (augmentation, batch norm, pooling head, loss
-# weighting), and the image size both ways.
-FULL_ABLATIONS = ["flip_only", "no_batch_norm", "flatten_dense_head", "unweighted_loss", "smaller_images",
-                  "larger_images"]
+# One variant for each of five choices of the improved recipe (augmentation, batch norm, pooling head, loss
+# weighting, learning-rate schedule), and the image size both ways.
+FULL_ABLATIONS = ["flip_only", "no_batch_norm", "flatten_dense_head", "unweighted_loss", "constant_learning_rate",
+                  "smaller_images", "larger_images"]
 
 _COMMON: dict[str, Any] = {
     "seed": 42,
@@ -60,7 +60,8 @@ PROFILES: dict[str, dict[str, Any]] = {
               "transfer_weights": None, "bootstrap_samples": 50, "seed_repeats": [1], "refit": ["best_on_val", "improved+seed_notebook"],
               "average_refit_budget_minutes": 60},
     # full: the study's budget is 2 h on 2 cores (BUDGET_MINUTES). With the common set of ablations and repeats
-    # the whole study took 136 min at 742b75f; with these, 99 min at 50a185d (the README gives the latest run).
+    # the whole study took 136 min at 742b75f; with these less the schedule's variant, 95 min at 7289022 (the
+    # README gives the latest run), which that variant should lengthen by about one improved run (4 min there).
     # The refit is the one stage whose cost depends on what validation picks.
     "full": {**_COMMON, "cpu_bfloat16": True, "export_headline": True, "average_refit_budget_minutes": 30,
              "ablations": FULL_ABLATIONS, "seed_repeats": [1, 2]},

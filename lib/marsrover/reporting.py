@@ -363,13 +363,23 @@ def cpu_and_architecture(cpu_model: str | None, architecture: str) -> str:
     return f"{cpu_model} ({architecture})" if cpu_model else architecture
 
 
+def interval_words(split_scores: dict) -> str:
+    """What a split's 95% bootstrap intervals resampled, in words (``ci95_unit``; records older than it
+    resampled images)."""
+    unit = split_scores.get("ci95_unit", "image")
+    if unit == "image":
+        return "95% bootstrap intervals, resampling images"
+    clusters = split_scores.get("ci95_clusters")
+    return f"95% bootstrap intervals, resampling whole {unit}s{f' ({clusters} in this split)' if clusters else ''}"
+
+
 def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Path | None = None) -> str:
     """The study's results as a Markdown table, from ``metrics.json`` (and the run log's timing; with
     ``report_dir``, where the training time went)."""
     lines = [
         f"Profile `{metrics.get('profile')}`, commit `{metrics.get('commit')}`; headline model "
         f"**{metrics['headline']}** (selection: {metrics.get('selection', 'validation')}). "
-        "Test split: official, by sol; 95% bootstrap intervals in brackets.",
+        f"Test split: official, by sol. In brackets: {interval_words(metrics['models'][metrics['headline']]['test'])}.",
         "",
         "| run | trained on | val accuracy | val balanced acc. | test accuracy | test balanced acc. | test ROC-AUC "
         "| epochs, training time |",
@@ -687,7 +697,7 @@ Curiosity (MSL) *Mars surface image labeled data set*, Stanboli & Wagstaff 2017 
 browse images (about 256 px) from Mastcam left/right and MAHLI, 25 classes mapped to two labels, official
 split by sol: train 3746, validation 1640, test 1305 images. This model: {what}.
 
-## Metrics (official test split, n = {test['n']})
+## Metrics (official test split, n = {test['n']}; {interval_words(test)})
 | metric | value |
 | --- | --- |
 | accuracy | {_with_ci(test, 'accuracy')} |

@@ -107,6 +107,9 @@ EARLY_VAL = "val_early"  # forward validation's name for the earlier validation 
 FORWARD_FIT_SPLITS = ("train", EARLY_VAL)  # what a forward-validation run is fitted on
 ENSEMBLE_JOIN = "+"  # an average of runs is named by its members, e.g. "improved+seed_blog" (a file name too)
 SELECTION_RUNS = reporting.SELECTION_RUNS  # records of runs that only choose a setting; never scored on test
+# The bootstrap intervals resample whole sols: the official split was drawn by sol, and one sol's images are
+# often frames of one scene (evaluation.bootstrap_ci).
+CI_CLUSTER = "sol"
 REFIT_BUDGET_FILE = "refit_budget.json"  # each average's estimated refit cost, when the profile caps it
 
 
@@ -561,7 +564,8 @@ def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFra
                 rows = average_predictions([predictions[member][split] for member in members])
                 averaged[name][split] = rows
                 scores[name][split] = binary_metrics(rows["label"].to_numpy(), rows["p_surface"].to_numpy(),
-                                                     n_boot=bootstrap_samples, seed=seed)
+                                                     n_boot=bootstrap_samples, seed=seed,
+                                                     clusters=rows[CI_CLUSTER].to_numpy(), cluster_unit=CI_CLUSTER)
     return scores, averaged
 
 
@@ -624,11 +628,12 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
                 arrays[key] = split_arrays(paths, run_index, split, size, progress=False)
             images, labels = arrays[key]
             probabilities = predict_surface_probability(model, images)
-            split_scores = binary_metrics(labels, probabilities, n_boot=bootstrap_samples, seed=seed)
+            rows = run_index[run_index["split"] == split].reset_index(drop=True).copy()
+            split_scores = binary_metrics(labels, probabilities, n_boot=bootstrap_samples, seed=seed,
+                                          clusters=rows[CI_CLUSTER].to_numpy(), cluster_unit=CI_CLUSTER)
             split_scores["ece"] = expected_calibration_error(labels, probabilities)
             split_scores["at_confidence"] = at_confidence(labels, probabilities, 0.9)
             scores[run][split] = split_scores
-            rows = run_index[run_index["split"] == split].reset_index(drop=True).copy()
             rows["p_surface"] = probabilities
             rows["predicted"] = (probabilities >= 0.5).astype(int)
             predictions[run][split] = rows
@@ -761,6 +766,32 @@ def metrics_table(metrics: dict, split: str = "test") -> pd.DataFrame:
 
 def _interval(pair) -> str:
     return f"{pair[0]:.3f}–{pair[1]:.3f}" if pair else ""
+
+
+def interval_table(predictions: pd.DataFrame, *, bootstrap_samples: int, seed: int) -> pd.DataFrame:
+    """One split's 95% bootstrap intervals of accuracy and balanced accuracy, resampling single images, whole
+    observation sequences (:func:`marsrover.dataset.observation_sequences`) and whole sols (the study's
+    intervals, ``CI_CLUSTER``): how much the intervals widen once images of one scene stop counting as
+    independent."""
+    from sklearn.metrics import accuracy_score
+
+    from .dataset import observation_sequences
+    from .evaluation import _balanced_accuracy_or_nan, bootstrap_ci
+
+    labels = predictions["label"].to_numpy(dtype=int)
+    predicted = (predictions["p_surface"].to_numpy(dtype=float) >= 0.5).astype(int)
+    rows = []
+    for unit, clusters in (("image", None), ("observation sequence", observation_sequences(predictions["id"])),
+                           (CI_CLUSTER, predictions[CI_CLUSTER])):
+        row = {"resampled": unit + (" (the study's)" if unit == CI_CLUSTER else ""),
+               "units": len(labels) if clusters is None else clusters.nunique()}
+        for name, metric in (("accuracy", accuracy_score), ("balanced accuracy", _balanced_accuracy_or_nan)):
+            low, high = bootstrap_ci(labels, predicted, metric, n_boot=bootstrap_samples, seed=seed,
+                                     clusters=None if clusters is None else clusters.to_numpy())
+            row[f"{name} 95% CI"] = _interval((low, high))
+            row[f"{name} CI width"] = high - low
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("resampled")
 
 
 TARGETS = reporting.TARGETS
