@@ -21,12 +21,15 @@ def test_an_unparseable_file_name_is_an_error_naming_it():
         dataset.parse_image_name("IMG_1234.jpg")
 
 
-def test_an_images_observation_is_its_sol_instrument_and_sequence_number_or_its_own_id():
+def test_an_images_observation_is_its_sol_camera_and_sequence_number_or_its_own_id():
     ids = pd.Series(["0989MH0004980040304441I01_DRCL", "0989MH0004980000304437C00_DRCL",
-                     "0838MR0036830060500783D01_DRCL", "my_photo"], index=[3, 1, 4, 1])
+                     "0838MR0036830060500783D01_DRCL", "0838ML0036830010500778I01_DRCL", "0838MH0036830000500001I01",
+                     "my_photo"], index=[3, 1, 4, 1, 5, 9])
     sequences = dataset.observation_sequences(ids)
-    assert sequences.tolist() == ["0989MH000498", "0989MH000498", "0838MR003683", "my_photo"]
-    assert sequences.index.tolist() == [3, 1, 4, 1]
+    # Mastcam's left and right eyes are one camera: a sequence often takes a stereo pair of one scene
+    assert sequences.tolist() == ["0989MH000498", "0989MH000498", "0838MC003683", "0838MC003683", "0838MH003683",
+                                  "my_photo"]
+    assert sequences.index.tolist() == [3, 1, 4, 1, 5, 9]
 
 
 def test_a_malformed_split_line_names_file_and_line(tmp_path):

@@ -152,6 +152,20 @@ def test_copies_of_an_image_add_nothing_to_a_cluster_bootstrap_but_narrow_an_ima
     assert by_image[1] - by_image[0] < (alone[1] - alone[0]) / 1.5
 
 
+def test_clusters_are_found_wherever_their_images_lie_in_the_split():
+    y_true, y_pred = _noisy_predictions(120, seed=5)
+    sols = np.random.default_rng(1).integers(0, 12, 120)  # interleaved, unsorted
+    order = np.random.default_rng(2).permutation(120)
+    assert bootstrap_ci(y_true, y_pred, skm.accuracy_score, n_boot=200, seed=0, clusters=sols) \
+        == bootstrap_ci(y_true[order], y_pred[order], skm.accuracy_score, n_boot=200, seed=0, clusters=sols[order])
+
+
+def test_one_cluster_or_one_image_has_no_interval():
+    y_true, y_pred = np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0])
+    assert np.isnan(bootstrap_ci(y_true, y_pred, skm.accuracy_score, clusters=np.full(4, 7))).all()
+    assert np.isnan(bootstrap_ci(y_true[:1], y_pred[:1], skm.accuracy_score)).all()
+
+
 def test_clusters_must_name_one_per_image():
     with pytest.raises(ValueError, match="clusters has 3 entries, y_true 4"):
         bootstrap_ci(np.zeros(4), np.zeros(4), skm.accuracy_score, clusters=np.zeros(3))
@@ -169,7 +183,7 @@ def test_the_metrics_say_what_their_intervals_resampled():
     assert "ci95_unit" not in binary_metrics(y_true, y_pred.astype(float))  # no intervals, nothing resampled
 
 
-def test_the_interval_table_widens_from_images_to_sequences_to_sols_and_its_last_row_is_the_metrics_own():
+def test_the_interval_table_widens_once_frames_of_one_scene_stop_counting_as_independent_and_ends_with_the_studys():
     from marsrover.study import interval_table
 
     y_true, y_pred = _noisy_predictions(240, seed=4)
@@ -185,6 +199,44 @@ def test_the_interval_table_widens_from_images_to_sequences_to_sols_and_its_last
     assert width.iloc[0] < width.iloc[1] / 1.5 and width.iloc[0] < width.iloc[2] / 1.5
     own = binary_metrics(y_true, y_pred * 1.0, n_boot=200, seed=0, clusters=sols)["ci95"]["accuracy"]
     assert table.loc["sol (the study's)", "accuracy 95% CI"] == f"{own[0]:.3f}–{own[1]:.3f}"
+
+
+def test_a_paired_difference_cancels_what_both_share_and_is_zero_for_the_same_answers():
+    from marsrover.evaluation import paired_difference
+
+    y_true, y_pred = _noisy_predictions(300, seed=2, accuracy=0.7)
+    sols = np.arange(300) // 10
+    same = paired_difference(y_true, y_pred, y_pred, skm.accuracy_score, n_boot=200, seed=0, clusters=sols)
+    assert same == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    better = np.where(np.arange(300) % 15 == 0, y_true, y_pred)  # right wherever y_pred was, and on a few more
+    result = paired_difference(y_true, better, y_pred, skm.accuracy_score, n_boot=200, seed=0, clusters=sols)
+    assert result["difference"] == pytest.approx(skm.accuracy_score(y_true, better) - skm.accuracy_score(y_true, y_pred))
+    assert 0 < result["ci95"][0] < result["difference"] < result["ci95"][1]
+    # unpaired, the two intervals overlap although every resample puts `better` ahead
+    apart = [bootstrap_ci(y_true, p, skm.accuracy_score, n_boot=200, seed=0, clusters=sols) for p in (better, y_pred)]
+    assert apart[0][0] < apart[1][1]
+
+
+def test_improved_is_set_against_the_majority_answer_and_each_seed_model_on_the_same_test_images():
+    from marsrover.study import differences_on_test
+
+    def rows(predicted, ids="abcdef"):
+        return {"test": pd.DataFrame({"id": list(ids), "sol": [1, 1, 2, 2, 3, 3], "label": [0, 0, 0, 0, 1, 1],
+                                      "predicted": predicted})}
+
+    predictions = {"improved": rows([0, 0, 0, 1, 1, 1]), "seed_blog": rows([0, 1, 1, 1, 1, 0]),
+                   "seed_blog_refit": rows([0, 0, 0, 0, 1, 1])}
+    scores = {"improved": {"kind": "train only"}, "seed_blog": {"kind": "train only"},
+              "seed_blog_refit": {"kind": "refit on train+val"}}
+    result = differences_on_test(predictions, {"answer": "Rover"}, scores, bootstrap_samples=50, seed=0)
+    assert (result["model"], result["unit"], result["majority_answer"]) == ("improved", "sol", "Rover")
+    assert list(result["against"]) == ["majority class", "seed_blog"]  # a refit is not a seed model trained on train
+    assert result["against"]["majority class"]["difference"] == pytest.approx(5 / 6 - 4 / 6)
+    assert result["against"]["seed_blog"]["difference"] == pytest.approx(5 / 6 - 2 / 6)
+    assert differences_on_test(predictions, {"answer": "Rover"}, scores, bootstrap_samples=0) == {}
+    predictions["seed_blog"] = rows([0] * 6, ids="abcdeg")
+    with pytest.raises(ValueError, match="seed_blog and improved were scored on different test images"):
+        differences_on_test(predictions, {"answer": "Rover"}, scores, bootstrap_samples=50)
 
 
 # --- curves, coverage -----------------------------------------------------------------------------

@@ -136,3 +136,12 @@ def test_an_example_caption_carries_its_note_under_the_prediction():
     fig = plots.example_predictions(images, [0, 1], [0.9, 0.8], notes=["7 errors in its sequence", ""])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["true: Rover\npred: Surface (90%)\n7 errors in its sequence", "true: Surface\npred: Surface (80%)"]
+    with pytest.raises(ValueError):  # a note for each image, or none
+        plots.example_predictions(images, [0, 1], [0.9, 0.8], notes=["one"])
+
+
+def test_saving_keeps_a_grids_constrained_layout_without_a_warning(tmp_path, recwarn):
+    fig = _photograph_grid()
+    plots.save_fig(fig, "grid", tmp_path)
+    assert type(fig.get_layout_engine()).__name__ == "ConstrainedLayoutEngine"
+    assert not [w for w in recwarn if "layout" in str(w.message)]

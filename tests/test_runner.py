@@ -213,6 +213,7 @@ def test_the_results_and_the_model_card_say_what_the_intervals_resampled(tmp_pat
             in reporting.results_markdown(metrics))
     card = reporting.write_model_card(tmp_path, metrics).read_text()
     assert "## Metrics (official test split, n = 1305; 95% bootstrap intervals, resampling whole sols (97 in" in card
+    assert reporting.interval_words({"accuracy": 0.9}) == "no intervals"  # scored without a bootstrap
 
 
 def test_the_results_say_whether_the_run_kept_inside_its_profiles_budget():
@@ -316,6 +317,23 @@ def test_the_targets_text_sets_improved_beside_each_seed_model_trained_on_train_
     assert ": `improved` is level with both." in level
     average = _train_only(0.99, members=["seed_blog", "seed_notebook"])  # an average is not a seed model
     assert "Trained on train alone" not in reporting.targets_markdown(_improved_beside(**{"seed_blog+seed_notebook": average}))
+
+
+def test_the_targets_text_says_which_comparisons_a_paired_bootstrap_by_sol_leaves_to_chance():
+    paired = {"model": "improved", "unit": "sol", "majority_answer": "Rover", "against": {
+        "majority class": {"difference": -0.025, "ci95": [-0.216, 0.182]},
+        "seed_blog": {"difference": -0.135, "ci95": [-0.248, -0.026]}}}
+    metrics = {**_improved_beside(seed_blog=_train_only(0.861)), "test_differences": paired}
+    text = reporting.targets_markdown(metrics)
+    assert ("How firm that order is: `improved`'s test accuracy minus each of the others', with a 95% interval from a "
+            "paired bootstrap resampling whole sols: always answering Rover −2.5 points (−21.6 to +18.2) and "
+            "`seed_blog` −13.5 points (−24.8 to −2.6). The interval holds 0 for always answering Rover: that order "
+            "could be chance.") in text
+    assert text.index("Trained on train alone") < text.index("How firm") < text.index("On validation")
+    firm = {**paired, "against": {"seed_blog": paired["against"]["seed_blog"]}}
+    assert "No interval holds 0." in reporting.targets_markdown({**metrics, "test_differences": firm})
+    assert "How firm" not in reporting.targets_markdown(_improved_beside())  # a run scored before the check
+    assert "How firm" not in reporting.targets_markdown({**metrics, "test_differences": {**paired, "model": "other"}})
 
 
 def test_the_targets_text_names_the_target_missed_and_does_not_round_a_miss_into_a_hit():

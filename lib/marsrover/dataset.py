@@ -29,7 +29,8 @@ CLASS_NAMES_FILE = "msl_synset_words-indexed.txt"
 INSTRUMENTS = {"ML": "Mastcam left", "MR": "Mastcam right", "MH": "MAHLI"}
 _PRODUCT_ID = re.compile(r"^(?P<sol>\d{4})(?P<code>[A-Z]{2})")
 # ... followed by the number of the command sequence that took the image (6 digits): 0077ML000578.
-_SEQUENCE = re.compile(r"^\d{4}[A-Z]{2}\d{6}")
+_SEQUENCE = re.compile(r"^(?P<sol>\d{4})(?P<code>[A-Z]{2})(?P<number>\d{6})")
+_CAMERA = {"ML": "MC", "MR": "MC"}  # Mastcam's two eyes: one sequence often takes a stereo pair of one scene
 
 INDEX_COLUMNS = [
     "id", "path", "split", "msl_class", "msl_name", "label", "label_name", "sol", "instrument",
@@ -78,13 +79,20 @@ def parse_image_name(name: str) -> tuple[int, str]:
 
 
 def observation_sequences(ids: pd.Series) -> pd.Series:
-    """Each image's observation: sol, instrument and sequence number from its MSL product id (``0989MH000498``
-    for ``0989MH0004980040304441I01_DRCL``), or the id itself when it has no such prefix.
+    """Each image's observation: sol, camera and sequence number from its MSL product id (``0989MH000498``
+    for ``0989MH0004980040304441I01_DRCL``; Mastcam left and right as one camera, ``MC``), or the id itself
+    when it has no such prefix.
 
-    One sequence's images are often the same scene: the frames of a MAHLI focus stack, or one frame as a
-    thumbnail and as a full image. A gallery that shows one image per sequence shows different scenes.
+    One sequence's images are often the same scene: the frames of a MAHLI focus stack, a Mastcam stereo pair,
+    or one frame as a thumbnail and as a full image. A gallery that shows one image per sequence repeats a
+    scene far less often (a scene can still come back in another sequence).
     """
-    return ids.astype(str).map(lambda name: match[0] if (match := _SEQUENCE.match(name)) else name)
+    def sequence(name: str) -> str:
+        if not (match := _SEQUENCE.match(name)):
+            return name
+        return f"{match['sol']}{_CAMERA.get(match['code'], match['code'])}{match['number']}"
+
+    return ids.astype(str).map(sequence)
 
 
 def describe_image(path: Path) -> dict:

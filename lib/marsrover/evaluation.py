@@ -50,7 +50,7 @@ def _balanced_accuracy_or_nan(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def binary_metrics(y_true: np.ndarray, p_surface: np.ndarray, *, threshold: float = 0.5,
                    n_boot: int = 0, seed: int = 0, clusters: np.ndarray | None = None,
-                   cluster_unit: str = "sol") -> dict[str, object]:
+                   cluster_unit: str = "cluster") -> dict[str, object]:
     """The scores of one split.
 
     Accuracy, balanced accuracy, macro F1, ROC-AUC, confusion matrix (rows true, columns
@@ -99,6 +99,22 @@ def binary_metrics(y_true: np.ndarray, p_surface: np.ndarray, *, threshold: floa
     return scores
 
 
+def paired_difference(y_true: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarray,
+                      metric: Callable[[np.ndarray, np.ndarray], float], *, n_boot: int = 1000, seed: int = 0,
+                      clusters: np.ndarray | None = None) -> dict[str, object]:
+    """``metric`` of ``predicted_a`` minus that of ``predicted_b`` on the same images, with a percentile-bootstrap
+    95% interval of the difference: each resample scores both on the same images (or ``clusters``), so what the
+    two share, such as a hard sol, cancels out. An interval that holds 0 leaves the order to chance."""
+    y_true = np.asarray(y_true)
+    both = np.stack([np.asarray(predicted_a), np.asarray(predicted_b)], axis=1)
+
+    def difference(truth: np.ndarray, pair: np.ndarray) -> float:
+        return metric(truth, pair[:, 0]) - metric(truth, pair[:, 1])
+
+    low, high = bootstrap_ci(y_true, both, difference, n_boot=n_boot, seed=seed, clusters=clusters)
+    return {"difference": _optional_float(difference(y_true, both)), "ci95": [_optional_float(low), _optional_float(high)]}
+
+
 def majority_baseline(y_eval: np.ndarray) -> dict[str, object]:
     """Scores of always answering the evaluated split's most common label (a reference row)."""
     majority = int(np.bincount(np.asarray(y_eval).astype(int), minlength=2).argmax())
@@ -115,11 +131,12 @@ def bootstrap_ci(y_true: np.ndarray, y_pred_or_p: np.ndarray, metric: Callable[[
     Images are resampled with replacement ``n_boot`` times (``numpy.random.default_rng(seed)``,
     so the interval is the same for the same seed). Given ``clusters`` (one key per image), whole
     clusters are resampled instead, as many as there are, each bringing all its images: a cluster
-    bootstrap, for images that are not independent draws. The study's images come in sols (the unit the
-    official split was drawn by), and one sol's images are often frames of one scene, so resampling images
-    would give intervals too narrow for what another set of sols would score. Resamples where the metric is
-    undefined (it raises ``ValueError``, returns None or a non-finite value) are skipped; (nan, nan) when
-    none is left.
+    bootstrap, for images that are not independent draws. The study's images come in sols (the official split
+    is cut by sol), and one sol's images are often frames of one scene, so resampling images would give
+    intervals too narrow for another set of sols like these (it says nothing of a shift to later sols).
+    Resamples where the metric is undefined (it raises ``ValueError``, returns None or a non-finite value)
+    are skipped; (nan, nan) when none is left, or when there are fewer than two images or clusters to
+    resample (every resample would be the split itself). With few clusters the interval is too narrow.
     """
     y_true = np.asarray(y_true)
     values_in = np.asarray(y_pred_or_p)
@@ -135,6 +152,8 @@ def bootstrap_ci(y_true: np.ndarray, y_pred_or_p: np.ndarray, metric: Callable[[
         codes, _ = pd.factorize(np.asarray(clusters), sort=True)
         order = np.argsort(codes, kind="stable")
         members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+    if len(members) < 2:
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     estimates = []
     with warnings.catch_warnings():
@@ -330,11 +349,9 @@ def correct_and_wrong(predictions: pd.DataFrame, count: int, seed: int, *,
     confident errors (fewer of either when the split has fewer); given ``one_per``, as in
     :func:`most_confident_errors`, at most one image of each key on either side."""
     correct = predictions[_predicted(predictions) == predictions["label"].astype(int)]
-    if one_per is None:
-        drawn = correct.sample(n=min(count // 2, len(correct)), random_state=seed)
-    else:  # shuffled, then the first of each key: one image per key, drawn at random among its correct ones
-        shuffled = correct.sample(frac=1, random_state=seed)
-        drawn = shuffled[~one_per.loc[shuffled.index].duplicated().to_numpy()].head(count // 2)
+    if one_per is not None:  # one image of each key, drawn at random among its correct ones; keys equally likely
+        correct = correct.groupby(one_per.loc[correct.index].to_numpy(), sort=True).sample(n=1, random_state=seed)
+    drawn = correct.sample(n=min(count // 2, len(correct)), random_state=seed)
     return pd.concat([drawn, most_confident_errors(predictions, count // 2, one_per=one_per)])
 
 

@@ -183,7 +183,8 @@ def example_predictions(images: Sequence, y_true: Sequence[int], p_surface: Sequ
     """Images captioned with true label, predicted label and its probability, and a line of ``notes`` where one
     is not empty; errors in red."""
     titles, colors = [], []
-    for truth, probability, note in zip(y_true, p_surface, notes if notes is not None else [""] * len(y_true)):
+    for truth, probability, note in zip(y_true, p_surface, notes if notes is not None else [""] * len(y_true),
+                                        strict=True):
         predicted = int(probability >= 0.5)
         confidence = probability if predicted else 1 - probability
         titles.append(f"true: {CLASS_NAMES[truth]}\npred: {CLASS_NAMES[predicted]} ({confidence:.0%})"

@@ -60,7 +60,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "transfer_weights": None, "bootstrap_samples": 50, "seed_repeats": [1], "refit": ["best_on_val", "improved+seed_notebook"],
               "average_refit_budget_minutes": 60},
     # full: the study's budget is 2 h on 2 cores (BUDGET_MINUTES). With the common set of ablations and repeats
-    # the whole study took 136 min at 742b75f; with these less the schedule's variant, 95 min at 7289022 (the
+    # as it was then, the whole study took 136 min at 742b75f; with these less the schedule's variant, 95 min at 7289022 (the
     # README gives the latest run), which that variant should lengthen by about one improved run (4 min there).
     # The refit is the one stage whose cost depends on what validation picks.
     "full": {**_COMMON, "cpu_bfloat16": True, "export_headline": True, "average_refit_budget_minutes": 30,

@@ -272,6 +272,7 @@ CLAIM_ROWS = (
 )
 
 
+MAJORITY = "majority class"  # the baseline row of always giving the evaluated split's commonest label
 TARGETS = {"accuracy": 0.98, "balanced_accuracy": 0.97}  # issue 3: the improved model, official test split
 REFIT_SUFFIX = "_refit"  # a run refitted on train+val is named after its train-only run plus this
 
@@ -305,11 +306,16 @@ def _verdict(test: dict, targets: dict[str, float]) -> str:
     return _words([f"{key.replace('_', ' ')} missed{short(key)}" for key in missed])
 
 
+def seed_runs(runs: dict) -> list[str]:
+    """The seed models' train-only runs among ``runs`` (``metrics["models"]``), not averages that include one."""
+    return [run for run, splits in runs.items()
+            if run.startswith("seed_") and splits.get("kind") == "train only" and not splits.get("members")]
+
+
 def _seed_sentence(metrics: dict, model: str) -> str:
     """``model`` against the seed models' train-only runs (not averages that include one), on test accuracy."""
     runs = metrics["models"]
-    seeds = [run for run, splits in runs.items()
-             if run.startswith("seed_") and splits.get("kind") == "train only" and not splits.get("members")]
+    seeds = seed_runs(runs)
     if not seeds:
         return ""
     accuracy = runs[model]["test"]["accuracy"]
@@ -322,6 +328,29 @@ def _seed_sentence(metrics: dict, model: str) -> str:
         return f"{text}: `{model}` is {places[seeds[0]]} {everyone}."
     return f"{text}: `{model}` is " + _words([f"{place} {_words([f'`{run}`' for run in seeds if places[run] == place])}"
                                               for place in dict.fromkeys(places.values())]) + "."
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}".replace("-", "−")
+
+
+def _paired_sentence(metrics: dict, model: str) -> str:
+    """How firm the comparisons above are: ``metrics["test_differences"]`` (runs scored before it have none)."""
+    paired = metrics.get("test_differences", {})
+    if paired.get("model") != model or not paired.get("against"):
+        return ""
+    unit = paired.get("unit", "image")
+    shown, chance = [], []
+    for other, result in paired["against"].items():
+        low, high = result["ci95"]
+        name = f"always answering {paired.get('majority_answer', 'the majority label')}" if other == MAJORITY else f"`{other}`"
+        shown.append(f"{name} {_points(result['difference'])} points ({_points(low)} to {_points(high)})")
+        if low is None or high is None or low <= 0 <= high:
+            chance.append(name)
+    verdict = (f" The interval holds 0 for {_words(chance)}: that order could be chance." if chance
+               else " No interval holds 0.")
+    return (f"How firm that order is: `{model}`'s test accuracy minus each of the others', with a 95% interval "
+            f"from a paired bootstrap resampling whole {unit}s: {_words(shown)}.{verdict}")
 
 
 def targets_markdown(metrics: dict, model: str = "improved", targets: dict[str, float] = TARGETS) -> str:
@@ -343,6 +372,8 @@ def targets_markdown(metrics: dict, model: str = "improved", targets: dict[str, 
                      f"{_pct(majority['accuracy'])} of always answering {majority.get('answer', 'the majority label')}.")
     if seeds := _seed_sentence(metrics, model):
         lines.append(seeds)
+    if paired := _paired_sentence(metrics, model):
+        lines.append(paired)
     if own_val.get("note") is None and own_val["accuracy"] > own_test["accuracy"]:  # a note: val was trained on
         lines.append(f"On validation `{model}` scored {_pct(own_val['accuracy'])} accuracy: it lost "
                      f"{100 * (own_val['accuracy'] - own_test['accuracy']):.1f} points between the validation sols "
@@ -365,7 +396,9 @@ def cpu_and_architecture(cpu_model: str | None, architecture: str) -> str:
 
 def interval_words(split_scores: dict) -> str:
     """What a split's 95% bootstrap intervals resampled, in words (``ci95_unit``; records older than it
-    resampled images)."""
+    resampled images); "no intervals" when it has none."""
+    if not split_scores.get("ci95"):
+        return "no intervals"
     unit = split_scores.get("ci95_unit", "image")
     if unit == "image":
         return "95% bootstrap intervals, resampling images"

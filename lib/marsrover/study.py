@@ -107,7 +107,7 @@ EARLY_VAL = "val_early"  # forward validation's name for the earlier validation 
 FORWARD_FIT_SPLITS = ("train", EARLY_VAL)  # what a forward-validation run is fitted on
 ENSEMBLE_JOIN = "+"  # an average of runs is named by its members, e.g. "improved+seed_blog" (a file name too)
 SELECTION_RUNS = reporting.SELECTION_RUNS  # records of runs that only choose a setting; never scored on test
-# The bootstrap intervals resample whole sols: the official split was drawn by sol, and one sol's images are
+# The bootstrap intervals resample whole sols: the official split is cut by sol, and one sol's images are
 # often frames of one scene (evaluation.bootstrap_ci).
 CI_CLUSTER = "sol"
 REFIT_BUDGET_FILE = "refit_budget.json"  # each average's estimated refit cost, when the profile caps it
@@ -655,8 +655,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     candidates = [run for run in scores if scores[run]["kind"] == TRAIN_ONLY]
     best = best_on_validation({run: scores[run]["val"]["balanced_accuracy"] for run in candidates})
     headline = best + REFIT_SUFFIX if best + REFIT_SUFFIX in scores else best
-    baselines = {"majority class": {split: majority_baseline(index.loc[index["split"] == split, "label"])
-                                    for split in ("val", "test")}}
+    baselines = {reporting.MAJORITY: {split: majority_baseline(index.loc[index["split"] == split, "label"])
+                                      for split in ("val", "test")}}
     # Every other average of the single train-only runs, scored from their predictions (no model saved).
     singles = [run for run in candidates if "members" not in scores[run]]
     ensembles, ensemble_predictions = score_ensembles(singles, predictions, bootstrap_samples=bootstrap_samples,
@@ -668,11 +668,40 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
         "profile": profile, "models": scores, "skipped": skipped, "baselines": baselines,
         "ensembles": ensembles, "seed_claim": SEED_CLAIM, "quick_cnn_claim": QUICK_CNN_CLAIM, **run_environment(),
     }
+    if differences := differences_on_test(predictions, baselines[reporting.MAJORITY]["test"], scores,
+                                          bootstrap_samples=bootstrap_samples, seed=seed):
+        metrics["test_differences"] = differences
     if (output_dir / REFIT_BUDGET_FILE).is_file():  # which averages could compete, by this machine's speed
         metrics["refit_budget"] = reporting.load_json(output_dir / REFIT_BUDGET_FILE)
     reporting.save_metrics(output_dir, metrics)
     write_test_predictions(output_dir / "predictions", predictions)
     return StudyScores(metrics, predictions, temperatures, error_groups, ensemble_predictions)
+
+
+def differences_on_test(predictions: dict[str, dict[str, pd.DataFrame]], majority: dict, scores: dict, *,
+                     model: str = "improved", bootstrap_samples: int = 1000, seed: int = 42) -> dict:
+    """``model``'s test accuracy minus the majority answer's and each seed model's train-only run's, each with a
+    paired bootstrap interval resampling whole sols (``CI_CLUSTER``): how firm the targets text's comparisons
+    are. Empty when ``model`` was not scored or no bootstrap is asked for."""
+    from sklearn.metrics import accuracy_score
+
+    from .evaluation import paired_difference
+
+    if model not in predictions or bootstrap_samples <= 0:
+        return {}
+    rows = predictions[model]["test"]
+    labels, clusters = rows["label"].to_numpy(dtype=int), rows[CI_CLUSTER].to_numpy()
+    answer = config.CLASS_NAMES.index(majority["answer"])
+    others = {reporting.MAJORITY: np.full(len(rows), answer)}
+    for run in reporting.seed_runs(scores):
+        if not np.array_equal(predictions[run]["test"]["id"].to_numpy(), rows["id"].to_numpy()):
+            raise ValueError(f"{run} and {model} were scored on different test images")
+        others[run] = predictions[run]["test"]["predicted"].to_numpy(dtype=int)
+    return {"model": model, "metric": "accuracy", "split": "test", "unit": CI_CLUSTER, "n_boot": int(bootstrap_samples),
+            "majority_answer": majority["answer"],
+            "against": {other: paired_difference(labels, rows["predicted"].to_numpy(dtype=int), predicted, accuracy_score,
+                                                 n_boot=bootstrap_samples, seed=seed, clusters=clusters)
+                        for other, predicted in others.items()}}
 
 
 def write_test_predictions(predictions_dir: Path, predictions: dict[str, dict[str, pd.DataFrame]]) -> list[Path]:
@@ -784,7 +813,7 @@ def interval_table(predictions: pd.DataFrame, *, bootstrap_samples: int, seed: i
     for unit, clusters in (("image", None), ("observation sequence", observation_sequences(predictions["id"])),
                            (CI_CLUSTER, predictions[CI_CLUSTER])):
         row = {"resampled": unit + (" (the study's)" if unit == CI_CLUSTER else ""),
-               "units": len(labels) if clusters is None else clusters.nunique()}
+               "units": len(labels) if clusters is None else clusters.nunique(dropna=False)}
         for name, metric in (("accuracy", accuracy_score), ("balanced accuracy", _balanced_accuracy_or_nan)):
             low, high = bootstrap_ci(labels, predicted, metric, n_boot=bootstrap_samples, seed=seed,
                                      clusters=None if clusters is None else clusters.to_numpy())
