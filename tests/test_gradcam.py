@@ -155,6 +155,20 @@ def test_each_model_of_a_saved_average_is_explained_on_its_own(tmp_path):
         assert heatmaps.shape == (2, size, size) and 0.0 <= heatmaps.min() and heatmaps.max() <= 1.0
 
 
+def test_an_averages_models_are_explained_under_the_names_of_the_runs_they_are(tmp_path):
+    from marsrover.models import build_average
+    from marsrover.study import models_to_explain
+
+    average = build_average([build_model("improved", 32), build_model("seed_notebook", 48)], "a+b")
+    members = ["improved_refit", "seed_notebook_refit"]  # a refit's model carries its recipe's name
+    explained = models_to_explain(average, "a+b", {"models": {"a+b": {"members": members}}})
+    assert [name for _, name in explained] == members and [m.name for m, _ in explained] == ["improved", "seed_notebook"]
+    unmatched = models_to_explain(average, "a+b", {"models": {"a+b": {"members": ["seed_blog", "quick_cnn"]}}})
+    assert [name for _, name in unmatched] == ["improved", "seed_notebook"]  # records that disagree are not trusted
+    single = build_model("improved", 32)
+    assert models_to_explain(single, "improved_refit", {}) == [(single, "improved_refit")]
+
+
 def test_a_runs_gradcam_figure_reads_the_examples_images_at_the_models_size(tmp_path):
     from PIL import Image
 

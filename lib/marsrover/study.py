@@ -1052,6 +1052,22 @@ def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, m
     return pd.DataFrame(rows).set_index(["protocol", "train vs"])
 
 
+def models_to_explain(model, run: str, metrics: dict) -> list[tuple[object, str]]:
+    """What Grad-CAM explains for run ``run``: its model, or, for an average (which has no feature map of its
+    own), each of its models, named as the study's runs that ``metrics.json`` lists as its members (a refit's
+    model carries its recipe's name, ``seed_blog`` for ``seed_blog_refit``); the models' own names where the
+    records do not match them."""
+    from .models import average_members
+
+    members = average_members(model)
+    if not members:
+        return [(model, run)]
+    names = metrics.get("models", {}).get(run, {}).get("members") or []
+    if len(names) != len(members) or any(not name.startswith(member.name) for member, name in zip(members, names)):
+        names = [member.name for member in members]
+    return list(zip(members, names))
+
+
 def pick_examples(predictions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
     """A mix of right and wrong test predictions per true label, for the example figure."""
     wrong = predictions[predictions["predicted"] != predictions["label"]]
