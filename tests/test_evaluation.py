@@ -218,6 +218,7 @@ def test_a_paired_difference_cancels_what_both_share_and_is_zero_for_the_same_an
 
 
 def test_improved_is_set_against_the_majority_answer_and_each_seed_model_on_the_same_test_images():
+    from marsrover.evaluation import paired_difference
     from marsrover.study import differences_on_test
 
     def rows(predicted, ids="abcdef"):
@@ -233,6 +234,12 @@ def test_improved_is_set_against_the_majority_answer_and_each_seed_model_on_the_
     assert list(result["against"]) == ["majority class", "seed_blog"]  # a refit is not a seed model trained on train
     assert result["against"]["majority class"]["difference"] == pytest.approx(5 / 6 - 4 / 6)
     assert result["against"]["seed_blog"]["difference"] == pytest.approx(5 / 6 - 2 / 6)
+    # paired and by sol: the same resamples as paired_difference given the sols
+    assert result["against"]["seed_blog"] == paired_difference(
+        np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 1, 0]), skm.accuracy_score,
+        n_boot=50, seed=0, clusters=np.array([1, 1, 2, 2, 3, 3]))
+    surface = differences_on_test(predictions, {"answer": "Surface"}, scores, bootstrap_samples=50, seed=0)
+    assert surface["against"]["majority class"]["difference"] == pytest.approx(5 / 6 - 2 / 6)
     assert differences_on_test(predictions, {"answer": "Rover"}, scores, bootstrap_samples=0) == {}
     predictions["seed_blog"] = rows([0] * 6, ids="abcdeg")
     with pytest.raises(ValueError, match="seed_blog and improved were scored on different test images"):

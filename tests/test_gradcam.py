@@ -165,6 +165,10 @@ def test_an_averages_models_are_explained_under_the_names_of_the_runs_they_are(t
     assert [name for _, name in explained] == members and [m.name for m, _ in explained] == ["improved", "seed_notebook"]
     unmatched = models_to_explain(average, "a+b", {"models": {"a+b": {"members": ["seed_blog", "quick_cnn"]}}})
     assert [name for _, name in unmatched] == ["improved", "seed_notebook"]  # records that disagree are not trusted
+    reordered = models_to_explain(average, "a+b", {"models": {"a+b": {"members": members[::-1]}}})
+    assert [name for _, name in reordered] == members  # matched by name, not by position
+    lookalike = models_to_explain(average, "a+b", {"models": {"a+b": {"members": ["improved_random_split", "x"]}}})
+    assert [name for _, name in lookalike][0] == "improved"  # only the run itself or its refit
     single = build_model("improved", 32)
     assert models_to_explain(single, "improved_refit", {}) == [(single, "improved_refit")]
 

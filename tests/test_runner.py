@@ -327,11 +327,18 @@ def test_the_targets_text_says_which_comparisons_a_paired_bootstrap_by_sol_leave
     text = reporting.targets_markdown(metrics)
     assert ("How firm that order is: `improved`'s test accuracy minus each of the others', with a 95% interval from a "
             "paired bootstrap resampling whole sols: always answering Rover −2.5 points (−21.6 to +18.2) and "
-            "`seed_blog` −13.5 points (−24.8 to −2.6). The interval holds 0 for always answering Rover: that order "
-            "could be chance.") in text
+            "`seed_blog` −13.5 points (−24.8 to −2.6). The interval for always answering Rover holds 0 or could not "
+            "be drawn: that order could be chance in which sols the test split holds.") in text
     assert text.index("Trained on train alone") < text.index("How firm") < text.index("On validation")
     firm = {**paired, "against": {"seed_blog": paired["against"]["seed_blog"]}}
-    assert "No interval holds 0." in reporting.targets_markdown({**metrics, "test_differences": firm})
+    assert "No interval holds 0 (for these trained models" in reporting.targets_markdown({**metrics, "test_differences": firm})
+    # an interval that could not be drawn (a test split of one sol) leaves the order open, and nothing breaks
+    undrawn = {**paired, "against": {**paired["against"], "seed_blog": {"difference": -0.0004, "ci95": [None, None]},
+                                     "seed_notebook": {"difference": 0.1, "ci95": [float("nan"), float("nan")]}}}
+    text = reporting.targets_markdown({**metrics, "test_differences": undrawn})
+    assert "`seed_blog` 0.0 points (no interval) and `seed_notebook` +10.0 points (no interval)." in text
+    assert ("The intervals for always answering Rover, `seed_blog` and `seed_notebook` hold 0 or could not be drawn: "
+            "those orders could be chance") in text
     assert "How firm" not in reporting.targets_markdown(_improved_beside())  # a run scored before the check
     assert "How firm" not in reporting.targets_markdown({**metrics, "test_differences": {**paired, "model": "other"}})
 

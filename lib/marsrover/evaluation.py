@@ -104,7 +104,7 @@ def paired_difference(y_true: np.ndarray, predicted_a: np.ndarray, predicted_b: 
                       clusters: np.ndarray | None = None) -> dict[str, object]:
     """``metric`` of ``predicted_a`` minus that of ``predicted_b`` on the same images, with a percentile-bootstrap
     95% interval of the difference: each resample scores both on the same images (or ``clusters``), so what the
-    two share, such as a hard sol, cancels out. An interval that holds 0 leaves the order to chance."""
+    two share, such as a hard sol, cancels out. An interval that holds 0 does not rule out chance."""
     y_true = np.asarray(y_true)
     both = np.stack([np.asarray(predicted_a), np.asarray(predicted_b)], axis=1)
 

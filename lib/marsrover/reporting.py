@@ -8,6 +8,7 @@ of each notebook) and ``index.html``, which links them and shows the headline me
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -331,24 +332,40 @@ def _seed_sentence(metrics: dict, model: str) -> str:
 
 
 def _points(value: float) -> str:
-    return f"{100 * value:+.1f}".replace("-", "−")
+    points = round(100 * value, 1)
+    return "0.0" if points == 0 else f"{points:+.1f}".replace("-", "−")
+
+
+def _known(value) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _paired_sentence(metrics: dict, model: str) -> str:
-    """How firm the comparisons above are: ``metrics["test_differences"]`` (runs scored before it have none)."""
+    """How firm the comparisons above are: ``metrics["test_differences"]`` (runs scored before it have none).
+    An interval that holds 0, or that could not be drawn, leaves the order open."""
     paired = metrics.get("test_differences", {})
     if paired.get("model") != model or not paired.get("against"):
         return ""
     unit = paired.get("unit", "image")
-    shown, chance = [], []
+    shown, open_orders = [], []
     for other, result in paired["against"].items():
-        low, high = result["ci95"]
-        name = f"always answering {paired.get('majority_answer', 'the majority label')}" if other == MAJORITY else f"`{other}`"
-        shown.append(f"{name} {_points(result['difference'])} points ({_points(low)} to {_points(high)})")
-        if low is None or high is None or low <= 0 <= high:
-            chance.append(name)
-    verdict = (f" The interval holds 0 for {_words(chance)}: that order could be chance." if chance
-               else " No interval holds 0.")
+        low, high = result.get("ci95") or (None, None)
+        name = (f"always answering {paired.get('majority_answer', 'the majority label')}" if other == MAJORITY
+                else f"`{other}`")
+        difference = f"{_points(result['difference'])} points" if _known(result.get("difference")) else "no figure"
+        interval = f"{_points(low)} to {_points(high)}" if _known(low) and _known(high) else "no interval"
+        shown.append(f"{name} {difference} ({interval})")
+        if not (_known(low) and _known(high)) or low <= 0 <= high:
+            open_orders.append(name)
+    if not open_orders:
+        verdict = (" No interval holds 0 (for these trained models: another training seed could land elsewhere, "
+                   "which this check does not cover).")
+    elif len(open_orders) == 1:
+        verdict = (f" The interval for {open_orders[0]} holds 0 or could not be drawn: that order could be chance "
+                   f"in which {unit}s the test split holds.")
+    else:
+        verdict = (f" The intervals for {_words(open_orders)} hold 0 or could not be drawn: those orders could be "
+                   f"chance in which {unit}s the test split holds.")
     return (f"How firm that order is: `{model}`'s test accuracy minus each of the others', with a 95% interval "
             f"from a paired bootstrap resampling whole {unit}s: {_words(shown)}.{verdict}")
 
@@ -366,7 +383,7 @@ def targets_markdown(metrics: dict, model: str = "improved", targets: dict[str, 
         lines.append(f"`{run}` ({runs[run].get('kind')}) scores {_scores_named(runs[run]['test'], targets)}: "
                      f"{_verdict(runs[run]['test'], targets)}.")
     own_test, own_val = runs[model]["test"], runs[model]["val"]
-    majority = metrics.get("baselines", {}).get("majority class", {}).get("test", {})
+    majority = metrics.get("baselines", {}).get(MAJORITY, {}).get("test", {})
     if majority.get("accuracy") is not None:
         lines.append(f"`{model}`'s test accuracy is {_against(own_test['accuracy'], majority['accuracy'])} the "
                      f"{_pct(majority['accuracy'])} of always answering {majority.get('answer', 'the majority label')}.")

@@ -679,7 +679,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
 
 
 def differences_on_test(predictions: dict[str, dict[str, pd.DataFrame]], majority: dict, scores: dict, *,
-                     model: str = "improved", bootstrap_samples: int = 1000, seed: int = 42) -> dict:
+                        model: str = "improved", bootstrap_samples: int = 1000, seed: int = 42) -> dict:
     """``model``'s test accuracy minus the majority answer's and each seed model's train-only run's, each with a
     paired bootstrap interval resampling whole sols (``CI_CLUSTER``): how firm the targets text's comparisons
     are. Empty when ``model`` was not scored or no bootstrap is asked for."""
@@ -861,7 +861,7 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
         rows.append({"": f"{run} ({splits['kind']})", "val accuracy": splits["val"]["accuracy"],
                      "test accuracy": splits["test"]["accuracy"],
                      "test balanced accuracy": splits["test"]["balanced_accuracy"]})
-    majority = metrics["baselines"]["majority class"]
+    majority = metrics["baselines"][reporting.MAJORITY]
     rows.append({"": f"always '{majority['test']['answer']}' (test majority)", "val accuracy": None,
                  "test accuracy": majority["test"]["accuracy"], "test balanced accuracy": 0.5})
     return pd.DataFrame(rows).set_index("")
@@ -1062,10 +1062,13 @@ def models_to_explain(model, run: str, metrics: dict) -> list[tuple[object, str]
     members = average_members(model)
     if not members:
         return [(model, run)]
-    names = metrics.get("models", {}).get(run, {}).get("members") or []
-    if len(names) != len(members) or any(not name.startswith(member.name) for member, name in zip(members, names)):
-        names = [member.name for member in members]
-    return list(zip(members, names))
+    recorded = metrics.get("models", {}).get(run, {}).get("members") or []
+
+    def run_of(member) -> str:  # the recorded member that is this model's run, by name; else the model's name
+        matches = [name for name in recorded if name in (member.name, member.name + REFIT_SUFFIX)]
+        return matches[0] if len(matches) == 1 else member.name
+
+    return [(member, run_of(member)) for member in members]
 
 
 def pick_examples(predictions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
