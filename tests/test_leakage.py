@@ -69,6 +69,17 @@ def test_exact_and_perceptual_twins_are_counted(leaky_set):
     assert count_shared(index, "val", "train", hashes=hashes, max_distance=10)["perceptual"] == 2
 
 
+def test_images_whose_observation_sequence_also_took_training_images_are_counted():
+    index = pd.DataFrame({
+        "id": ["0100ML0001230000000001I01_DRCL", "0100MR0001230000000002I01_DRCL", "0200MH0004560000000003I01_DRCL",
+               "0100MR0001230000000009E01_DRCL", "0200MH0004570000000004I01_DRCL", "my_photo"],
+        "split": ["train", "train", "train", "val", "val", "val"], "sha256": list("abcdef")})
+    result = count_shared(index, "train", "val")
+    # the right eye's frame shares the left eye's sequence; the next MAHLI sequence and an odd id do not
+    assert result["sequence"] == 1 and result["sequence_ids"] == ["0100MR0001230000000009E01_DRCL"]
+    assert result["sequence_share"] == pytest.approx(1 / 3) and result["exact"] == 0
+
+
 def test_vectorised_hamming_distances_match_scipy():
     rng = np.random.default_rng(0)
     as_hex = lambda n: [row.tobytes().hex() for row in rng.integers(0, 256, (n, 8), dtype=np.uint8)]

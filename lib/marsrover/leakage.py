@@ -3,8 +3,9 @@
 The seed blog split the pooled images at random (80/20); the official split is by sol. Images
 taken minutes apart on the same sol look almost identical, so a random split puts near-copies on
 both sides and flatters validation accuracy. These counters measure that: exact twins by content
-hash (``sha256`` from the index) and near twins by perceptual hash (``imagehash.phash``, 64 bits)
-within a Hamming distance.
+hash (``sha256`` from the index), near twins by perceptual hash (``imagehash.phash``, 64 bits)
+within a Hamming distance, and images whose observation sequence (``dataset.observation_sequences``: the
+same sol, camera and command sequence) also has images on the other side.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
+
+from .dataset import observation_sequences
 
 ORIGINAL_SPLIT = "original_split"  # the official split of each row, in indexes whose splits were redrawn
 
@@ -110,9 +113,13 @@ def count_shared(index: pd.DataFrame, split_a: str, split_b: str, *, hashes: pd.
       aligned with ``index`` (:func:`perceptual_hashes`); by default the ``phash`` column of
       ``index`` is used when there is one. Images without a hash are never matched.
 
+    - ``sequence``: images of ``split_b`` whose observation sequence (sol, camera and sequence number from the
+      product id, :func:`marsrover.dataset.observation_sequences`) also took images of ``split_a``: frames
+      of one sequence often show one scene, whether or not their hashes are close.
+
     Also returned: ``n_a``, ``n_b`` (images in each split), ``max_distance``, the shares
-    ``exact_share`` and ``perceptual_share`` (of ``split_b``), and the ``id``\\s of the matched
-    images of ``split_b`` (``exact_ids``, ``perceptual_ids``).
+    ``exact_share``, ``perceptual_share`` and ``sequence_share`` (of ``split_b``), and the ``id``\\s of the
+    matched images of ``split_b`` (``exact_ids``, ``perceptual_ids``, ``sequence_ids``).
     """
     in_a = (index["split"] == split_a).to_numpy()
     in_b = (index["split"] == split_b).to_numpy()
@@ -130,6 +137,11 @@ def count_shared(index: pd.DataFrame, split_a: str, split_b: str, *, hashes: pd.
         "max_distance": int(max_distance),
         "perceptual": None, "perceptual_share": None, "perceptual_ids": None,
     }
+    sequences = observation_sequences(ids.astype(str))
+    same_sequence = sequences[in_b].isin(set(sequences[in_a]))
+    result.update(sequence=int(same_sequence.sum()),
+                  sequence_share=float(same_sequence.mean()) if in_b.any() else None,
+                  sequence_ids=[str(i) for i in ids[in_b][same_sequence.to_numpy()]])
 
     if hashes is None and "phash" in index:
         hashes = index["phash"]

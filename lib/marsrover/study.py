@@ -1048,7 +1048,9 @@ def leakage_counts(paths: config.DataPaths, index: pd.DataFrame, *, seed: int, m
         rows.append({"protocol": protocol, "train vs": split_b, "images": counts["n_b"],
                      "identical file in train": counts["exact"],
                      f"perceptual twin in train (≤{max_distance} bits)": counts["perceptual"],
-                     "share with a twin": round(counts["perceptual_share"], 3)})
+                     "share with a twin": round(counts["perceptual_share"], 3),
+                     "same observation sequence in train": counts["sequence"],
+                     "share with a sequence in train": round(counts["sequence_share"], 3)})
     return pd.DataFrame(rows).set_index(["protocol", "train vs"])
 
 
