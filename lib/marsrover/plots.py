@@ -177,19 +177,27 @@ def confusion_heatmap(confusion: Sequence[Sequence[int]], *, title: str, normali
     return fig
 
 
-def example_predictions(images: Sequence, y_true: Sequence[int], p_surface: Sequence[float], *,
-                        columns: int = 4, suptitle: str | None = None,
-                        notes: Sequence[str] | None = None) -> plt.Figure:
-    """Images captioned with true label, predicted label and its probability, and a line of ``notes`` where one
-    is not empty; errors in red."""
+def prediction_captions(y_true: Sequence[int], p_surface: Sequence[float],
+                        notes: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """Captions (true label, predicted label and its probability, and a line of ``notes`` where one is not
+    empty) and their colours: green when right, red when wrong."""
     titles, colors = [], []
     for truth, probability, note in zip(y_true, p_surface, notes if notes is not None else [""] * len(y_true),
                                         strict=True):
         predicted = int(probability >= 0.5)
         confidence = probability if predicted else 1 - probability
-        titles.append(f"true: {CLASS_NAMES[truth]}\npred: {CLASS_NAMES[predicted]} ({confidence:.0%})"
+        titles.append(f"true: {CLASS_NAMES[int(truth)]}\npred: {CLASS_NAMES[predicted]} ({confidence:.0%})"
                       + (f"\n{note}" if note else ""))
-        colors.append("tab:green" if predicted == truth else "tab:red")
+        colors.append("tab:green" if predicted == int(truth) else "tab:red")
+    return titles, colors
+
+
+def example_predictions(images: Sequence, y_true: Sequence[int], p_surface: Sequence[float], *,
+                        columns: int = 4, suptitle: str | None = None,
+                        notes: Sequence[str] | None = None) -> plt.Figure:
+    """Images captioned with true label, predicted label and its probability, and a line of ``notes`` where one
+    is not empty; errors in red."""
+    titles, colors = prediction_captions(y_true, p_surface, notes)
     return image_grid(images, titles, columns=columns, size=2.6, title_colors=colors, suptitle=suptitle)
 
 
@@ -347,12 +355,7 @@ def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str] | N
 
     colors = None
     if titles is None and y_true is not None and p_surface is not None:
-        titles, colors = [], []
-        for truth, probability in zip(y_true, p_surface):
-            predicted = int(probability >= 0.5)
-            confidence = probability if predicted else 1 - probability
-            titles.append(f"true: {CLASS_NAMES[int(truth)]}\npred: {CLASS_NAMES[predicted]} ({confidence:.0%})")
-            colors.append("tab:green" if predicted == int(truth) else "tab:red")
+        titles, colors = prediction_captions(y_true, p_surface)
     titles = list(titles) if titles is not None else [""] * len(images)
     per_image = 2 if side_by_side else 1
     rows = max(1, int(np.ceil(len(images) / columns)))

@@ -759,8 +759,8 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {what}.
 | recall Rover / Surface | {_pct(test.get('recall', {}).get('Rover'))} / {_pct(test.get('recall', {}).get('Surface'))} |
 | kept at confidence ≥ {kept.get('threshold', 0.9)} (coverage, accuracy) | {_pct(kept.get('coverage'))}, {_pct(kept.get('accuracy'))} |
 
-The majority answer ("{metrics['baselines']['majority class']['test'].get('answer')}") scores
-{_pct(metrics['baselines']['majority class']['test']['accuracy'])} accuracy and 50% balanced accuracy on the
+The majority answer ("{metrics['baselines'][MAJORITY]['test'].get('answer')}") scores
+{_pct(metrics['baselines'][MAJORITY]['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split.{targets}
 Every model, number of epochs and design choice was chosen by its validation score, and the study's test split
 was scored once per final model; no setting was chosen on a test score. But some of the ideas that validation

@@ -802,23 +802,21 @@ def interval_table(predictions: pd.DataFrame, *, bootstrap_samples: int, seed: i
     observation sequences (:func:`marsrover.dataset.observation_sequences`) and whole sols (the study's
     intervals, ``CI_CLUSTER``): how much the intervals widen once images of one scene stop counting as
     independent."""
-    from sklearn.metrics import accuracy_score
-
     from .dataset import observation_sequences
-    from .evaluation import _balanced_accuracy_or_nan, bootstrap_ci
+    from .evaluation import binary_metrics
 
-    labels = predictions["label"].to_numpy(dtype=int)
-    predicted = (predictions["p_surface"].to_numpy(dtype=float) >= 0.5).astype(int)
     rows = []
     for unit, clusters in (("image", None), ("observation sequence", observation_sequences(predictions["id"])),
                            (CI_CLUSTER, predictions[CI_CLUSTER])):
-        row = {"resampled": unit + (" (the study's)" if unit == CI_CLUSTER else ""),
-               "units": len(labels) if clusters is None else clusters.nunique(dropna=False)}
-        for name, metric in (("accuracy", accuracy_score), ("balanced accuracy", _balanced_accuracy_or_nan)):
-            low, high = bootstrap_ci(labels, predicted, metric, n_boot=bootstrap_samples, seed=seed,
-                                     clusters=None if clusters is None else clusters.to_numpy())
-            row[f"{name} 95% CI"] = _interval((low, high))
-            row[f"{name} CI width"] = high - low
+        scores = binary_metrics(predictions["label"].to_numpy(dtype=int), predictions["p_surface"].to_numpy(),
+                                n_boot=bootstrap_samples, seed=seed,
+                                clusters=None if clusters is None else clusters.to_numpy(), cluster_unit=unit)
+        row = {"resampled": unit + (" (the study's)" if unit == CI_CLUSTER else ""), "units": scores["ci95_clusters"]}
+        for key, name in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")):
+            low, high = scores["ci95"][key]
+            known = low is not None and high is not None
+            row[f"{name} 95% CI"] = _interval((low, high) if known else None)
+            row[f"{name} CI width"] = high - low if known else None
         rows.append(row)
     return pd.DataFrame(rows).set_index("resampled")
 
