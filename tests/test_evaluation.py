@@ -511,6 +511,43 @@ def test_examples_to_explain_can_keep_one_per_sequence_on_either_side(prediction
         assert chosen["id"][2:].tolist() == ["f", "d"]
 
 
+def _examples_pool(n_sequences=12, per_sequence=4):
+    """Test predictions in sequences of near-copies: each sequence's frames share label and answer."""
+    rows = []
+    for sequence in range(n_sequences):
+        label, wrong = sequence % 2, sequence % 3 == 0
+        for frame in range(per_sequence):
+            rows.append({"id": f"{sequence:04d}MH{sequence:06d}{frame:03d}", "label": label,
+                         "predicted": 1 - label if wrong else label, "p_surface": 0.5})
+    return pd.DataFrame(rows, index=range(100, 100 + len(rows)))
+
+
+def test_example_figure_mixes_right_and_wrong_answers_for_both_labels():
+    from marsrover.study import pick_examples
+
+    pool = _examples_pool()
+    examples = pick_examples(pool, 8, seed=3)
+    assert len(examples) == 8 and examples.index.is_unique
+    wrong = examples["predicted"] != examples["label"]
+    assert wrong.sum() == 2
+    assert set(examples.loc[~wrong, "label"]) == {0, 1}
+
+
+def test_example_figure_can_show_each_observation_sequence_once_at_most():
+    from marsrover.dataset import observation_sequences
+    from marsrover.study import pick_examples
+
+    pool = _examples_pool()
+    sequences = observation_sequences(pool["id"])
+    assert sequences.nunique() == 12
+    for seed in range(5):
+        examples = pick_examples(pool, 8, seed=seed, one_per=sequences)
+        assert len(examples) == 8 and sequences.loc[examples.index].is_unique
+        assert (examples["predicted"] != examples["label"]).sum() == 2
+    # asked for more than there are sequences, it stops at one image of each
+    assert len(pick_examples(pool, 20, seed=0, one_per=sequences)) == 12
+
+
 # --- figures --------------------------------------------------------------------------------------
 
 
@@ -594,3 +631,4 @@ def test_the_threshold_check_chooses_on_validation_and_across_the_halves_of_its_
     assert table["balanced accuracy at the threshold"].tolist() == [1.0, 0.75, 1.0]
     assert threshold_table(StudyScores({}, {}, {}, {}), "improved").empty
     assert "No improved run" in capsys.readouterr().out
+

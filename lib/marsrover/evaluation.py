@@ -343,14 +343,20 @@ def most_confident_errors(predictions: pd.DataFrame, k: int = 12, *, one_per: pd
     return wrong.head(k)
 
 
+def one_of_each(rows: pd.DataFrame, one_per: pd.Series, seed: int) -> pd.DataFrame:
+    """One row of ``rows`` per key of ``one_per`` (a key per row), drawn at random, so that every key is
+    equally likely to be drawn next however many rows it has."""
+    return rows.groupby(one_per.loc[rows.index].to_numpy(), sort=True).sample(n=1, random_state=seed)
+
+
 def correct_and_wrong(predictions: pd.DataFrame, count: int, seed: int, *,
                       one_per: pd.Series | None = None) -> pd.DataFrame:
     """Examples to explain: ``count // 2`` correct predictions drawn at random, then the ``count // 2`` most
     confident errors (fewer of either when the split has fewer); given ``one_per``, as in
     :func:`most_confident_errors`, at most one image of each key on either side."""
     correct = predictions[_predicted(predictions) == predictions["label"].astype(int)]
-    if one_per is not None:  # one image of each key, drawn at random among its correct ones; keys equally likely
-        correct = correct.groupby(one_per.loc[correct.index].to_numpy(), sort=True).sample(n=1, random_state=seed)
+    if one_per is not None:
+        correct = one_of_each(correct, one_per, seed)
     drawn = correct.sample(n=min(count // 2, len(correct)), random_state=seed)
     return pd.concat([drawn, most_confident_errors(predictions, count // 2, one_per=one_per)])
 

@@ -1071,17 +1071,30 @@ def models_to_explain(model, run: str, metrics: dict) -> list[tuple[object, str]
     return [(member, run_of(member)) for member in members]
 
 
-def pick_examples(predictions: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
-    """A mix of right and wrong test predictions per true label, for the example figure."""
-    wrong = predictions[predictions["predicted"] != predictions["label"]]
-    right = predictions[predictions["predicted"] == predictions["label"]]
+def pick_examples(predictions: pd.DataFrame, count: int, seed: int, *,
+                  one_per: pd.Series | None = None) -> pd.DataFrame:
+    """A mix of right and wrong test predictions per true label, for the example figure.
+
+    Given ``one_per`` (a key per row, such as :func:`marsrover.dataset.observation_sequences`), no two
+    examples share a key, so a focus stack or a stereo pair shows up once at most.
+    """
+    from .evaluation import one_of_each
+
+    def unused(rows: pd.DataFrame, chosen: list[pd.DataFrame]) -> pd.DataFrame:
+        if one_per is None:
+            return rows
+        taken = set(one_per.loc[pd.concat(chosen).index]) if chosen else set()
+        return one_of_each(rows[~one_per.loc[rows.index].isin(taken).to_numpy()], one_per, seed)
+
+    wrong = unused(predictions[predictions["predicted"] != predictions["label"]], [])
     n_wrong = min(len(wrong), count // 4)
     picked = [wrong.sample(n=n_wrong, random_state=seed)] if n_wrong else []
+    right = unused(predictions[predictions["predicted"] == predictions["label"]], picked)
     for label, rows in right.groupby("label"):
         take = min(len(rows), (count - n_wrong) // 2)
         picked.append(rows.sample(n=take, random_state=seed))
     chosen = pd.concat(picked) if picked else predictions.head(0)
-    remaining = predictions.drop(chosen.index)
+    remaining = unused(predictions.drop(chosen.index), picked)
     if len(chosen) < count and len(remaining):
         chosen = pd.concat([chosen, remaining.sample(n=min(len(remaining), count - len(chosen)), random_state=seed)])
     return chosen.sample(frac=1, random_state=seed)
