@@ -239,6 +239,38 @@ def test_only_the_full_profile_has_a_wall_time_budget_and_its_run_says_how_it_fa
     assert "budget" not in capsys.readouterr().out
 
 
+
+INTEL_AMX = {"model_name": "Intel(R) Xeon(R) Processor", "flags": ["avx2", "avx512f", "amx_bf16"]}
+AMD_FLOAT32 = {"model_name": "AMD EPYC", "flags": ["avx2", "fma"]}
+
+
+def test_a_run_that_cannot_repeat_the_recorded_ones_precision_says_so_before_it_starts(tmp_path):
+    recorded = tmp_path / "metrics.json"
+    recorded.write_text(json.dumps({"commit": "abc123", "cpu": INTEL_AMX, "cpu_count": 2,
+                                    "notebook_seconds": {"05_training.ipynb": 5400, "06_error_analysis.ipynb": 300}}))
+    notice = runner.machine_notice("full", recorded, cpu=AMD_FLOAT32)
+    assert "commit abc123" in notice and "Intel(R) Xeon(R) Processor (2 cores, native bfloat16)" in notice
+    assert "in 95 minutes" in notice and "AMD EPYC" in notice and "trains in float32 here" in notice
+    assert "will not repeat" in notice
+    # the same precision, a profile that never trains in bfloat16, or nothing recorded: nothing to say
+    assert runner.machine_notice("full", recorded, cpu={**INTEL_AMX, "model_name": "another Xeon"}) is None
+    assert runner.machine_notice("smoke", recorded, cpu=AMD_FLOAT32) is None
+    assert runner.machine_notice("full", tmp_path / "none.json", cpu=AMD_FLOAT32) is None
+    recorded.write_text(json.dumps({"commit": "old"}))  # recorded before runs described their CPU
+    assert runner.machine_notice("full", recorded, cpu=AMD_FLOAT32) is None
+    recorded.write_text("{not json")
+    assert runner.machine_notice("full", recorded, cpu=AMD_FLOAT32) is None
+
+
+def test_the_notice_is_printed_when_a_run_starts(toy_notebooks, tmp_path, monkeypatch, capsys):
+    from marsrover import provenance
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "metrics.json").write_text(json.dumps({"commit": "abc123", "cpu": INTEL_AMX}))
+    monkeypatch.setattr(provenance, "cpu_description", lambda: AMD_FLOAT32)
+    runner.run_study("full", output_dir=tmp_path / "full", notebooks_dir=toy_notebooks, only=["3"])
+    assert "trains in float32 here" in capsys.readouterr().out
+
 def test_the_results_show_the_briefs_quick_cnn_claim_as_a_footnoted_row_beside_the_seeds(tmp_path):
     metrics = {**METRICS, "quick_cnn_claim": {"test": {"accuracy": 0.95, "balanced_accuracy": 0.93}}}
     text = reporting.results_markdown(metrics)

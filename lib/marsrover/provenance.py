@@ -81,6 +81,12 @@ def cpu_description(cpuinfo: str | None = None) -> dict[str, object]:
     return {**described, "flags": [flag for flag in NUMERIC_CPU_FLAGS if flag in flags]}
 
 
+def has_native_bfloat16(cpu: dict[str, object]) -> bool:
+    """Whether a CPU, as :func:`cpu_description` describes it, computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    flags = cpu.get("flags") or []
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def run_environment() -> dict[str, object]:
     """Commit, library versions and machine, recorded beside every run's metrics."""
     import tensorflow as tf  # here, so that reading provenance needs no TensorFlow elsewhere

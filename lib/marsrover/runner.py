@@ -115,6 +115,39 @@ def peak_kernel_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3)  # KiB on Linux
 
 
+def machine_notice(profile: str, recorded: Path, cpu: dict[str, object] | None = None) -> str | None:
+    """A warning before a run of ``profile`` that cannot repeat the record it will replace (``recorded``,
+    a metrics.json): the record's CPU and this one (``cpu``, :func:`provenance.cpu_description`'s form)
+    differ in native bfloat16, and the profile trains in bfloat16 where it can, so its runs compute in
+    another precision here: other scores, and another training time. None when nothing needs saying."""
+    import json
+
+    from .provenance import cpu_description, has_native_bfloat16
+
+    if not get_profile(profile).get("cpu_bfloat16") or not Path(recorded).exists():
+        return None
+    try:
+        record = json.loads(Path(recorded).read_text())
+    except (OSError, ValueError):
+        return None
+    then, now = record.get("cpu") or {}, cpu if cpu is not None else cpu_description()
+    if not then.get("flags") and not then.get("model_name"):
+        return None  # a record from before CPUs were described: nothing to compare
+    if has_native_bfloat16(then) == has_native_bfloat16(now):
+        return None
+    minutes = sum((record.get("notebook_seconds") or {}).values()) / 60
+
+    def described(cpu: dict, cores) -> str:
+        bfloat16 = "native bfloat16" if has_native_bfloat16(cpu) else "no native bfloat16"
+        return f"{cpu.get('model_name', 'an unnamed CPU')} ({cores} cores, {bfloat16})"
+
+    return (f"Note: {config.display_path(recorded)} was recorded at commit {record.get('commit', '?')} on "
+            f"{described(then, record.get('cpu_count', '?'))}, in {minutes:.0f} minutes. This machine's CPU is "
+            f"{described(now, os.cpu_count())}: what profile {profile!r} trains in bfloat16 there trains in "
+            f"{'bfloat16' if has_native_bfloat16(now) else 'float32'} here, so its scores will not repeat the "
+            "recorded ones, and its training time will differ too. This run replaces that record.")
+
+
 @dataclass
 class NotebookRun:
     name: str
@@ -142,6 +175,8 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter()
     print(f"Running {len(notebooks)} notebook(s) with profile {profile!r} into {output_dir}")
+    if notice := machine_notice(profile, output_dir / "metrics.json"):
+        print(notice, flush=True)
     for notebook, run in zip(notebooks, runs):
         executed = output_dir / notebook.name
         print(f"--> {notebook.name}", flush=True)

@@ -36,10 +36,9 @@ def set_seeds(seed: int, *, deterministic: bool = True) -> dict[str, object]:
 
 def cpu_supports_bfloat16() -> bool:
     """Whether this CPU has native bfloat16 instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
-    from .provenance import cpu_description
+    from .provenance import cpu_description, has_native_bfloat16
 
-    flags = cpu_description()["flags"]
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return has_native_bfloat16(cpu_description())
 
 
 def configure_accelerator(*, mixed_precision: bool = False, jit_compile: bool = False,
