@@ -29,7 +29,9 @@ def predict_surface_probability(model, images: np.ndarray, *, batch_size: int = 
     from .training import make_dataset
 
     if len(images) <= batch_size:  # one batch (the predict command's path): no pipeline to build
-        probabilities = model.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
+        # predict_on_batch, as predict's own tf.data pipeline logs a spurious C++ error
+        # ("NodeDef mentions attribute use_unbounded_threadpool") under op determinism, in TF 2.21
+        probabilities = model.predict_on_batch(images.astype("float32"))
         return np.asarray(probabilities, dtype="float64")[:, 1]
     batches = make_dataset(images, np.zeros(len(images), dtype="int32"), batch_size=batch_size, shuffle=False)
     probabilities = model.predict(batches.map(lambda x, _: x), verbose=0)
