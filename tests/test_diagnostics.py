@@ -287,6 +287,34 @@ def test_the_flip_command_writes_its_own_file(monkeypatch):
     assert diagnostics.main(["flip"]) == 0 and calls["out"] == diagnostics.SIDE_CHECKS_DIR / "flip.json"
 
 
+
+def test_a_flip_check_with_no_saved_model_to_score_keeps_the_record_there_is(tiny_paths, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "runs").mkdir(parents=True)
+    (run_dir / "runs" / "lost.json").write_text(json.dumps({"config": {"image_size": 32, "fit_on": "train"}}))
+    out = tmp_path / "flip.json"
+    out.write_text('{"models": {"improved": {}}}')  # an earlier, committed record
+    try:
+        code = diagnostics.main(["flip", "--run-dir", str(run_dir), "--data-dir", str(tiny_paths.root),
+                                 "--out", str(out)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert code == 1 and out.read_text() == '{"models": {"improved": {}}}'
+    error = capsys.readouterr().err
+    assert "error: no saved train-only model of" in error and "(lost missing)" in error and "not written" in error
+
+
+def test_bad_input_to_a_side_check_is_one_line_and_a_failing_exit_not_a_traceback(tmp_path, capsys):
+    assert diagnostics.main(["ablation", "no_such_ablation", "--seeds", "1", "--run-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("python -m marsrover.diagnostics: error: unknown ablation 'no_such_ablation'")
+    assert "Traceback" not in error
+    out = tmp_path / "batch_norm.json"
+    for command in ("batch-norm", "flip"):  # a folder without run records: nothing to score, nothing written
+        assert diagnostics.main([command, "--run-dir", str(tmp_path / "nothing here"), "--out", str(out)]) == 1
+        assert "nothing here holds no run records (runs/*.json)" in capsys.readouterr().err
+    assert not out.exists()
+
 class _MirrorDetector(keras.layers.Layer):
     """P(Surface) 1 when an image's left half is the brighter one: right as it is, wrong once mirrored."""
 

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,13 @@ def _single_model_runs(run_dir: Path):
         if "skipped" in record or "members" in conf or study.RANDOM_SPLIT_SUFFIX in run:
             continue
         yield run, conf, Path(run_dir) / "models" / f"{run}.keras"
+
+
+def _require_run_records(run_dir: Path) -> None:
+    """Refuse, before any image is loaded or any record written, a folder with no trained run to score."""
+    if not any((Path(run_dir) / "runs").glob("*.json")):
+        raise FileNotFoundError(f"{config.display_path(run_dir)} holds no run records (runs/*.json): "
+                                "run notebook 05 there first (python run_all.py --profile <name> --only 05)")
 
 
 def _missing_model_message(model_path: Path, run_dir: Path) -> str:
@@ -313,6 +321,8 @@ def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajec
                 "summary": summarise_trajectory(table, last=min(5, len(table))),
             }
 
+    if saved_models:
+        _require_run_records(run_dir)
     return _side_check(run_dir, data_dir, seed, out, check)
 
 
@@ -321,9 +331,15 @@ def flip_side_check(run_dir: Path, *, data_dir: Path | None = None, out: Path | 
 
     def check(result, profile, paths, index, seed):
         table = flip_check(run_dir, paths, index)
+        if table.empty or ("missing" in table and table["missing"].notna().all()):  # keep the record there is
+            missing = f" ({', '.join(table.index)} missing)" if len(table) else ""
+            raise FileNotFoundError(f"no saved train-only model of {config.display_path(run_dir)} to score"
+                                    f"{missing}; "
+                                    f"{config.display_path(out) if out else 'nothing'} was not written")
         result["models"] = {run: {key: value for key, value in row.items() if not pd.isna(value)}
                             for run, row in table.iterrows()}
 
+    _require_run_records(run_dir)
     return _side_check(run_dir, data_dir, None, out, check)
 
 
@@ -527,6 +543,15 @@ def main(argv: list[str] | None = None) -> int:
     ablation_.add_argument("--out", type=Path, help="the JSON to write (default: reports/side_checks/"
                            "ablation_<name>_seeds<s1>_<s2>.json)")
     args = parser.parse_args(argv)
+    try:
+        return _run_command(args, parser)
+    except (FileNotFoundError, KeyError, ValueError) as error:  # bad input, said in one line; nothing half-written
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "ablation":
         ablation_side_check(args.run_dir, args.name, args.seeds, data_dir=args.data_dir,
                             out=args.out or SIDE_CHECKS_DIR / ablation_file_name(args.name, args.seeds))
