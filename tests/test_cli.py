@@ -225,7 +225,7 @@ class BrightnessModel:
     name = "brightness"
     input_shape = (None, 8, 8, 3)
 
-    def predict(self, batch, batch_size=None, verbose=0):
+    def predict_on_batch(self, batch):
         p = np.asarray(batch, dtype="float64").mean(axis=(1, 2, 3)) / 255.0
         return np.stack([1 - p, p], axis=1)
 

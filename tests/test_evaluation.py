@@ -52,7 +52,7 @@ def test_prediction_is_one_batched_call():
     class CountingModel:
         calls = 0
 
-        def predict(self, images, batch_size, verbose):
+        def predict_on_batch(self, images):
             CountingModel.calls += 1
             return np.stack([1 - images[:, 0, 0, 0] / 255, images[:, 0, 0, 0] / 255], axis=1)
 

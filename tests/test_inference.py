@@ -26,7 +26,7 @@ SIZE = 16
 
 
 class StubModel:
-    """Keras-like: ``input_shape``, ``name`` and ``predict``; P(Surface) = mean pixel / 255."""
+    """Keras-like: ``input_shape``, ``name`` and ``predict_on_batch``; P(Surface) = mean pixel / 255."""
 
     name = "stub"
 
@@ -34,7 +34,7 @@ class StubModel:
         self.input_shape = (None, size, size, 3)
         self.batches: list[int] = []
 
-    def predict(self, images, batch_size=None, verbose=0):
+    def predict_on_batch(self, images):
         images = np.asarray(images)
         assert images.ndim == 4 and images.shape[1:] == self.input_shape[1:]
         self.batches.append(len(images))
