@@ -140,6 +140,22 @@ def test_a_partial_rerun_keeps_earlier_entries_and_merges_timings_into_metrics(t
     assert json.loads((tmp_path / "metrics.json").read_text())["notebook_seconds"]["02_b.ipynb"] == 7.0
 
 
+def test_a_partial_rerun_keeps_the_time_the_report_started_and_adds_its_own(tmp_path):
+    first = [{"name": "01_a.ipynb", "status": "ok", "seconds": 3.0}, {"name": "02_b.ipynb", "status": "ok", "seconds": 5.0}]
+    reporting.write_run_log(tmp_path, {"started": "monday", "total_seconds": 8.0, "notebooks": first})
+    log = reporting.write_run_log(tmp_path, {"started": "friday", "total_seconds": 7.0, "notebooks": [
+        {"name": "02_b.ipynb", "status": "ok", "seconds": 7.0}]})
+    assert (log["started"], log["this_run_started"]) == ("monday", "friday")
+    log["profile"], log["commit"] = "smoke", "abc"
+    assert "run started monday (last rerun of part of it friday)" in reporting.write_index(tmp_path, log).read_text()
+    # re-rendering (no notebook run) leaves both as they were
+    again = reporting.write_run_log(tmp_path, {**log, "notebooks": [], "total_seconds": log["this_run_seconds"]})
+    assert (again["started"], again["this_run_started"]) == ("monday", "friday")
+    # a whole rerun is a new report: it starts afresh
+    log = reporting.write_run_log(tmp_path, {"started": "sunday", "total_seconds": 9.0, "notebooks": first})
+    assert log["started"] == "sunday" and "this_run_started" not in log
+
+
 def test_a_partial_rerun_reports_the_peak_memory_of_every_merged_notebook(tmp_path):
     reporting.write_run_log(tmp_path, {"peak_rss_gib": 7.0, "notebooks": [
         {"name": "05_t.ipynb", "status": "ok", "seconds": 9.0, "peak_rss_gib": 7.0},

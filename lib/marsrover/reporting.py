@@ -53,12 +53,17 @@ def write_run_log(output_dir: Path, log: dict) -> dict:
     """
     output_dir = Path(output_dir)
     path = output_dir / RUN_LOG_FILE
-    merged = {run["name"]: run for run in load_json(path).get("notebooks", [])}
-    merged.update({run["name"]: run for run in log["notebooks"] if run["status"] != "not run"})
+    earlier = load_json(path)
+    merged = {run["name"]: run for run in earlier.get("notebooks", [])}
+    rerun = {run["name"]: run for run in log["notebooks"] if run["status"] != "not run"}
+    merged.update(rerun)
     notebooks = [merged[name] for name in sorted(merged)]
+    # The report started when its oldest kept notebook did, not when a partial rerun did.
+    partial = rerun and any(name not in rerun for name in merged) and earlier.get("started")
+    started = {"started": earlier["started"], "this_run_started": log.get("started")} if partial else {}
     # The study's wall time is that of its notebooks, also when some were rerun separately.
     peaks = [run["peak_rss_gib"] for run in notebooks if run.get("peak_rss_gib") is not None]
-    log = {**log, "notebooks": notebooks, "this_run_seconds": log.get("total_seconds"),
+    log = {**log, **started, "notebooks": notebooks, "this_run_seconds": log.get("total_seconds"),
            "total_seconds": round(sum(run["seconds"] for run in notebooks), 2),
            "this_run_peak_rss_gib": log.get("peak_rss_gib"),
            "peak_rss_gib": max(peaks) if peaks else log.get("peak_rss_gib")}
@@ -82,7 +87,7 @@ _INDEX_TEMPLATE = jinja2.Template("""<!doctype html>
  .note { color: #555 }
 </style></head><body>
 <h1>Mars rover images: Rover or Surface?</h1>
-<p class="note">Profile <b>{{ profile }}</b> · commit <code>{{ commit }}</code> · run started {{ started }} ·
+<p class="note">Profile <b>{{ profile }}</b> · commit <code>{{ commit }}</code> · run started {{ started }}{% if this_run_started %} (last rerun of part of it {{ this_run_started }}){% endif %} ·
 total {{ "%.1f"|format(total_seconds / 60) }} min{% if commits|length > 1 %} · the notebooks ran at {{ commits|length }}
 commits (table below){% endif %}</p>
 {% if failed %}<p class="failed">The run failed: {{ failed }}</p>{% endif %}
