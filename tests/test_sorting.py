@@ -190,6 +190,21 @@ def test_move_removes_the_sources(source, tmp_path):
     assert run(source, into, move=True).placed == 0
 
 
+def test_a_move_after_a_copy_removes_the_originals_the_copy_left_behind(source, tmp_path):
+    into = tmp_path / "sorted"
+    run(source, into)  # a plain copy first
+    kept_elsewhere = source / "dark1.png"
+    (into / "Rover" / "dark1.png").write_bytes(b"changed since")  # this copy no longer holds the original
+    summary = run(source, into, move=True)
+    assert summary.moved_after_copy == 5 and "5 of them copied then and moved now" in summary.lines()[0]
+    assert files_in(source) == ["broken.jpg", "dark1.png"] and kept_elsewhere.exists()
+    for name, folder in EXPECTED.items():
+        assert (into / folder / Path(name).name).exists()
+    moved = read_log(into).query("action == 'moved'")
+    assert len(moved) == 5 and "dark1.png" not in "".join(moved["source"])
+    assert set(summary.table["action"]) >= {"moved (copied earlier)"}
+
+
 def test_move_onto_an_identical_file_just_removes_the_source(source, tmp_path):
     into = tmp_path / "sorted"
     (into / "Rover").mkdir(parents=True)

@@ -7,8 +7,9 @@ file of the same name is already in the target folder the new one is named ``nam
 
 Every handled image gets one line appended to ``<into>/sort_log.csv`` as soon as it is placed, so an
 interrupted run can simply be run again: images the log records as sorted (same path, same content,
-destination still present) are skipped without being decoded or scored. Unreadable images go to no
-folder; they are logged and listed in the summary, and are tried again by the next run.
+destination still present) are skipped without being decoded or scored; with ``move``, the originals that
+an earlier copying run left behind are then removed, once the copy is checked to hold the same bytes.
+Unreadable images go to no folder; they are logged and listed in the summary, and are tried again by the next run.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class SortSummary:
     placed: int = 0
     already_there: int = 0
     skipped: int = 0
+    moved_after_copy: int = 0  # of the skipped: copied by an earlier run, the originals removed by this --move
     failed: list[tuple[str, str]] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
 
@@ -197,7 +199,9 @@ class SortSummary:
         per_folder = ", ".join(f"{name} {count}" for name, count in self.counts.items())
         text = [f"Sorted into {self.into}: {per_folder} "
                 f"({self.placed} new, {self.already_there} already there, "
-                f"{self.skipped} skipped as sorted by an earlier run); {len(self.failed)} unreadable"]
+                f"{self.skipped} skipped as sorted by an earlier run"
+                + (f", {self.moved_after_copy} of them copied then and moved now" if self.moved_after_copy else "")
+                + f"); {len(self.failed)} unreadable"]
         text += [f"  unreadable: {source}: {error}" for source, error in self.failed]
         return text
 
@@ -277,6 +281,18 @@ def _glob_lists(pattern: str, source: str) -> bool:
     return matches(parts[literal:], names)
 
 
+def _finish_move(source: Path, dest: Path, sha256: str) -> bool:
+    """Remove ``source`` when ``dest``, placed by an earlier run that copied it, still holds the same content
+    (and is not the same file): a later ``--move`` then moves what a copy left behind. False if it did nothing."""
+    try:
+        if os.path.samefile(source, dest) or _sha256(dest) != sha256:
+            return False
+        source.unlink()
+        return True
+    except OSError:
+        return False
+
+
 def sort_files(model, files: Sequence[str | os.PathLike], into: str | os.PathLike, *, move: bool = False,
                low: float = 0.2, high: float = 0.8, batch_size: int = inference.DEFAULT_BATCH_SIZE,
                workers: int | None = None, max_pixels: float | None = inference.DEFAULT_MAX_PIXELS,
@@ -292,26 +308,33 @@ def sort_files(model, files: Sequence[str | os.PathLike], into: str | os.PathLik
     summary = SortSummary(into)
     done = _done_before(read_log(into))
 
-    todo: list[Path] = []
-    for path in map(Path, files):
-        key = str(path.resolve())
-        record = done.get(key)
-        if record is not None:
-            try:
-                same = (into / record["dest"]).is_file() and _sha256(path) == record["sha256"]
-            except OSError:
-                same = False
-            if same:
-                summary.skipped += 1
-                summary.counts[record["folder"]] = summary.counts.get(record["folder"], 0) + 1
-                summary.rows.append({"source": str(path), "p_surface": float(record["p_surface"]),
-                                     "folder": record["folder"], "dest": str(into / record["dest"]),
-                                     "action": "skipped (sorted earlier)", "error": ""})
-                continue
-        todo.append(path)
-
     log = _Log(into / LOG_NAME)
     try:
+        todo: list[Path] = []
+        for path in map(Path, files):
+            key = str(path.resolve())
+            record = done.get(key)
+            if record is not None:
+                dest = into / record["dest"]
+                try:
+                    same = dest.is_file() and _sha256(path) == record["sha256"]
+                except OSError:
+                    same = False
+                if same:
+                    summary.skipped += 1
+                    summary.counts[record["folder"]] = summary.counts.get(record["folder"], 0) + 1
+                    action = "skipped (sorted earlier)"
+                    if move and _finish_move(path, dest, record["sha256"]):  # an earlier run copied it
+                        summary.moved_after_copy += 1
+                        action = "moved (copied earlier)"
+                        log.write(source=key, sha256=record["sha256"], p_surface=record["p_surface"],
+                                  folder=record["folder"], dest=record["dest"], action="moved")
+                    summary.rows.append({"source": str(path), "p_surface": float(record["p_surface"]),
+                                         "folder": record["folder"], "dest": str(dest), "action": action,
+                                         "error": ""})
+                    continue
+            todo.append(path)
+
         for batch in inference.iter_predictions(model, todo, batch_size=batch_size, workers=workers,
                                                 max_pixels=max_pixels, progress=progress):
             for item in batch:
