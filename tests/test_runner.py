@@ -734,6 +734,16 @@ def test_the_model_card_says_when_the_refit_budget_decided_which_model_could_be_
     assert "1 of 1 was left out" in card_with(tied) and "would have chosen `aaa+bbb` over `improved`" in card_with(tied)
     tied_later = {"zzz+yyy": {**tied["aaa+bbb"]}}
     assert "None ranked above `improved`" in card_with(tied_later)
+    # an average chosen is judged by the score it was chosen on (notebook 05's), not by notebook 06's score
+    # of its saved model, which resizes inside and can differ in the last digits
+    chosen_average = {**METRICS, "best_on_val": "aaa+ccc",
+                      "models": {**METRICS["models"], "aaa+ccc": {
+                          **METRICS["models"]["improved"], "val": {"n": 1640, "balanced_accuracy": 0.9494}}},
+                      "refit_budget": {"budget_minutes": 30, "averages": {
+                          "aaa+ccc": {"val_balanced_accuracy": 0.9486, "competes": True, "estimated_refit_minutes": 27},
+                          "aaa+bbb": {"val_balanced_accuracy": 0.949, "competes": False, "estimated_refit_minutes": 37}}}}
+    card = reporting.write_model_card(tmp_path, chosen_average).read_text()
+    assert "would have chosen `aaa+bbb` over `aaa+ccc`" in card
     # an average the profile names is built whatever it costs: it was not left out
     assert "the one average did" in card_with({"improved_refit": {**tied["aaa+bbb"]}})
     # no choice on record: the left-out averages are listed, with no verdict

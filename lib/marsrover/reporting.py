@@ -703,7 +703,11 @@ def _refit_budget_markdown(metrics: dict) -> str:
             f"{len(averages)} {'was' if len(left_out) == 1 else 'were'} left out: "
             f"{'; '.join(described(name, average) for name, average in left_out)}.")
     chosen = metrics.get("best_on_val")
-    score = metrics.get("models", {}).get(chosen, {}).get("val", {}).get("balanced_accuracy")
+    # the score the choice was made on, from notebook 05's record where it has one: notebook 06 scores an
+    # average through its saved model, which resizes inside, so its score can differ in the last digits
+    score = (averages.get(chosen) or {}).get("val_balanced_accuracy")
+    if score is None:
+        score = metrics.get("models", {}).get(chosen, {}).get("val", {}).get("balanced_accuracy")
     if score is None:
         return text
     # study.best_on_validation's order: the higher score, then the first name A-Z
