@@ -321,7 +321,12 @@ def test_a_bare_fetch_raw_fetches_the_newest_hundred_and_says_so(monkeypatch, tm
     assert cli.main(["fetch-raw", "--mission", "msl", "--sols", "20-10"]) == 1  # refused before any request
     assert "is empty: 20 > 10" in capsys.readouterr().err and calls[-1]["sols"] == " "
     cli.main(["fetch-raw", "--mission", "msl", "--limit", "5000"])
-    assert calls[-1]["limit"] == 5000
+    assert calls[-1]["limit"] == 5000 and calls[-1]["size"] == "medium"
+    cli.main(["fetch-raw", "--mission", "mars2020", "--size", "large"])
+    assert calls[-1]["size"] == "large"
+    count = len(calls)
+    assert cli.main(["fetch-raw", "--mission", "msl", "--size", "large"]) == 1  # a rendition MSL does not have
+    assert "the msl feed has one size" in capsys.readouterr().err and len(calls) == count
 
 
 def test_data_with_a_wrong_checksum_says_what_and_where_without_a_traceback(tmp_path, monkeypatch, capsys):

@@ -134,6 +134,8 @@ def _fetch_raw(args: argparse.Namespace) -> int:
     from . import rawfeeds
     from .acquisition import DownloadError
 
+    if args.size is not None and args.mission != "mars2020":
+        return _fail(f"--size picks a Mars 2020 rendition; the {args.mission} feed has one size")
     limit = args.limit
     try:
         no_sols = rawfeeds.parse_sols(args.sols) == (None, None)
@@ -143,7 +145,7 @@ def _fetch_raw(args: argparse.Namespace) -> int:
         limit = DEFAULT_FETCH_LIMIT
         print(f"No --sols or --limit: fetching the newest {limit} images (give --limit N or --sols A-B for more)")
     try:
-        result = rawfeeds.fetch_raw(args.mission, sols=args.sols, limit=limit, size=args.size,
+        result = rawfeeds.fetch_raw(args.mission, sols=args.sols, limit=limit, size=args.size or "medium",
                                     out_dir=args.out, per_page=args.per_page, base_url=args.feed_url,
                                     retries=args.retries, timeout=args.timeout, progress=not args.no_progress)
     except (DownloadError, ValueError, OSError) as error:  # the feed, bad options, the disk (e.g. --out)
@@ -229,14 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="marsrover", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    data = commands.add_parser("data", help="get, verify and extract the MSL archive and build the index")
+    data = commands.add_parser(
+        "data", help="get, verify and extract the MSL archive and build the index",
+        description="Get msl-images.zip (from $MARSROVER_MIRROR when set, else Zenodo record 1049137), verify "
+                    "its checksum, keep it in data/raw/, extract it safely into data/interim/ and build "
+                    "data/processed/index.csv: one row per image with its split, class, label, size and any "
+                    "reason it cannot be read.")
     data.add_argument("--data-dir", type=Path, help="data folder (default: data/ or $MARSROVER_DATA_DIR)")
     data.add_argument("--rebuild-index", action="store_true", help="re-check every image even if indexed")
     data.set_defaults(handler=_data)
 
     from .runner import add_study_arguments
 
-    run = commands.add_parser("study", help="run every notebook and render the report (as run_all.py)")
+    run = commands.add_parser(
+        "study", help="run every notebook and render the report (as run_all.py)",
+        description="Execute notebooks/NN_*.ipynb in order with papermill under a profile's parameters and "
+                    "render the report (HTML, figures, metrics.json) into reports/<profile>/, as run_all.py does.")
     add_study_arguments(run).set_defaults(handler=_study)
 
     predict = commands.add_parser(
@@ -273,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--limit", type=_non_negative_int,
                        help=f"stop after this many images (default {DEFAULT_FETCH_LIMIT} without --sols, "
                             "none with it: a feed holds hundreds of thousands)")
-    fetch.add_argument("--size", choices=rawfeeds.SIZES, default="medium",
-                       help="Mars 2020 rendition (default medium; the MSL feed has one size)")
+    fetch.add_argument("--size", choices=rawfeeds.SIZES,
+                       help="Mars 2020 rendition (default medium); the MSL feed has one size")
     fetch.add_argument("--out", type=Path, metavar="DIR", help="folder (default data/raw/<mission>)")
     fetch.add_argument("--per-page", type=_positive_int, default=rawfeeds.DEFAULT_PER_PAGE,
                        help=f"feed page size (default {rawfeeds.DEFAULT_PER_PAGE})")
