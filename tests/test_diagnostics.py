@@ -4,6 +4,7 @@ import json
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from marsrover import diagnostics
@@ -314,6 +315,32 @@ def test_bad_input_to_a_side_check_is_one_line_and_a_failing_exit_not_a_tracebac
         assert diagnostics.main([command, "--run-dir", str(tmp_path / "nothing here"), "--out", str(out)]) == 1
         assert "nothing here holds no run records (runs/*.json)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_batch_norm_check_with_no_model_to_score_keeps_the_record_there_is(tiny_paths, tmp_path, monkeypatch,
+                                                                             capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "runs").mkdir(parents=True)
+    (run_dir / "runs" / "seed_notebook.json").write_text(json.dumps({"config": {"image_size": 32, "fit_on": "train"}}))
+    monkeypatch.setattr(diagnostics, "saved_models_check", lambda *args, **kwargs: pd.DataFrame())  # no batch norm
+    out = tmp_path / "batch_norm.json"
+    out.write_text("an earlier, committed record")
+    try:
+        code = diagnostics.main(["batch-norm", "--run-dir", str(run_dir), "--data-dir", str(tiny_paths.root),
+                                 "--out", str(out)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert code == 1 and out.read_text() == "an earlier, committed record"
+    assert "has batch normalisation to score; " in capsys.readouterr().err
+
+
+def test_an_unexpected_error_in_a_side_check_keeps_its_traceback(monkeypatch):
+    def broken(run_dir, **kwargs):
+        raise KeyError("image_size")  # a bug, not bad input: hiding it behind one line would help nobody
+
+    monkeypatch.setattr(diagnostics, "flip_side_check", broken)
+    with pytest.raises(KeyError, match="image_size"):
+        diagnostics.main(["flip"])
 
 class _MirrorDetector(keras.layers.Layer):
     """P(Surface) 1 when an image's left half is the brighter one: right as it is, wrong once mirrored."""

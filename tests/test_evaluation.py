@@ -512,11 +512,13 @@ def test_examples_to_explain_can_keep_one_per_sequence_on_either_side(prediction
 
 
 def _examples_pool(n_sequences=12, per_sequence=4):
-    """Test predictions in sequences of near-copies: each sequence's frames share label and answer."""
+    """Test predictions in sequences of near-copies that share a label: in every third sequence (a focus stack
+    with one bad frame) the first frame alone is answered wrong, the rest right."""
     rows = []
     for sequence in range(n_sequences):
-        label, wrong = sequence % 2, sequence % 3 == 0
+        label = sequence % 2
         for frame in range(per_sequence):
+            wrong = sequence % 3 == 0 and frame == 0
             rows.append({"id": f"{sequence:04d}MH{sequence:06d}{frame:03d}", "label": label,
                          "predicted": 1 - label if wrong else label, "p_surface": 0.5})
     return pd.DataFrame(rows, index=range(100, 100 + len(rows)))

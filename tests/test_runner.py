@@ -264,12 +264,18 @@ def test_a_run_that_cannot_repeat_the_recorded_ones_precision_says_so_before_it_
     recorded = tmp_path / "metrics.json"
     recorded.write_text(json.dumps({"commit": "abc123", "cpu": INTEL_AMX, "cpu_count": 2,
                                     "notebook_seconds": {"05_training.ipynb": 5400, "06_error_analysis.ipynb": 300}}))
-    notice = runner.machine_notice("full", recorded, cpu=AMD_FLOAT32)
-    assert "commit abc123" in notice and "Intel(R) Xeon(R) Processor (2 cores, native bfloat16)" in notice
-    assert "in 95 minutes" in notice and "AMD EPYC" in notice and "trains in float32 here" in notice
-    assert "will not repeat" in notice
+    notice = runner.machine_notice("full", recorded, cpu=AMD_FLOAT32, gpus=0)
+    assert "commit abc123" in notice and "Intel(R) Xeon(R) Processor (2 cores, native bfloat16), in 95 minutes, " \
+                                          "training in bfloat16." in notice
+    assert "Here: AMD EPYC" in notice and "training in float32." in notice and "will not repeat" in notice
+    # a GPU trains the profile in float32 whatever the CPU
+    assert "3 GPU), training in float32" in runner.machine_notice("full", recorded, cpu=INTEL_AMX, gpus=3)
+    assert runner.machine_notice("full", recorded, cpu=AMD_FLOAT32, gpus=0).count("minutes") == 1
+    untimed = tmp_path / "untimed.json"
+    untimed.write_text(json.dumps({"commit": "abc123", "cpu": INTEL_AMX}))
+    assert "minutes" not in runner.machine_notice("full", untimed, cpu=AMD_FLOAT32, gpus=0)
     # the same precision, a profile that never trains in bfloat16, or nothing recorded: nothing to say
-    assert runner.machine_notice("full", recorded, cpu={**INTEL_AMX, "model_name": "another Xeon"}) is None
+    assert runner.machine_notice("full", recorded, cpu={**INTEL_AMX, "model_name": "another Xeon"}, gpus=0) is None
     assert runner.machine_notice("smoke", recorded, cpu=AMD_FLOAT32) is None
     assert runner.machine_notice("full", tmp_path / "none.json", cpu=AMD_FLOAT32) is None
     recorded.write_text(json.dumps({"commit": "old"}))  # recorded before runs described their CPU
@@ -278,14 +284,19 @@ def test_a_run_that_cannot_repeat_the_recorded_ones_precision_says_so_before_it_
     assert runner.machine_notice("full", recorded, cpu=AMD_FLOAT32) is None
 
 
-def test_the_notice_is_printed_when_a_run_starts(toy_notebooks, tmp_path, monkeypatch, capsys):
+def test_the_notice_is_printed_when_a_run_that_trains_starts(toy_notebooks, tmp_path, monkeypatch, capsys):
     from marsrover import provenance
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "metrics.json").write_text(json.dumps({"commit": "abc123", "cpu": INTEL_AMX}))
     monkeypatch.setattr(provenance, "cpu_description", lambda: AMD_FLOAT32)
+    monkeypatch.setattr(runner, "_gpus_listed", lambda: 0)
+    _write_notebook(toy_notebooks / "04_training.ipynb", "cpu_bfloat16 = False", "print('trained')")
+    runner.run_study("full", output_dir=tmp_path / "full", notebooks_dir=toy_notebooks, only=["4"])
+    assert "Here: AMD EPYC" in capsys.readouterr().out
+    # notebooks that train nothing (no cpu_bfloat16 parameter) compute the same anywhere: no notice
     runner.run_study("full", output_dir=tmp_path / "full", notebooks_dir=toy_notebooks, only=["3"])
-    assert "trains in float32 here" in capsys.readouterr().out
+    assert "Here:" not in capsys.readouterr().out
 
 def test_the_results_show_the_briefs_quick_cnn_claim_as_a_footnoted_row_beside_the_seeds(tmp_path):
     metrics = {**METRICS, "quick_cnn_claim": {"test": {"accuracy": 0.95, "balanced_accuracy": 0.93}}}

@@ -197,12 +197,33 @@ def test_a_move_after_a_copy_removes_the_originals_the_copy_left_behind(source, 
     (into / "Rover" / "dark1.png").write_bytes(b"changed since")  # this copy no longer holds the original
     summary = run(source, into, move=True)
     assert summary.moved_after_copy == 5 and "5 of them copied then and moved now" in summary.lines()[0]
+    assert "1 copied then and kept where they are, as their copies changed since" in summary.lines()[0]
     assert files_in(source) == ["broken.jpg", "dark1.png"] and kept_elsewhere.exists()
     for name, folder in EXPECTED.items():
         assert (into / folder / Path(name).name).exists()
     moved = read_log(into).query("action == 'moved'")
     assert len(moved) == 5 and "dark1.png" not in "".join(moved["source"])
     assert set(summary.table["action"]) >= {"moved (copied earlier)"}
+
+
+def test_an_original_a_move_cannot_remove_is_reported_as_failed_and_tried_again(source, tmp_path, monkeypatch):
+    into = tmp_path / "sorted"
+    run(source, into)
+    locked = source / "mid.png"
+    unlink = Path.unlink
+
+    def refuse(path, *args, **kwargs):
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    summary = run(source, into, move=True)
+    assert (str(locked), "cannot move: PermissionError: [Errno 13] Permission denied: " f"'{locked}'") in summary.failed
+    assert locked.exists() and summary.moved_after_copy == 5
+    monkeypatch.undo()
+    again = run(source, into, move=True)  # the failure did not count as done: the next run finishes it
+    assert again.moved_after_copy == 1 and not locked.exists()
 
 
 def test_move_onto_an_identical_file_just_removes_the_source(source, tmp_path):

@@ -154,7 +154,7 @@ def infer_per_image(files: list[str], model_path: str | None, size: int) -> dict
 
 
 def infer_batched(files: list[str], model_path: str | None, size: int, batch_size: int, as_saved: bool = False) -> dict:
-    """``marsrover predict``'s path: parallel decoding, large batches, one predict call per batch (``as_saved``:
+    """``marsrover predict``'s path: parallel decoding, large batches, one predict_on_batch call per batch (``as_saved``:
     the model in its saved policy, even where ``predict`` would load it to compute in float32)."""
     from .inference import classify_files
 

@@ -106,6 +106,25 @@ def validation_scores_by_statistics(model, val_data, fit_images: np.ndarray, los
     return scores
 
 
+class SideCheckInputError(Exception):
+    """Input a side check cannot use, found before anything is written: ``main`` says it in one line."""
+
+
+class NothingToScore(SideCheckInputError, FileNotFoundError):
+    """The run folder lacks the records or saved models a side check scores."""
+
+
+class UnknownAblation(SideCheckInputError, KeyError):
+    """An ablation notebook 05 does not define."""
+
+    def __str__(self) -> str:  # a KeyError would show its message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class TooFewSols(SideCheckInputError, ValueError):
+    """Validation has too few sols to split for forward validation."""
+
+
 def _single_model_runs(run_dir: Path):
     """(run, config, saved model path) of each trained single model of ``run_dir`` judged on the official
     validation split: no average, no skipped run, no random-split run."""
@@ -120,7 +139,7 @@ def _single_model_runs(run_dir: Path):
 def _require_run_records(run_dir: Path) -> None:
     """Refuse, before any image is loaded or any record written, a folder with no trained run to score."""
     if not any((Path(run_dir) / "runs").glob("*.json")):
-        raise FileNotFoundError(f"{config.display_path(run_dir)} holds no run records (runs/*.json): "
+        raise NothingToScore(f"{config.display_path(run_dir)} holds no run records (runs/*.json): "
                                 "run notebook 05 there first (python run_all.py --profile <name> --only 05)")
 
 
@@ -140,7 +159,7 @@ def saved_models_check(run_dir: Path, paths: config.DataPaths, index: pd.DataFra
     rows, val_arrays = [], {}  # validation images by size, loaded once
     for run, conf, model_path in _single_model_runs(run_dir):
         if not model_path.is_file():
-            raise FileNotFoundError(_missing_model_message(model_path, run_dir))
+            raise NothingToScore(_missing_model_message(model_path, run_dir))
         model = load_model(model_path)
         if not batch_norm_layers(model):
             release_models()
@@ -217,7 +236,7 @@ def trajectory_check(name: str, paths: config.DataPaths, index: pd.DataFrame, *,
     if forward:
         index = study.forward_validation_index(index)
         if index is None:
-            raise ValueError("the validation split has too few sols for forward validation")
+            raise TooFewSols("the validation split has too few sols for forward validation")
         fit_splits = study.FORWARD_FIT_SPLITS
     train_images, train_labels, groups = study.fit_arrays(paths, index, fit_splits, size, progress=False)
     val_data = study.split_arrays(paths, index, "val", size, progress=False)
@@ -302,6 +321,9 @@ def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajec
         result["sample_size"] = sample_size
         if saved_models:  # about 1.5 minutes in the full profile, not needed for a trajectory alone
             saved = saved_models_check(run_dir, paths, index, sample_size=sample_size, seed=seed)
+            if saved.empty and not trajectories:  # keep the record there is
+                raise NothingToScore(f"no saved model of {config.display_path(run_dir)} has batch normalisation "
+                                     "to score" + (f"; {config.display_path(out)} was not written" if out else ""))
             result["saved_models"] = {run: {key: (round(value, 4) if isinstance(value, float) else value)
                                             for key, value in row.items()} for run, row in saved.iterrows()}
         result["trajectories"] = {}
@@ -333,9 +355,8 @@ def flip_side_check(run_dir: Path, *, data_dir: Path | None = None, out: Path | 
         table = flip_check(run_dir, paths, index)
         if table.empty or ("missing" in table and table["missing"].notna().all()):  # keep the record there is
             missing = f" ({', '.join(table.index)} missing)" if len(table) else ""
-            raise FileNotFoundError(f"no saved train-only model of {config.display_path(run_dir)} to score"
-                                    f"{missing}; "
-                                    f"{config.display_path(out) if out else 'nothing'} was not written")
+            raise NothingToScore(f"no saved train-only model of {config.display_path(run_dir)} to score{missing}"
+                                 + (f"; {config.display_path(out)} was not written" if out else ""))
         result["models"] = {run: {key: value for key, value in row.items() if not pd.isna(value)}
                             for run, row in table.iterrows()}
 
@@ -368,12 +389,12 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
 
     seeds = list(dict.fromkeys(seeds))  # a seed named twice is one run
     if name not in ablation.ABLATIONS:  # before any image is loaded
-        raise KeyError(f"unknown ablation {name!r}; choose from {sorted(ablation.ABLATIONS)}")
+        raise UnknownAblation(f"unknown ablation {name!r}; choose from {sorted(ablation.ABLATIONS)}")
     run_dir = Path(run_dir)
     base_path = run_dir / "runs" / f"{ablation.BASE_MODEL}.json"
     base_run = reporting.load_json(base_path)
     if "history" not in base_run:
-        raise FileNotFoundError(f"{config.display_path(base_path)} holds no trained run: the seeds of "
+        raise NothingToScore(f"{config.display_path(base_path)} holds no trained run: the seeds of "
                                 f"{ablation.BASE_MODEL} to compare with come from running notebook 05 there")
     committed = ablation.load_records(run_dir)
     repeats = {key: record for key, record in committed.items() if ablation.is_repeat(key)}
@@ -545,9 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run_command(args, parser)
-    except (FileNotFoundError, KeyError, ValueError) as error:  # bad input, said in one line; nothing half-written
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    except SideCheckInputError as error:  # bad input, said in one line; anything else keeps its traceback
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
 
 

@@ -11,7 +11,7 @@ Images are JPEG or PNG of any size and colour mode (greyscale, RGBA, palette, 16
 converted to 8-bit RGB and resized to the model's input size the way the training images were
 (bilinear). Unreadable files (empty, truncated, not an image, more pixels than ``max_pixels``) get
 a row with the reason instead of a label; they never stop the run. Decoding runs in a thread pool
-and the model sees whole batches: one ``predict`` call per batch, never one per image.
+and the model sees whole batches: one ``predict_on_batch`` call per batch, never one per image.
 """
 
 from __future__ import annotations
@@ -420,7 +420,7 @@ def iter_predictions(model, files: Sequence[str | os.PathLike], *, batch_size: i
     """Yield one list of :class:`Prediction` per batch of ``files``, in order.
 
     The thread pool decodes the next batch while the model scores the current one; each batch is
-    one ``model.predict`` call (none for a batch where no file could be read).
+    one ``model.predict_on_batch`` call (none for a batch where no file could be read).
     """
     from .evaluation import predict_surface_probability
 

@@ -58,7 +58,8 @@ def write_run_log(output_dir: Path, log: dict) -> dict:
     rerun = {run["name"]: run for run in log["notebooks"] if run["status"] != "not run"}
     merged.update(rerun)
     notebooks = [merged[name] for name in sorted(merged)]
-    # The report started when its oldest kept notebook did, not when a partial rerun did.
+    # A partial rerun keeps the start of the first run this report was built from (which an entry of every
+    # notebook may since have replaced) and adds its own: the page shows both.
     partial = rerun and any(name not in rerun for name in merged) and earlier.get("started")
     started = {"started": earlier["started"], "this_run_started": log.get("started")} if partial else {}
     # The study's wall time is that of its notebooks, also when some were rerun separately.
@@ -703,8 +704,10 @@ def _refit_budget_markdown(metrics: dict) -> str:
             f"{len(averages)} {'was' if len(left_out) == 1 else 'were'} left out: "
             f"{'; '.join(described(name, average) for name, average in left_out)}.")
     chosen = metrics.get("best_on_val")
-    # the score the choice was made on, from notebook 05's record where it has one: notebook 06 scores an
-    # average through its saved model, which resizes inside, so its score can differ in the last digits
+    # the score the choice was made on, from notebook 05's record where it has one (rounded to 4 digits, as
+    # are those it is compared with): notebook 06 scores an average through its saved model, which resizes
+    # inside, so its score can differ in the last digits. A single model chosen has no entry there: its
+    # validation score in notebook 06 is the one its kept epoch was chosen on.
     score = (averages.get(chosen) or {}).get("val_balanced_accuracy")
     if score is None:
         score = metrics.get("models", {}).get(chosen, {}).get("val", {}).get("balanced_accuracy")

@@ -115,11 +115,13 @@ def peak_kernel_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3)  # KiB on Linux
 
 
-def machine_notice(profile: str, recorded: Path, cpu: dict[str, object] | None = None) -> str | None:
+def machine_notice(profile: str, recorded: Path, cpu: dict[str, object] | None = None,
+                   gpus: int | None = None) -> str | None:
     """A warning before a run of ``profile`` that cannot repeat the record it will replace (``recorded``,
-    a metrics.json): the record's CPU and this one (``cpu``, :func:`provenance.cpu_description`'s form)
-    differ in native bfloat16, and the profile trains in bfloat16 where it can, so its runs compute in
-    another precision here: other scores, and another training time. None when nothing needs saying."""
+    a metrics.json): the profile trains in bfloat16 on a CPU that has it natively and no GPU, and the record's
+    machine and this one (``cpu``, :func:`provenance.cpu_description`'s form; ``gpus``, default: NVIDIA GPUs
+    the driver lists) differ there, so its runs compute in another precision here: other scores, and another
+    training time. None when nothing needs saying."""
     import json
 
     from .provenance import cpu_description, has_native_bfloat16
@@ -133,19 +135,29 @@ def machine_notice(profile: str, recorded: Path, cpu: dict[str, object] | None =
     then, now = record.get("cpu") or {}, cpu if cpu is not None else cpu_description()
     if not then.get("flags") and not then.get("model_name"):
         return None  # a record from before CPUs were described: nothing to compare
-    if has_native_bfloat16(then) == has_native_bfloat16(now):
+    gpus = _gpus_listed() if gpus is None else gpus
+    bfloat16_then = has_native_bfloat16(then) and not record.get("gpus")
+    bfloat16_now = has_native_bfloat16(now) and not gpus
+    if bfloat16_then == bfloat16_now:
         return None
-    minutes = sum((record.get("notebook_seconds") or {}).values()) / 60
 
-    def described(cpu: dict, cores) -> str:
+    def described(cpu: dict, cores, gpus) -> str:
         bfloat16 = "native bfloat16" if has_native_bfloat16(cpu) else "no native bfloat16"
-        return f"{cpu.get('model_name', 'an unnamed CPU')} ({cores} cores, {bfloat16})"
+        return f"{cpu.get('model_name', 'an unnamed CPU')} ({cores} cores, {bfloat16}{f', {gpus} GPU' if gpus else ''})"
 
+    seconds = sum((record.get("notebook_seconds") or {}).values())
+    took = f", in {seconds / 60:.0f} minutes" if seconds else ""
     return (f"Note: {config.display_path(recorded)} was recorded at commit {record.get('commit', '?')} on "
-            f"{described(then, record.get('cpu_count', '?'))}, in {minutes:.0f} minutes. This machine's CPU is "
-            f"{described(now, os.cpu_count())}: what profile {profile!r} trains in bfloat16 there trains in "
-            f"{'bfloat16' if has_native_bfloat16(now) else 'float32'} here, so its scores will not repeat the "
-            "recorded ones, and its training time will differ too. This run replaces that record.")
+            f"{described(then, record.get('cpu_count', '?'), record.get('gpus'))}{took}, training in "
+            f"{'bfloat16' if bfloat16_then else 'float32'}. Here: {described(now, os.cpu_count(), gpus)}, "
+            f"training in {'bfloat16' if bfloat16_now else 'float32'}. So the scores of profile {profile!r} "
+            "will not repeat the recorded ones, and its training time will differ too.")
+
+
+def _gpus_listed() -> int:
+    """NVIDIA GPUs the driver lists (without starting TensorFlow, which notebook 05 asks itself)."""
+    folder = Path("/proc/driver/nvidia/gpus")
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
 
 
 @dataclass
@@ -175,7 +187,8 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter()
     print(f"Running {len(notebooks)} notebook(s) with profile {profile!r} into {output_dir}")
-    if notice := machine_notice(profile, output_dir / "metrics.json"):
+    trains = any("cpu_bfloat16" in papermill.inspect_notebook(str(nb)) for nb in notebooks)  # notebook 05
+    if trains and (notice := machine_notice(profile, output_dir / "metrics.json")):
         print(notice, flush=True)
     for notebook, run in zip(notebooks, runs):
         executed = output_dir / notebook.name

@@ -187,6 +187,7 @@ class SortSummary:
     already_there: int = 0
     skipped: int = 0
     moved_after_copy: int = 0  # of the skipped: copied by an earlier run, the originals removed by this --move
+    kept_after_copy: int = 0  # of the skipped: copied by an earlier run, kept by this --move (the copy changed)
     failed: list[tuple[str, str]] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
 
@@ -201,6 +202,8 @@ class SortSummary:
                 f"({self.placed} new, {self.already_there} already there, "
                 f"{self.skipped} skipped as sorted by an earlier run"
                 + (f", {self.moved_after_copy} of them copied then and moved now" if self.moved_after_copy else "")
+                + (f", {self.kept_after_copy} copied then and kept where they are, as their copies changed since"
+                   if self.kept_after_copy else "")
                 + f"); {len(self.failed)} unreadable"]
         text += [f"  unreadable: {source}: {error}" for source, error in self.failed]
         return text
@@ -281,16 +284,17 @@ def _glob_lists(pattern: str, source: str) -> bool:
     return matches(parts[literal:], names)
 
 
-def _finish_move(source: Path, dest: Path, sha256: str) -> bool:
+def _finish_move(source: Path, dest: Path, sha256: str) -> str:
     """Remove ``source`` when ``dest``, placed by an earlier run that copied it, still holds the same content
-    (and is not the same file): a later ``--move`` then moves what a copy left behind. False if it did nothing."""
+    (and is not the same file): a later ``--move`` thus moves what a copy left behind. Returns ``moved``,
+    ``kept`` (the copy changed since, or is the source itself: the original stays) or why the removal failed."""
     try:
         if os.path.samefile(source, dest) or _sha256(dest) != sha256:
-            return False
+            return "kept"
         source.unlink()
-        return True
-    except OSError:
-        return False
+        return "moved"
+    except OSError as error:
+        return f"cannot move: {type(error).__name__}: {error}"
 
 
 def sort_files(model, files: Sequence[str | os.PathLike], into: str | os.PathLike, *, move: bool = False,
@@ -323,15 +327,23 @@ def sort_files(model, files: Sequence[str | os.PathLike], into: str | os.PathLik
                 if same:
                     summary.skipped += 1
                     summary.counts[record["folder"]] = summary.counts.get(record["folder"], 0) + 1
-                    action = "skipped (sorted earlier)"
-                    if move and _finish_move(path, dest, record["sha256"]):  # an earlier run copied it
+                    action, error = "skipped (sorted earlier)", ""
+                    outcome = _finish_move(path, dest, record["sha256"]) if move else "kept"
+                    if outcome == "moved":  # an earlier run copied it
                         summary.moved_after_copy += 1
                         action = "moved (copied earlier)"
                         log.write(source=key, sha256=record["sha256"], p_surface=record["p_surface"],
                                   folder=record["folder"], dest=record["dest"], action="moved")
+                    elif outcome != "kept":  # the copy stands; the original could not be removed
+                        action, error = "failed", outcome
+                        summary.failed.append((str(path), outcome))
+                        log.write(source=key, sha256=record["sha256"], p_surface=record["p_surface"],
+                                  folder=record["folder"], dest=record["dest"], action="failed", error=outcome)
+                    elif move and record["action"] != "moved":
+                        summary.kept_after_copy += 1
                     summary.rows.append({"source": str(path), "p_surface": float(record["p_surface"]),
                                          "folder": record["folder"], "dest": str(dest), "action": action,
-                                         "error": ""})
+                                         "error": error})
                     continue
             todo.append(path)
 
