@@ -289,20 +289,26 @@ def test_the_flip_command_writes_its_own_file(monkeypatch):
 
 
 
-def test_a_flip_check_with_no_saved_model_to_score_keeps_the_record_there_is(tiny_paths, tmp_path, capsys):
+@pytest.mark.parametrize(("command", "run", "said"), [
+    ("flip", "lost", ["error: no saved train-only model of", "(lost missing)"]),  # its model file is gone
+    ("batch-norm", "seed_notebook", ["has batch normalisation to score"]),  # no saved model has batch norm
+])
+def test_a_side_check_with_nothing_to_score_keeps_the_record_there_is(command, run, said, tiny_paths, tmp_path,
+                                                                      monkeypatch, capsys):
     run_dir = tmp_path / "run"
     (run_dir / "runs").mkdir(parents=True)
-    (run_dir / "runs" / "lost.json").write_text(json.dumps({"config": {"image_size": 32, "fit_on": "train"}}))
-    out = tmp_path / "flip.json"
-    out.write_text('{"models": {"improved": {}}}')  # an earlier, committed record
+    (run_dir / "runs" / f"{run}.json").write_text(json.dumps({"config": {"image_size": 32, "fit_on": "train"}}))
+    monkeypatch.setattr(diagnostics, "saved_models_check", lambda *args, **kwargs: pd.DataFrame())
+    out = tmp_path / "check.json"
+    out.write_text("an earlier, committed record")
     try:
-        code = diagnostics.main(["flip", "--run-dir", str(run_dir), "--data-dir", str(tiny_paths.root),
+        code = diagnostics.main([command, "--run-dir", str(run_dir), "--data-dir", str(tiny_paths.root),
                                  "--out", str(out)])
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert code == 1 and out.read_text() == '{"models": {"improved": {}}}'
+    assert code == 1 and out.read_text() == "an earlier, committed record"
     error = capsys.readouterr().err
-    assert "error: no saved train-only model of" in error and "(lost missing)" in error and "not written" in error
+    assert all(part in error for part in said) and f"{out} was not written" in error
 
 
 def test_bad_input_to_a_side_check_is_one_line_and_a_failing_exit_not_a_traceback(tmp_path, capsys):
@@ -315,23 +321,6 @@ def test_bad_input_to_a_side_check_is_one_line_and_a_failing_exit_not_a_tracebac
         assert diagnostics.main([command, "--run-dir", str(tmp_path / "nothing here"), "--out", str(out)]) == 1
         assert "nothing here holds no run records (runs/*.json)" in capsys.readouterr().err
     assert not out.exists()
-
-
-def test_a_batch_norm_check_with_no_model_to_score_keeps_the_record_there_is(tiny_paths, tmp_path, monkeypatch,
-                                                                             capsys):
-    run_dir = tmp_path / "run"
-    (run_dir / "runs").mkdir(parents=True)
-    (run_dir / "runs" / "seed_notebook.json").write_text(json.dumps({"config": {"image_size": 32, "fit_on": "train"}}))
-    monkeypatch.setattr(diagnostics, "saved_models_check", lambda *args, **kwargs: pd.DataFrame())  # no batch norm
-    out = tmp_path / "batch_norm.json"
-    out.write_text("an earlier, committed record")
-    try:
-        code = diagnostics.main(["batch-norm", "--run-dir", str(run_dir), "--data-dir", str(tiny_paths.root),
-                                 "--out", str(out)])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    assert code == 1 and out.read_text() == "an earlier, committed record"
-    assert "has batch normalisation to score; " in capsys.readouterr().err
 
 
 def test_an_unexpected_error_in_a_side_check_keeps_its_traceback(monkeypatch):
