@@ -83,14 +83,13 @@ def validation_scores_by_statistics(model, val_data, fit_images: np.ndarray, los
     then loss-weighted); the model's running statistics are put back afterwards."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from .evaluation import EVAL_BATCH_SIZE
+    from .evaluation import predict_surface_probability
     from .training import batch_norm_layers, recalibrate_batch_norm
 
     images, labels = val_data
 
-    def score() -> float:
-        return float(balanced_accuracy_score(labels, model.predict(images, batch_size=EVAL_BATCH_SIZE,
-                                                                   verbose=0).argmax(1)))
+    def score() -> float:  # the larger of the two probabilities, as argmax picks it (a tie: Rover)
+        return float(balanced_accuracy_score(labels, (predict_surface_probability(model, images) > 0.5).astype(int)))
 
     layers_ = batch_norm_layers(model)
     saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers_]
