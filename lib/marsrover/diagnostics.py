@@ -142,6 +142,11 @@ def _require_run_records(run_dir: Path) -> None:
                                 "run notebook 05 there first (python run_all.py --profile <name> --only 05)")
 
 
+def _not_written(out: Path | None) -> str:
+    """The end of a refusal's message: which record was left as it was."""
+    return f"; {config.display_path(out)} was not written" if out else ""
+
+
 def _missing_model_message(model_path: Path, run_dir: Path) -> str:
     return (f"{model_path} is missing: the saved models of {run_dir} come from running notebook 05 there "
             "(they are not committed)")
@@ -322,7 +327,7 @@ def batch_norm_side_check(run_dir: Path, *, data_dir: Path | None = None, trajec
             saved = saved_models_check(run_dir, paths, index, sample_size=sample_size, seed=seed)
             if saved.empty and not trajectories:  # keep the record there is
                 raise NothingToScore(f"no saved model of {config.display_path(run_dir)} has batch normalisation "
-                                     "to score" + (f"; {config.display_path(out)} was not written" if out else ""))
+                                     f"to score{_not_written(out)}")
             result["saved_models"] = {run: {key: (round(value, 4) if isinstance(value, float) else value)
                                             for key, value in row.items()} for run, row in saved.iterrows()}
         result["trajectories"] = {}
@@ -355,7 +360,7 @@ def flip_side_check(run_dir: Path, *, data_dir: Path | None = None, out: Path | 
         if table.empty or ("missing" in table and table["missing"].notna().all()):  # keep the record there is
             missing = f" ({', '.join(table.index)} missing)" if len(table) else ""
             raise NothingToScore(f"no saved train-only model of {config.display_path(run_dir)} to score{missing}"
-                                 + (f"; {config.display_path(out)} was not written" if out else ""))
+                                 f"{_not_written(out)}")
         result["models"] = {run: {key: value for key, value in row.items() if not pd.isna(value)}
                             for run, row in table.iterrows()}
 

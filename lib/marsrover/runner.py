@@ -122,14 +122,12 @@ def machine_notice(profile: str, recorded: Path, cpu: dict[str, object] | None =
     machine and this one (``cpu``, :func:`provenance.cpu_description`'s form; ``gpus``, default: NVIDIA GPUs
     the driver lists) differ there, so its runs compute in another precision here: other scores, and another
     training time. None when nothing needs saying."""
-    import json
-
     from .provenance import cpu_description, has_native_bfloat16
 
-    if not get_profile(profile).get("cpu_bfloat16") or not Path(recorded).exists():
+    if not get_profile(profile).get("cpu_bfloat16"):
         return None
     try:
-        record = json.loads(Path(recorded).read_text())
+        record = reporting.load_json(recorded)  # {} when there is none
     except (OSError, ValueError):
         return None
     then, now = record.get("cpu") or {}, cpu if cpu is not None else cpu_description()

@@ -329,16 +329,15 @@ def sort_files(model, files: Sequence[str | os.PathLike], into: str | os.PathLik
                     summary.counts[record["folder"]] = summary.counts.get(record["folder"], 0) + 1
                     action, error = "skipped (sorted earlier)", ""
                     outcome = _finish_move(path, dest, record["sha256"]) if move else "kept"
+                    placed = {name: record[name] for name in ("sha256", "p_surface", "folder", "dest")}
                     if outcome == "moved":  # an earlier run copied it
                         summary.moved_after_copy += 1
                         action = "moved (copied earlier)"
-                        log.write(source=key, sha256=record["sha256"], p_surface=record["p_surface"],
-                                  folder=record["folder"], dest=record["dest"], action="moved")
+                        log.write(source=key, **placed, action="moved")
                     elif outcome != "kept":  # the copy stands; the original could not be removed
                         action, error = "failed", outcome
                         summary.failed.append((str(path), outcome))
-                        log.write(source=key, sha256=record["sha256"], p_surface=record["p_surface"],
-                                  folder=record["folder"], dest=record["dest"], action="failed", error=outcome)
+                        log.write(source=key, **placed, action="failed", error=outcome)
                     elif move and record["action"] != "moved":
                         summary.kept_after_copy += 1
                     summary.rows.append({"source": str(path), "p_surface": float(record["p_surface"]),
