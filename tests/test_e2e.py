@@ -135,9 +135,28 @@ def test_metrics_cover_every_run_on_val_and_test(smoke_report):
         assert all(group["errors"] > 0 and group["trained_on"] >= 0 and " · " in group["group"]
                    for group in groups), name
         assert [group["errors"] for group in groups] == sorted((group["errors"] for group in groups), reverse=True)
+        coverage = splits["test"]["by_training_coverage"]  # its accuracy where its training barely reached, and elsewhere
+        assert coverage["rare"]["n"] + coverage["rest"]["n"] == splits["test"]["n"], name
+        if splits["kind"] == "train only":  # and on validation, which such a run has not seen
+            val = splits["val"]["by_training_coverage"]
+            assert val["rare"]["n"] + val["rest"]["n"] == splits["val"]["n"], name
+        else:
+            assert "by_training_coverage" not in splits["val"], name
     assert metrics["baselines"]["majority class"]["test"]["answer"] == "Rover"
     assert set(metrics["notebook_seconds"]) == {nb.name for nb in discover_notebooks()}
     assert metrics["versions"]["tensorflow"]
+
+
+def test_notebook_01_records_what_training_covers_of_the_whole_data_set_for_the_model_card(smoke_report):
+    views = json.loads((smoke_report / "training_coverage.json").read_text())
+    assert [(view["training"], view["evaluated"]) for view in views] == [("train", "val"), ("train", "test"),
+                                                                        ("train+val", "test")]
+    # notebook 01 sees every image whatever the profile: the official split's sizes
+    assert [view["n"] for view in views] == [config.EXPECTED_SPLIT_SIZES["val"], *[config.EXPECTED_SPLIT_SIZES["test"]] * 2]
+    train_only, refit = views[1], views[2]
+    assert 0 < refit["rare"] < train_only["rare"] < train_only["n"]  # validation's images cover some of test's groups
+    assert all(group["trained_on"] < view["fewer_than"] for view in views for group in view["groups"])
+    assert "What the test split asks." in (smoke_report / "01_acquisition.html").read_text()
 
 
 def test_each_run_is_saved_with_its_record(smoke_report):

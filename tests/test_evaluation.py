@@ -8,6 +8,8 @@ from sklearn import metrics as skm
 
 from marsrover import plots
 from marsrover.evaluation import (
+    accuracy_by_training_coverage,
+    accuracy_needed_on_rare,
     at_confidence,
     average_predictions,
     binary_metrics,
@@ -20,6 +22,7 @@ from marsrover.evaluation import (
     majority_baseline,
     most_confident_errors,
     predict_surface_probability,
+    rarely_trained,
     sol_ranges,
 )
 
@@ -333,6 +336,47 @@ def test_errors_are_grouped_by_class_and_instrument_beside_the_images_trained_on
     unnamed = errors_against_training(test.assign(instrument=None), training, by="instrument")
     assert list(unnamed.index) == ["unknown"] and unnamed.loc["unknown", "errors"] == 3  # a missing value is a group
     assert errors_against_training(test.head(0), training).empty
+
+
+def test_rarely_trained_counts_the_evaluated_images_of_groups_training_barely_holds():
+    def frames(groups):
+        names, instruments = zip(*(group.split(" · ") for group in groups))
+        return pd.DataFrame({"msl_name": names, "instrument": instruments})
+
+    training = frames(["wheel · MAHLI"] * 3 + ["ground · Mastcam left"] * 2 + ["drill · MAHLI"])
+    evaluated = frames(["wheel · MAHLI"] * 2 + ["ground · MAHLI"] * 4 + ["drill · MAHLI"] * 1
+                       + ["wheel · Mastcam left"] * 3)
+    coverage = rarely_trained(evaluated, training, fewer_than=2)
+    # drill · MAHLI has 1 training image (< 2); ground · MAHLI and wheel · Mastcam left none; wheel · MAHLI 3
+    assert coverage["groups"] == [{"group": "ground · MAHLI", "n": 4, "trained_on": 0},
+                                  {"group": "wheel · Mastcam left", "n": 3, "trained_on": 0},
+                                  {"group": "drill · MAHLI", "n": 1, "trained_on": 1}]  # most images first
+    assert (coverage["n"], coverage["rare"], coverage["share"], coverage["fewer_than"]) == (10, 8, 0.8, 2)
+    assert rarely_trained(evaluated, training, fewer_than=4)["rare"] == 10  # 3 wheel · MAHLI images are now few
+    assert rarely_trained(evaluated, training.head(0))["rare"] == 10  # no training at all: every group is rare
+    assert rarely_trained(evaluated, evaluated, by="instrument", fewer_than=1)["groups"] == []
+    assert json.loads(json.dumps(coverage)) == coverage  # plain values for training_coverage.json
+
+
+def test_the_accuracy_needed_on_rarely_trained_images_follows_from_the_errors_a_target_allows():
+    # 98% of 1000 images allows 20 errors; if 400 images are rare, at least 380 of them must be right
+    assert accuracy_needed_on_rare(0.98, 0.4) == pytest.approx(0.95)
+    assert accuracy_needed_on_rare(0.98, 1.0) == pytest.approx(0.98)  # everything rare: the target itself
+    assert accuracy_needed_on_rare(0.98, 0.01) == 0.0  # fewer rare images than allowed errors
+    assert accuracy_needed_on_rare(0.98, 0.0) == 0.0
+
+
+def test_a_runs_accuracy_is_split_between_rarely_trained_groups_and_the_rest(predictions):
+    test = predictions.assign(msl_name=["wheel", "wheel", "ground", "ground", "ground", "wheel", "drill"])
+    training = pd.DataFrame({"msl_name": ["wheel", "wheel", "ground"], "instrument": ["MAHLI", "MAHLI", "MAHLI"]})
+    table = errors_against_training(test, training)  # only wheel · MAHLI (2) and ground · MAHLI (1) were trained on
+    split = accuracy_by_training_coverage(table, fewer_than=2)
+    assert split["fewer_than"] == 2
+    assert split["rest"] == {"n": 2, "accuracy": 0.5}  # wheel · MAHLI: one of its two images wrong
+    assert split["rare"]["n"] == 5 and split["rare"]["accuracy"] == pytest.approx(3 / 5)
+    everything_rare = accuracy_by_training_coverage(table, fewer_than=100)
+    assert everything_rare["rest"] == {"n": 0, "accuracy": None}
+    assert everything_rare["rare"]["accuracy"] == pytest.approx(4 / 7)
 
 
 def test_metrics_json_keeps_the_largest_error_groups_that_have_errors_as_plain_rounded_values(predictions):

@@ -232,6 +232,60 @@ def test_the_results_and_the_model_card_say_what_the_intervals_resampled(tmp_pat
     assert reporting.interval_words({"accuracy": 0.9}) == "no intervals"  # scored without a bootstrap
 
 
+def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebook_01s_coverage_record(tmp_path):
+    from marsrover import study
+
+    def frame(split, groups):
+        rows = [(name, instrument) for group, count in groups for name, instrument in [group.split(" · ")] * count]
+        return pd.DataFrame(rows, columns=["msl_name", "instrument"]).assign(split=split)
+
+    index = pd.concat([frame("train", [("wheel · MAHLI", 20), ("ground · Mastcam left", 30)]),
+                       frame("val", [("ground · MAHLI", 12), ("wheel · Mastcam left", 3)]),
+                       frame("test", [("wheel · MAHLI", 50), ("ground · MAHLI", 30), ("wheel · Mastcam left", 20)])])
+    assert "What the test split asks" not in reporting.results_markdown(METRICS, report_dir=tmp_path)  # no record
+    views = study.training_coverage(index, tmp_path)
+    assert reporting.load_training_coverage(tmp_path) == views  # what notebook 01 wrote, read back
+    assert study.coverage_table(views).loc[("train+val", "test")].tolist() == [
+        100, 20, 0.2, 1, "wheel · Mastcam left (20, 3)"]  # ground · MAHLI has 12 images once val is trained on
+    words = reporting.coverage_markdown(views)
+    # 50 of 100 test images are of groups train lacks; 98% allows 2 errors, so 48 of those 50 must be right
+    assert words.startswith("**What the test split asks.** 50 of the test split's 100 images (50.0%) are of an "
+                            "MSL class seen by one instrument with fewer than 10 images in train: *ground · MAHLI* "
+                            "(30 test images, 0 in train), *wheel · Mastcam left* (20 test images, 0 in train).")
+    assert "gets at least 96.0% of these right" in words
+    assert "For a refit on train+val, 20 test images (20.0%) are of such groups" in words and "90.0% of them" in words
+    scored = {**METRICS, "models": {**METRICS["models"], "improved_refit": {
+        **METRICS["models"]["improved_refit"], "test": {**METRICS["models"]["improved_refit"]["test"],
+                                                        "by_training_coverage": {"fewer_than": 10,
+                                                                                 "rare": {"n": 20, "accuracy": 0.85},
+                                                                                 "rest": {"n": 80, "accuracy": 1.0}}}}}}
+    assert words.endswith("of them right.")  # no metrics, or no run scored on it: no sentence about runs
+    assert reporting.coverage_markdown(views, METRICS) == words
+    assert ("In this run, `improved_refit` got 85.0% of its rarely trained test images right and 100.0% of the "
+            "others.") in reporting.coverage_markdown(views, scored)
+
+    def covered(rare, rest):
+        return {"by_training_coverage": {"fewer_than": 10, "rare": {"n": 50, "accuracy": rare},
+                                         "rest": {"n": 50, "accuracy": rest}}}
+
+    improved = METRICS["models"]["improved"]
+    both = {**scored, "models": {**scored["models"], "improved": {
+        **improved, "val": {**improved["val"], **covered(0.7, 0.95)}, "test": {**improved["test"], **covered(0.6, 0.9)}}}}
+    assert ("In this run, `improved` got 60.0% of its rarely trained test images right and 90.0% of the others "
+            "(on validation, 70.0% and 95.0%); `improved_refit` got 85.0%") in reporting.coverage_markdown(views, both)
+    table = study.training_coverage_table(both)
+    assert table.loc["improved"].tolist() == ["train only", 50, 0.7, 0.95, 50, 0.6, 0.9]
+    assert table.loc["improved_refit", "test: accuracy on them"] == 0.85
+    assert pd.isna(table.loc["improved_refit", "val: accuracy on them"])  # validation was its training data
+    assert study.training_coverage_table(METRICS).empty  # metrics from before the split was recorded
+    assert words in reporting.results_markdown(METRICS, report_dir=tmp_path)
+    card = reporting.write_model_card(tmp_path, scored).read_text()
+    assert words in card and "counts and shares: from `training_coverage.json` (notebook 01) in *What the test split asks*, fixed ones\nunder" in card
+    (tmp_path / "without").mkdir()
+    bare = reporting.write_model_card(tmp_path / "without", METRICS).read_text()  # a report without notebook 01's record
+    assert "What the test split asks" not in bare and "the data set's fixed counts and shares\nunder *Data*" in bare
+
+
 def test_the_results_say_whether_the_run_kept_inside_its_profiles_budget():
     inside = reporting.results_markdown(METRICS, {"total_seconds": 6600, "budget_minutes": 120})
     assert "took 110 minutes" in inside and "That is inside the profile's budget of 120 minutes." in inside

@@ -406,6 +406,59 @@ def errors_against_training(predictions: pd.DataFrame, training: pd.DataFrame,
     table = breakdown(predictions.assign(group=group_names(predictions, by)), "group")[["n", "errors", "accuracy"]]
     total_errors = int(table["errors"].sum())
     table["share_of_errors"] = table["errors"] / total_errors if total_errors else 0.0
-    trained = group_names(training, by).value_counts() if len(training) else pd.Series(dtype=int)
-    table["trained_on"] = trained.reindex(table.index).fillna(0).astype(int)
+    table["trained_on"] = _images_per_group(training, by).reindex(table.index).fillna(0).astype(int)
     return table.sort_values(["errors", "n"], ascending=False, kind="stable")
+
+
+def _images_per_group(frame: pd.DataFrame, by: str | tuple[str, ...]) -> pd.Series:
+    return group_names(frame, by).value_counts() if len(frame) else pd.Series(dtype=int)
+
+
+# Fewer images of a group (a class seen by one instrument) than this in training: a handful, too few to
+# learn the group's look from, so a model must get those images right from what other groups taught it.
+RARELY_TRAINED_BELOW = 10
+
+
+def rarely_trained(evaluated: pd.DataFrame, training: pd.DataFrame, *,
+                   by: str | tuple[str, ...] = ("msl_name", "instrument"),
+                   fewer_than: int = RARELY_TRAINED_BELOW) -> dict[str, object]:
+    """How much of ``evaluated`` is of a group (e.g. ``wheel · Mastcam left``) that ``training`` barely holds.
+
+    A fact of the split, before any model: under a shift like the official split's, a share of the
+    evaluation images can only be right by generalising across groups. Returns ``fewer_than``, ``n``
+    (images evaluated), ``rare`` (those of a group with fewer than ``fewer_than`` images in ``training``),
+    ``share`` (``rare / n``) and ``groups``: one record per such group, most images first, with
+    ``group``, ``n`` and ``trained_on``.
+    """
+    counts = _images_per_group(evaluated, by)
+    trained_on = _images_per_group(training, by).reindex(counts.index).fillna(0).astype(int)
+    table = pd.DataFrame({"n": counts.astype(int), "trained_on": trained_on})
+    rare = table[table["trained_on"] < fewer_than].sort_index().sort_values("n", ascending=False, kind="stable")
+    images, rare_images = len(evaluated), int(rare["n"].sum())
+    return {"fewer_than": int(fewer_than), "n": images, "rare": rare_images,
+            "share": rare_images / images if images else float("nan"),
+            "groups": [{"group": group, "n": int(row.n), "trained_on": int(row.trained_on)}
+                       for group, row in rare.iterrows()]}
+
+
+def accuracy_needed_on_rare(target: float, share: float) -> float:
+    """The least accuracy on the rarely trained share of a split that still lets a model reach ``target``
+    accuracy on the whole split, even with every other image right (0 when the share is small enough to
+    get all of it wrong)."""
+    if not share > 0:
+        return 0.0
+    return max(0.0, 1 - (1 - target) / share)
+
+
+def accuracy_by_training_coverage(error_groups: pd.DataFrame,
+                                  fewer_than: int = RARELY_TRAINED_BELOW) -> dict[str, object]:
+    """A run's accuracy on the images of rarely trained groups and on the rest, from its
+    :func:`errors_against_training` table. Plain numbers for ``metrics.json``: ``fewer_than``, and for
+    ``rare`` and ``rest`` each ``n`` and ``accuracy`` (None for no images)."""
+    rare = error_groups["trained_on"] < fewer_than
+
+    def part(rows: pd.DataFrame) -> dict[str, object]:
+        images = int(rows["n"].sum())
+        return {"n": images, "accuracy": 1 - float(rows["errors"].sum()) / images if images else None}
+
+    return {"fewer_than": int(fewer_than), "rare": part(error_groups[rare]), "rest": part(error_groups[~rare])}

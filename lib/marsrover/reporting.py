@@ -282,6 +282,7 @@ CLAIM_ROWS = (
 MAJORITY = "majority class"  # the baseline row of always giving the evaluated split's commonest label
 TARGETS = {"accuracy": 0.98, "balanced_accuracy": 0.97}  # issue 3: the improved model, official test split
 REFIT_SUFFIX = "_refit"  # a run refitted on train+val is named after its train-only run plus this
+TRAINING_COVERAGE_FILE = "training_coverage.json"  # notebook 01's record of what training covers (study.training_coverage)
 
 
 def runs_built_on(metrics: dict, model: str) -> list[str]:
@@ -412,6 +413,67 @@ def targets_markdown(metrics: dict, model: str = "improved", targets: dict[str, 
     return " ".join(lines)
 
 
+def load_training_coverage(report_dir: Path | None) -> list[dict]:
+    """Notebook 01's ``training_coverage.json`` in ``report_dir``; empty when it is not there."""
+    path = Path(report_dir) / TRAINING_COVERAGE_FILE if report_dir is not None else None
+    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else []
+
+
+def _coverage_view(views: list[dict], training: str, evaluated: str = "test") -> dict | None:
+    return next((view for view in views if (view["training"], view["evaluated"]) == (training, evaluated)), None)
+
+
+def _rare_groups_words(view: dict, shown: int = 3) -> str:
+    """``"wheel · Mastcam left (156 test images, 4 in train), ..."``: the largest rarely trained groups."""
+    groups = view["groups"]
+    named = [f"*{group['group']}* ({group['n']} {view['evaluated']} images, {group['trained_on']} in "
+             f"{view['training']})" for group in groups[:shown]]
+    more = len(groups) - shown
+    return ", ".join(named) + (f" and {more} smaller group{'s' if more > 1 else ''}" if more > 0 else "")
+
+
+def _rare_accuracy_words(metrics: dict, run: str) -> str:
+    """``"`improved` got 62.6% of its rarely trained test images right and 84.9% of the others (on validation, ...)"``."""
+    splits = metrics.get("models", {}).get(run, {})
+
+    def parts(split: str) -> tuple[str, str] | None:
+        coverage = splits.get(split, {}).get("by_training_coverage")
+        if not coverage or coverage["rare"]["accuracy"] is None or coverage["rest"]["accuracy"] is None:
+            return None
+        return _pct(coverage["rare"]["accuracy"]), _pct(coverage["rest"]["accuracy"])
+
+    if (test := parts("test")) is None:
+        return ""
+    val = parts("val")
+    return (f"`{run}` got {test[0]} of its rarely trained test images right and {test[1]} of the others"
+            + (f" (on validation, {val[0]} and {val[1]})" if val else ""))
+
+
+def coverage_markdown(views: list[dict], metrics: dict | None = None, target: float = TARGETS["accuracy"]) -> str:
+    """What the test split asks of a model, from notebook 01's ``training_coverage.json``: the share of its
+    images whose group (MSL class x instrument) training barely holds, and the accuracy on them that
+    ``target`` needs; with ``metrics``, what ``improved`` and the headline got on them. Empty without views."""
+    from .evaluation import accuracy_needed_on_rare
+
+    train_only, refit = _coverage_view(views, "train"), _coverage_view(views, "train+val")
+    if train_only is None:
+        return ""
+    lines = [f"**What the test split asks.** {train_only['rare']} of the test split's {train_only['n']} images "
+             f"({_pct(train_only['share'])}) are of an MSL class seen by one instrument with fewer than "
+             f"{train_only['fewer_than']} images in train: {_rare_groups_words(train_only)}. Even with every other "
+             f"test image right, a model trained on train alone reaches {_pct(target)} test accuracy only if it "
+             f"gets at least {_pct(accuracy_needed_on_rare(target, train_only['share']))} of these right."]
+    if refit is not None:
+        lines.append(f"For a refit on train+val, {refit['rare']} test images ({_pct(refit['share'])}) are of such "
+                     f"groups, and on the same terms it needs at least "
+                     f"{_pct(accuracy_needed_on_rare(target, refit['share']))} of them right.")
+    if metrics:
+        runs = list(dict.fromkeys(["improved", metrics.get("headline", "")]))
+        if said := [words for run in runs if (words := _rare_accuracy_words(metrics, run))]:
+            lines.append(f"In this run, {'; '.join(said)}.")
+    return " ".join(lines)
+
+
 def cpu_and_architecture(cpu_model: str | None, architecture: str) -> str:
     """``"AMD EPYC (x86_64)"``, or the architecture alone where the CPU model is not known."""
     return f"{cpu_model} ({architecture})" if cpu_model else architecture
@@ -465,6 +527,8 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
                                        for number, note in enumerate(notes, 1)))
     if targets := targets_markdown(metrics):
         lines.append(f"\n{targets}")
+    if asked := coverage_markdown(load_training_coverage(report_dir), metrics):
+        lines.append(f"\n{asked}")
     for run, reason in metrics.get("skipped", {}).items():
         lines.append(f"\n`{run}` was skipped: {reason.split('. ')[0]}.")
     if run_log:
@@ -729,6 +793,10 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     kept = test.get("at_confidence") or {}
     evidence = design_evidence(report_dir)
     targets = f"\n\n{text}\n" if (text := targets_markdown(metrics)) else ""
+    if asked := coverage_markdown(load_training_coverage(report_dir), metrics):
+        targets += f"\n{asked}\n"
+    data_counts = (f"counts and shares: from `{TRAINING_COVERAGE_FILE}` (notebook 01) in *What the test split asks*, "
+                   "fixed ones" if asked else "fixed counts and shares")
     from .provenance import code_commit
 
     written_by = ("" if code_commit() == metrics.get("commit")
@@ -745,7 +813,7 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     card = f"""# Model card: {headline}
 
 *Generated by `run_all.py --profile {metrics.get('profile')}` at commit `{metrics.get('commit')}`; every number
-below comes from `metrics.json` in this folder{sources}, apart from the data set's fixed counts and shares
+below comes from `metrics.json` in this folder{sources}, apart from the data set's {data_counts}
 under *Data* and *Limits*.{written_by}*
 
 ## Intended use

@@ -38,6 +38,35 @@ def acquire(data_dir: str | Path | None = None, *, progress: bool = True,
     return paths, dataset.load_or_build_index(paths, rebuild=rebuild_index, progress=progress)
 
 
+TRAINING_COVERAGE_FILE = reporting.TRAINING_COVERAGE_FILE
+# (what a model is trained on, what it is scored on): the train-only runs, and the refits on train+val
+COVERAGE_VIEWS = ((("train",), "val"), (("train",), "test"), (("train", "val"), "test"))
+
+
+def training_coverage(index: pd.DataFrame, output_dir: Path | None = None) -> list[dict]:
+    """For each of ``COVERAGE_VIEWS``, how much of the scored split is of a group (MSL class x instrument)
+    that the training splits barely hold (:func:`evaluation.rarely_trained`); written to
+    ``training_coverage.json`` in ``output_dir`` when given."""
+    from .evaluation import rarely_trained
+
+    views = [{"training": "+".join(training), "evaluated": evaluated,
+              **rarely_trained(index[index["split"] == evaluated], index[index["split"].isin(training)])}
+             for training, evaluated in COVERAGE_VIEWS]
+    if output_dir is not None:
+        atomic.write_text(Path(output_dir) / TRAINING_COVERAGE_FILE, json.dumps(views, indent=2))
+    return views
+
+
+def coverage_table(views: list[dict]) -> pd.DataFrame:
+    """:func:`training_coverage` as a table: one row per view, the rarely trained images and their groups."""
+    return pd.DataFrame([{"trained on": view["training"], "scored on": view["evaluated"], "images": view["n"],
+                          f"of a group with < {view['fewer_than']} training images": view["rare"],
+                          "share": round(view["share"], 3), "groups": len(view["groups"]),
+                          "largest of them (images scored, trained on)": "; ".join(
+                              f"{group['group']} ({group['n']}, {group['trained_on']})" for group in view["groups"][:4])}
+                         for view in views]).set_index(["trained on", "scored on"])
+
+
 def load_index(data_dir: str | Path | None = None, *, max_images_per_split: int | None = None,
                seed: int = 42) -> tuple[config.DataPaths, pd.DataFrame]:
     """The index notebook 01 built, subsampled as the profile asks."""
@@ -542,6 +571,22 @@ def error_groups_across_runs(error_groups: dict[str, pd.DataFrame], run: str, in
 
 
 
+def training_coverage_table(metrics: dict) -> pd.DataFrame:
+    """Each run's accuracy on the images of groups its own training data barely held, and on the rest: on
+    validation (train-only runs, for which it is unseen) and on test."""
+    rows = {}
+    for run, splits in metrics["models"].items():
+        row = {"trained on": splits.get("kind")}
+        for split in ("val", "test"):
+            if coverage := splits[split].get("by_training_coverage"):
+                row |= {f"{split}: rarely trained images": coverage["rare"]["n"],
+                        f"{split}: accuracy on them": coverage["rare"]["accuracy"],
+                        f"{split}: accuracy on the others": coverage["rest"]["accuracy"]}
+        if len(row) > 1:
+            rows[run] = row
+    return pd.DataFrame.from_dict(rows, orient="index").round(3)
+
+
 def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFrame]], *,
                     bootstrap_samples: int = 1000, seed: int = 42, skip: set[str] = frozenset()) -> tuple[dict, dict]:
     """Every average of two or more of ``runs`` (P(Surface) averaged), scored on val and test like a run.
@@ -586,8 +631,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     refit is the headline, since it has seen sols closer to the test split. The test split only reports.
     """
     from .calibration import apply_temperature, expected_calibration_error, fit_temperature
-    from .evaluation import (at_confidence, binary_metrics, errors_against_training, majority_baseline,
-                             predict_surface_probability)
+    from .evaluation import (accuracy_by_training_coverage, at_confidence, binary_metrics, errors_against_training,
+                             majority_baseline, predict_surface_probability)
     from .inference import load_model
     from .provenance import run_environment
 
@@ -640,7 +685,11 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             split_scores["by_instrument_and_label"] = instrument_label_groups(rows)
         error_groups[run] = errors_against_training(predictions[run]["test"], training_rows(run_index, run))
         scores[run]["test"]["largest_error_groups"] = largest_error_groups(error_groups[run])
+        scores[run]["test"]["by_training_coverage"] = accuracy_by_training_coverage(error_groups[run])
         if scores[run]["kind"] == TRAIN_ONLY:
+            # Validation's own rarely trained groups: could validation have seen a weakness the test split shows?
+            scores[run]["val"]["by_training_coverage"] = accuracy_by_training_coverage(
+                errors_against_training(predictions[run]["val"], training_rows(run_index, run)))
             # Temperature scaling is fitted on validation, so only for runs that did not train on it.
             temperature = fit_temperature(predictions[run]["val"]["label"], predictions[run]["val"]["p_surface"])
             temperatures[run] = temperature
