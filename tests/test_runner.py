@@ -253,6 +253,9 @@ def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebo
                             "MSL class seen by one instrument with fewer than 10 images in train: *ground · MAHLI* "
                             "(30 test images, 0 in train), *wheel · Mastcam left* (20 test images, 0 in train).")
     assert "gets at least 96.0% of these right" in words
+    # validation (15 images) is all of groups train lacks: the test split's share is set beside its own
+    assert "Validation, which chooses every model, has 15 of its 15 images (100.0%) in groups as rare in train, " \
+           "against the test split's 50.0%." in words
     assert "For a refit on train+val, 20 test images (20.0%) are of such groups" in words and "90.0% of them" in words
     scored = {**METRICS, "models": {**METRICS["models"], "improved_refit": {
         **METRICS["models"]["improved_refit"], "test": {**METRICS["models"]["improved_refit"]["test"],

@@ -463,6 +463,10 @@ def coverage_markdown(views: list[dict], metrics: dict | None = None, target: fl
              f"{train_only['fewer_than']} images in train: {_rare_groups_words(train_only)}. Even with every other "
              f"test image right, a model trained on train alone reaches {_pct(target)} test accuracy only if it "
              f"gets at least {_pct(accuracy_needed_on_rare(target, train_only['share']))} of these right."]
+    if (val := _coverage_view(views, "train", "val")) is not None:
+        lines.append(f"Validation, which chooses every model, has {val['rare']} of its {val['n']} images "
+                     f"({_pct(val['share'])}) in groups as rare in train, against the test split's "
+                     f"{_pct(train_only['share'])}.")
     if refit is not None:
         lines.append(f"For a refit on train+val, {refit['rare']} test images ({_pct(refit['share'])}) are of such "
                      f"groups, and on the same terms it needs at least "
