@@ -1,6 +1,7 @@
 """run_all.py: notebook selection, parameters, failures, timings and the index page."""
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -41,6 +42,16 @@ def test_notebooks_are_found_in_numeric_order_and_selected_by_number(toy_noteboo
     assert [nb.name[:2] for nb in runner.select_notebooks(found, start="02")] == ["02", "03"]
     with pytest.raises(SystemExit, match="no notebook matches"):
         runner.select_notebooks(found, only=["07"])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Unix sockets only where there are any")
+def test_kernels_talk_over_unix_sockets_so_no_unencrypted_tcp_warning_is_printed(toy_notebooks, tmp_path, capfd):
+    assert runner.kernel_transport()["config"]["KernelManager"]["transport"] == "ipc"
+    runs = runner.run_study("smoke", output_dir=tmp_path / "report", notebooks_dir=toy_notebooks, only=["01"])
+    assert [run.status for run in runs] == ["ok"]
+    printed = capfd.readouterr()
+    assert "--> 01_first.ipynb" in printed.out
+    assert "without encryption" not in printed.out + printed.err  # ipykernel's warning for a kernel on TCP
 
 
 def test_a_notebook_receives_only_the_parameters_it_declares(toy_notebooks):

@@ -169,6 +169,19 @@ class NotebookRun:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
+def kernel_transport() -> dict:
+    """papermill's settings for how it talks to each kernel: over Unix sockets where there are any.
+
+    Those are files that only this user can open, whereas a kernel on TCP (ipykernel's default) listens on
+    local ports without encryption and warns so on every notebook. Windows has no such sockets: TCP there.
+    """
+    if os.name != "posix":
+        return {}
+    from traitlets.config import Config
+
+    return {"config": Config({"KernelManager": {"transport": "ipc"}})}
+
+
 def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] | None = None,
               start: str | None = None, data_dir: Path | None = None,
               notebooks_dir: Path | None = None) -> list[NotebookRun]:
@@ -198,7 +211,7 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         try:
             papermill.execute_notebook(
                 str(notebook), str(executed), parameters=notebook_parameters(notebook, {**values, **folders}),
-                cwd=str(notebook.parent), progress_bar=False, log_output=False,
+                cwd=str(notebook.parent), progress_bar=False, log_output=False, **kernel_transport(),
             )
             run.status = "ok"
         except papermill.PapermillExecutionError as error:
