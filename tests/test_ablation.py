@@ -417,6 +417,18 @@ def test_only_recipes_that_keep_their_best_epoch_train_a_forward_run_before_thei
     assert refit_epochs("quick_cnn", run, None, None, tmp_path, size=32, epochs=None)[2] is None
 
 
+def test_full_refits_improved_whatever_wins_on_validation_since_the_targets_are_set_for_it(capsys):
+    from marsrover.study import resolve_refit
+
+    refit = profiles.get_profile("full")["refit"]
+    assert profiles.get_profile("gpu")["refit"] == refit
+    names, averages = resolve_refit(refit, {}, scores={"improved": 0.94, "quick_cnn+seed_blog": 0.95})
+    assert names == ["quick_cnn", "seed_blog", "improved"] and averages == ["quick_cnn+seed_blog"]
+    assert resolve_refit(refit, {}, scores={"improved": 0.96, "seed_blog": 0.95}) == (["improved"], [])  # once
+    # smoke names an average that includes improved: CI refits it either way
+    assert "improved" in profiles.get_profile("smoke")["refit"][1].split("+")
+
+
 def test_full_caps_the_refit_of_an_average_and_smoke_names_a_cap_its_tiny_runs_never_reach():
     assert profiles.get_profile("full")["average_refit_budget_minutes"] == 30
     assert profiles.get_profile("smoke")["average_refit_budget_minutes"] == 60
