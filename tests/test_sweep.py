@@ -203,3 +203,26 @@ def test_the_committed_gpu_sweep_record_reads_as_the_notebook_says():
     assert table["chosen"].sum() == 2 and table.loc[("larger_images_40_epochs", "train+val"), "seeds"] == 5
     assert "Chosen on validation: `larger_images_40_epochs`" in caption
     assert "`closeup_zoom_40_epochs` at 5 of 5 seeds; `full_resolution_stem_40_epochs` at 5 of 5 seeds." in caption
+
+
+def test_validation_is_checked_for_ranking_the_runs_on_train_as_the_test_split_does(tmp_path):
+    def run(fit_on, val, test):
+        return {"recipe": "improved", "seed": 1, "fit_on": fit_on, "val": {"accuracy": val, "balanced_accuracy": val},
+                "test": {"accuracy": test, "balanced_accuracy": 1 - test}}
+
+    path = tmp_path / "sweep.json"
+    # test accuracy follows validation's order; test balanced accuracy reverses it; a refit has no say
+    path.write_text(json.dumps({"runs": [run("train", 0.90, 0.70), run("train", 0.92, 0.80), run("train", 0.95, 0.85),
+                                         run("train", 0.97, 0.86), run("train+val", 0.99, 0.10)]}))
+
+    table = sweep.validation_against_test(path)
+
+    assert list(table.index) == [("balanced accuracy", "accuracy"), ("balanced accuracy", "balanced accuracy"),
+                                 ("accuracy", "accuracy"), ("accuracy", "balanced accuracy")]
+    assert (table["runs"] == 4).all()
+    assert table.loc[("balanced accuracy", "accuracy"), "Spearman rho"] == 1.0
+    assert table.loc[("balanced accuracy", "balanced accuracy"), "Spearman rho"] == -1.0
+    assert table.loc[("balanced accuracy", "accuracy"), "p-value"] == 0.0
+    path.write_text(json.dumps({"runs": [run("train", 0.9, 0.7), run("train", 0.92, 0.8)]}))
+    assert sweep.validation_against_test(path).empty  # too few runs to rank
+    assert sweep.validation_against_test(tmp_path / "missing.json").empty

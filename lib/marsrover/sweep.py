@@ -237,6 +237,31 @@ def summary_table(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["recipe", "fit on"]) if rows else pd.DataFrame()
 
 
+def validation_against_test(path: Path) -> pd.DataFrame:
+    """Does validation rank the sweep's runs on train as the test split does?
+
+    The study chooses on validation, so it trusts that a run better on validation is better on test. The
+    sweep's runs on train (several recipes of ``improved``'s family, several seeds) put that to a test: one
+    row per pair of a validation score at the kept epoch (balanced accuracy is the selection metric) and a
+    test score, with Spearman's rank correlation over the runs and its two-sided p-value (no correlation
+    as the null). Read only, never used to choose. Empty when the file is missing or has fewer than 3 runs.
+    """
+    from scipy.stats import spearmanr
+
+    from .reporting import load_json  # here: reporting imports jinja2, which a run of the sweep need not have
+
+    runs = [run for run in load_json(path).get("runs", []) if run["fit_on"] == "train"]
+    if len(runs) < 3:
+        return pd.DataFrame()
+    rows = []
+    for on_val in ("balanced_accuracy", "accuracy"):
+        for on_test in ("accuracy", "balanced_accuracy"):
+            rho, p_value = spearmanr([run["val"][on_val] for run in runs], [run["test"][on_test] for run in runs])
+            rows.append({"validation": on_val.replace("_", " "), "test": on_test.replace("_", " "),
+                         "runs": len(runs), "Spearman rho": round(float(rho), 2), "p-value": round(float(p_value), 2)})
+    return pd.DataFrame(rows).set_index(["validation", "test"])
+
+
 def summary_caption(path: Path) -> str:
     """Where a ``sweep.json`` ran (backend, devices and the code's commit of every call, resumed ones first), what
     was chosen and refitted, and which requested runs have no result in it; or that it is missing."""
