@@ -155,7 +155,8 @@ def test_notebook_01_records_what_training_covers_of_the_whole_data_set_for_the_
     assert [view["n"] for view in views] == [config.EXPECTED_SPLIT_SIZES["val"], *[config.EXPECTED_SPLIT_SIZES["test"]] * 2]
     train_only, refit = views[1], views[2]
     assert 0 < refit["rare"] < train_only["rare"] < train_only["n"]  # validation's images cover some of test's groups
-    assert all(group["trained_on"] < view["fewer_than"] for view in views for group in view["groups"])
+    # the official split's best-known gap: Mastcam's left-eye wheel frames, common in test, a handful in train
+    assert {"group": "wheel · Mastcam left", "n": 156, "trained_on": 4} in train_only["groups"]
     assert "What the test split asks." in (smoke_report / "01_acquisition.html").read_text()
 
 

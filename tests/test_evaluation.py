@@ -355,6 +355,8 @@ def test_rarely_trained_counts_the_evaluated_images_of_groups_training_barely_ho
     assert rarely_trained(evaluated, training, fewer_than=4)["rare"] == 10  # 3 wheel · MAHLI images are now few
     assert rarely_trained(evaluated, training.head(0))["rare"] == 10  # no training at all: every group is rare
     assert rarely_trained(evaluated, evaluated, by="instrument", fewer_than=1)["groups"] == []
+    nothing = rarely_trained(evaluated.head(0), training)
+    assert (nothing["n"], nothing["rare"], nothing["share"]) == (0, 0, None)  # JSON has no NaN
     assert json.loads(json.dumps(coverage)) == coverage  # plain values for training_coverage.json
 
 
@@ -363,7 +365,7 @@ def test_the_accuracy_needed_on_rarely_trained_images_follows_from_the_errors_a_
     assert accuracy_needed_on_rare(0.98, 0.4) == pytest.approx(0.95)
     assert accuracy_needed_on_rare(0.98, 1.0) == pytest.approx(0.98)  # everything rare: the target itself
     assert accuracy_needed_on_rare(0.98, 0.01) == 0.0  # fewer rare images than allowed errors
-    assert accuracy_needed_on_rare(0.98, 0.0) == 0.0
+    assert accuracy_needed_on_rare(0.98, 0.0) == accuracy_needed_on_rare(0.98, None) == 0.0
 
 
 def test_a_runs_accuracy_is_split_between_rarely_trained_groups_and_the_rest(predictions):
@@ -678,3 +680,14 @@ def test_the_threshold_check_chooses_on_validation_and_across_the_halves_of_its_
     assert threshold_table(StudyScores({}, {}, {}, {}), "improved").empty
     assert "No improved run" in capsys.readouterr().out
 
+
+
+def test_each_kind_of_run_is_compared_with_the_images_it_was_fitted_on():
+    from marsrover.study import training_rows
+
+    index = pd.DataFrame({"split": ["train", "train", "val", "test"], "id": ["a", "b", "c", "d"]})
+    assert training_rows(index, "improved")["id"].tolist() == ["a", "b"]  # train only
+    assert training_rows(index, "improved_refit")["id"].tolist() == ["a", "b", "c"]  # train + validation
+    assert training_rows(index, "quick_cnn+seed_blog_refit")["id"].tolist() == ["a", "b", "c"]  # an average of refits
+    redrawn = index.assign(split=["train", "val", "train", "test"])  # the random 80/20 split's own index
+    assert training_rows(redrawn, "seed_notebook_random_split")["id"].tolist() == ["a", "c"]

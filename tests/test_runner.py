@@ -45,13 +45,20 @@ def test_notebooks_are_found_in_numeric_order_and_selected_by_number(toy_noteboo
 
 
 @pytest.mark.skipif(os.name != "posix", reason="Unix sockets only where there are any")
-def test_kernels_talk_over_unix_sockets_so_no_unencrypted_tcp_warning_is_printed(toy_notebooks, tmp_path, capfd):
-    assert runner.kernel_transport()["config"]["KernelManager"]["transport"] == "ipc"
+def test_kernels_talk_over_unix_sockets_in_a_private_folder_so_no_unencrypted_tcp_warning_is_printed(
+        toy_notebooks, tmp_path, capfd):
+    with runner.kernel_transport() as transport:
+        settings = transport["config"]["KernelManager"]
+        folder = Path(settings["ip"]).parent
+        assert settings["transport"] == "ipc" and folder.is_dir() and folder.stat().st_mode & 0o077 == 0
+    assert not folder.exists()  # removed with the kernel
     runs = runner.run_study("smoke", output_dir=tmp_path / "report", notebooks_dir=toy_notebooks, only=["01"])
     assert [run.status for run in runs] == ["ok"]
     printed = capfd.readouterr()
     assert "--> 01_first.ipynb" in printed.out
     assert "without encryption" not in printed.out + printed.err  # ipykernel's warning for a kernel on TCP
+    assert sorted(path.name for path in toy_notebooks.iterdir()) == [  # no socket files beside the notebooks
+        "01_first.ipynb", "02_second.ipynb", "03_third.ipynb", "README.ipynb"]
 
 
 def test_a_notebook_receives_only_the_parameters_it_declares(toy_notebooks):
@@ -261,7 +268,7 @@ def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebo
     words = reporting.coverage_markdown(views)
     # 50 of 100 test images are of groups train lacks; 98% allows 2 errors, so 48 of those 50 must be right
     assert words.startswith("**What the test split asks.** 50 of the test split's 100 images (50.0%) are of an "
-                            "MSL class seen by one instrument with fewer than 10 images in train: *ground · MAHLI* "
+                            "MSL class × instrument group with fewer than 10 images in train: *ground · MAHLI* "
                             "(30 test images, 0 in train), *wheel · Mastcam left* (20 test images, 0 in train).")
     assert "gets at least 96.0% of these right" in words
     # validation (15 images) is all of groups train lacks: the test split's share is set beside its own
@@ -275,8 +282,8 @@ def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebo
                                                                                  "rest": {"n": 80, "accuracy": 1.0}}}}}}
     assert words.endswith("of them right.")  # no metrics, or no run scored on it: no sentence about runs
     assert reporting.coverage_markdown(views, METRICS) == words
-    assert ("In this run, `improved_refit` got 85.0% of its rarely trained test images right and 100.0% of the "
-            "others.") in reporting.coverage_markdown(views, scored)
+    assert ("In this run, `improved_refit` got 85.0% of its 20 rarely trained test images right and 100.0% of the "
+            "other 80.") in reporting.coverage_markdown(views, scored)
 
     def covered(rare, rest):
         return {"by_training_coverage": {"fewer_than": 10, "rare": {"n": 50, "accuracy": rare},
@@ -285,8 +292,9 @@ def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebo
     improved = METRICS["models"]["improved"]
     both = {**scored, "models": {**scored["models"], "improved": {
         **improved, "val": {**improved["val"], **covered(0.7, 0.95)}, "test": {**improved["test"], **covered(0.6, 0.9)}}}}
-    assert ("In this run, `improved` got 60.0% of its rarely trained test images right and 90.0% of the others "
-            "(on validation, 70.0% and 95.0%); `improved_refit` got 85.0%") in reporting.coverage_markdown(views, both)
+    assert ("In this run, `improved` got 60.0% of its 50 rarely trained test images right and 90.0% of the other 50 "
+            "(on validation, 70.0% of its 50 and 95.0% of the other 50); `improved_refit` got 85.0%"
+            ) in reporting.coverage_markdown(views, both)
     table = study.training_coverage_table(both)
     assert table.loc["improved"].tolist() == ["train only", 50, 0.7, 0.95, 50, 0.6, 0.9]
     assert table.loc["improved_refit", "test: accuracy on them"] == 0.85
@@ -294,10 +302,17 @@ def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebo
     assert study.training_coverage_table(METRICS).empty  # metrics from before the split was recorded
     assert words in reporting.results_markdown(METRICS, report_dir=tmp_path)
     card = reporting.write_model_card(tmp_path, scored).read_text()
-    assert words in card and "counts and shares: from `training_coverage.json` (notebook 01) in *What the test split asks*, fixed ones\nunder" in card
+    assert f"\n\n{reporting.coverage_markdown(views, scored)}\n\n" in card  # a paragraph of its own, with the run
+    assert ("apart from the data set's fixed counts and shares\nunder *Data* and *Limits*, and those under *What the "
+            "test split asks* (notebook 01's `training_coverage.json`).") in card
     (tmp_path / "without").mkdir()
     bare = reporting.write_model_card(tmp_path / "without", METRICS).read_text()  # a report without notebook 01's record
-    assert "What the test split asks" not in bare and "the data set's fixed counts and shares\nunder *Data*" in bare
+    assert "What the test split asks" not in bare and "the data set's fixed counts and shares\nunder *Data* and *Limits*." in bare
+    nothing_rare = [{**view, "rare": 0, "share": 0.0, "groups": []} for view in views]
+    assert reporting.coverage_markdown(nothing_rare) == (  # no list, no needed accuracy, no refit sentence
+        "**What the test split asks.** 0 of the test split's 100 images (0.0%) are of an MSL class × instrument group "
+        "with fewer than 10 images in train. Validation, which chooses every model, has 0 of its 15 images (0.0%) in "
+        "groups as rare in train, against the test split's 0.0%.")
 
 
 def test_the_results_say_whether_the_run_kept_inside_its_profiles_budget():

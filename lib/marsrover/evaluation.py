@@ -436,7 +436,7 @@ def rarely_trained(evaluated: pd.DataFrame, training: pd.DataFrame, *,
     rare = table[table["trained_on"] < fewer_than].sort_index().sort_values("n", ascending=False, kind="stable")
     images, rare_images = len(evaluated), int(rare["n"].sum())
     return {"fewer_than": int(fewer_than), "n": images, "rare": rare_images,
-            "share": rare_images / images if images else float("nan"),
+            "share": rare_images / images if images else None,  # None, not NaN: it goes into JSON
             "groups": [{"group": group, "n": int(row.n), "trained_on": int(row.trained_on)}
                        for group, row in rare.iterrows()]}
 
@@ -445,7 +445,7 @@ def accuracy_needed_on_rare(target: float, share: float) -> float:
     """The least accuracy on the rarely trained share of a split that still lets a model reach ``target``
     accuracy on the whole split, even with every other image right (0 when the share is small enough to
     get all of it wrong)."""
-    if not share > 0:
+    if not share:  # none of them, or nothing scored
         return 0.0
     return max(0.0, 1 - (1 - target) / share)
 

@@ -433,19 +433,21 @@ def _rare_groups_words(view: dict, shown: int = 3) -> str:
 
 
 def _rare_accuracy_words(metrics: dict, run: str) -> str:
-    """``"`improved` got 62.6% of its rarely trained test images right and 84.9% of the others (on validation, ...)"``."""
+    """``"`improved` got 62.6% of its 721 rarely trained test images right and 84.9% of the other 584 (on
+    validation, ...)"``: each split's counts are the run's own, from the images it was scored on."""
     splits = metrics.get("models", {}).get(run, {})
 
     def parts(split: str) -> tuple[str, str] | None:
         coverage = splits.get(split, {}).get("by_training_coverage")
         if not coverage or coverage["rare"]["accuracy"] is None or coverage["rest"]["accuracy"] is None:
             return None
-        return _pct(coverage["rare"]["accuracy"]), _pct(coverage["rest"]["accuracy"])
+        rare, rest = coverage["rare"], coverage["rest"]
+        return f"{_pct(rare['accuracy'])} of its {rare['n']}", f"{_pct(rest['accuracy'])} of the other {rest['n']}"
 
     if (test := parts("test")) is None:
         return ""
     val = parts("val")
-    return (f"`{run}` got {test[0]} of its rarely trained test images right and {test[1]} of the others"
+    return (f"`{run}` got {test[0]} rarely trained test images right and {test[1]}"
             + (f" (on validation, {val[0]} and {val[1]})" if val else ""))
 
 
@@ -456,21 +458,28 @@ def coverage_markdown(views: list[dict], metrics: dict | None = None, target: fl
     from .evaluation import accuracy_needed_on_rare
 
     train_only, refit = _coverage_view(views, "train"), _coverage_view(views, "train+val")
-    if train_only is None:
+    if train_only is None or not train_only["n"]:
         return ""
+
+    def needed(view: dict) -> str:
+        return _pct(accuracy_needed_on_rare(target, view["share"]))
+
     lines = [f"**What the test split asks.** {train_only['rare']} of the test split's {train_only['n']} images "
-             f"({_pct(train_only['share'])}) are of an MSL class seen by one instrument with fewer than "
-             f"{train_only['fewer_than']} images in train: {_rare_groups_words(train_only)}. Even with every other "
-             f"test image right, a model trained on train alone reaches {_pct(target)} test accuracy only if it "
-             f"gets at least {_pct(accuracy_needed_on_rare(target, train_only['share']))} of these right."]
-    if (val := _coverage_view(views, "train", "val")) is not None:
+             f"({_pct(train_only['share'])}) are of an MSL class × instrument group with fewer than "
+             f"{train_only['fewer_than']} images in train"]
+    if train_only["rare"]:
+        lines[0] += (f": {_rare_groups_words(train_only)}. Even with every other test image right, a model trained on "
+                     f"train alone reaches {_pct(target)} test accuracy only if it gets at least {needed(train_only)} "
+                     "of these right.")
+    else:
+        lines[0] += "."
+    if (val := _coverage_view(views, "train", "val")) is not None and val["n"]:
         lines.append(f"Validation, which chooses every model, has {val['rare']} of its {val['n']} images "
                      f"({_pct(val['share'])}) in groups as rare in train, against the test split's "
                      f"{_pct(train_only['share'])}.")
-    if refit is not None:
+    if refit is not None and refit["rare"]:
         lines.append(f"For a refit on train+val, {refit['rare']} test images ({_pct(refit['share'])}) are of such "
-                     f"groups, and on the same terms it needs at least "
-                     f"{_pct(accuracy_needed_on_rare(target, refit['share']))} of them right.")
+                     f"groups, and on the same terms it needs at least {needed(refit)} of them right.")
     if metrics:
         runs = list(dict.fromkeys(["improved", metrics.get("headline", "")]))
         if said := [words for run in runs if (words := _rare_accuracy_words(metrics, run))]:
@@ -796,11 +805,11 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     test = scores["test"]
     kept = test.get("at_confidence") or {}
     evidence = design_evidence(report_dir)
-    targets = f"\n\n{text}\n" if (text := targets_markdown(metrics)) else ""
-    if asked := coverage_markdown(load_training_coverage(report_dir), metrics):
-        targets += f"\n{asked}\n"
-    data_counts = (f"counts and shares: from `{TRAINING_COVERAGE_FILE}` (notebook 01) in *What the test split asks*, "
-                   "fixed ones" if asked else "fixed counts and shares")
+    asked = coverage_markdown(load_training_coverage(report_dir), metrics)
+    targets = "".join(f"\n\n{text}\n" for text in (targets_markdown(metrics), asked) if text)
+    # the card's numbers that metrics.json does not hold: the data set's, fixed or counted by notebook 01
+    data_counts = "under *Data* and *Limits*" + (
+        f", and those under *What the test split asks* (notebook 01's `{TRAINING_COVERAGE_FILE}`)" if asked else "")
     from .provenance import code_commit
 
     written_by = ("" if code_commit() == metrics.get("commit")
@@ -817,8 +826,8 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     card = f"""# Model card: {headline}
 
 *Generated by `run_all.py --profile {metrics.get('profile')}` at commit `{metrics.get('commit')}`; every number
-below comes from `metrics.json` in this folder{sources}, apart from the data set's {data_counts}
-under *Data* and *Limits*.{written_by}*
+below comes from `metrics.json` in this folder{sources}, apart from the data set's fixed counts and shares
+{data_counts}.{written_by}*
 
 ## Intended use
 Sorting raw Mars rover camera images into **Rover** (the rover's own hardware: wheels, deck, arm, instruments,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -169,17 +171,22 @@ class NotebookRun:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
-def kernel_transport() -> dict:
-    """papermill's settings for how it talks to each kernel: over Unix sockets where there are any.
+@contextlib.contextmanager
+def kernel_transport():
+    """papermill's settings for how it talks to one kernel: over Unix sockets where there are any.
 
-    Those are files that only this user can open, whereas a kernel on TCP (ipykernel's default) listens on
-    local ports without encryption and warns so on every notebook. Windows has no such sockets: TCP there.
+    A kernel on TCP (ipykernel's default) listens on local ports without encryption and warns so before every
+    notebook. The sockets go in a fresh folder only this user may enter (not the notebooks' folder, where
+    papermill starts the kernel: it may be read-only, a mount that holds no sockets, or shared by two runs),
+    removed when the kernel is done. Windows has no such sockets: TCP there.
     """
     if os.name != "posix":
-        return {}
+        yield {}
+        return
     from traitlets.config import Config
 
-    return {"config": Config({"KernelManager": {"transport": "ipc"}})}
+    with tempfile.TemporaryDirectory(prefix="marsrover-kernel-") as folder:  # mode 0700
+        yield {"config": Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})}
 
 
 def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] | None = None,
@@ -209,10 +216,11 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         folders = {name: path_for_notebook(values[name], notebook.parent)
                    for name in ("output_dir", "data_dir") if values[name] is not None}
         try:
-            papermill.execute_notebook(
-                str(notebook), str(executed), parameters=notebook_parameters(notebook, {**values, **folders}),
-                cwd=str(notebook.parent), progress_bar=False, log_output=False, **kernel_transport(),
-            )
+            with kernel_transport() as transport:
+                papermill.execute_notebook(
+                    str(notebook), str(executed), parameters=notebook_parameters(notebook, {**values, **folders}),
+                    cwd=str(notebook.parent), progress_bar=False, log_output=False, **transport,
+                )
             run.status = "ok"
         except papermill.PapermillExecutionError as error:
             run.status = "failed"

@@ -61,7 +61,7 @@ def coverage_table(views: list[dict]) -> pd.DataFrame:
     """:func:`training_coverage` as a table: one row per view, the rarely trained images and their groups."""
     return pd.DataFrame([{"trained on": view["training"], "scored on": view["evaluated"], "images": view["n"],
                           f"of a group with < {view['fewer_than']} training images": view["rare"],
-                          "share": round(view["share"], 3), "groups": len(view["groups"]),
+                          "share": None if view["share"] is None else round(view["share"], 3), "groups": len(view["groups"]),
                           "largest of them (images scored, trained on)": "; ".join(
                               f"{group['group']} ({group['n']}, {group['trained_on']})" for group in view["groups"][:4])}
                          for view in views]).set_index(["trained on", "scored on"])
