@@ -806,7 +806,8 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     kept = test.get("at_confidence") or {}
     evidence = design_evidence(report_dir)
     asked = coverage_markdown(load_training_coverage(report_dir), metrics)
-    targets = "".join(f"\n\n{text}\n" for text in (targets_markdown(metrics), asked) if text)
+    paragraphs = [text for text in (targets_markdown(metrics), asked) if text]
+    targets = "".join(f"\n\n{text}" for text in paragraphs) + ("\n" if paragraphs else "")
     # the card's numbers that metrics.json does not hold: the data set's, fixed or counted by notebook 01
     data_counts = "under *Data* and *Limits*" + (
         f", and those under *What the test split asks* (notebook 01's `{TRAINING_COVERAGE_FILE}`)" if asked else "")
