@@ -375,6 +375,18 @@ def test_an_average_whose_refit_overruns_the_budget_cannot_win_but_a_single_mode
         {"seed_blog": 0.85, "seed_notebook": 0.88, "improved": 0.90}
 
 
+def test_a_model_the_profile_refits_anyway_costs_an_average_nothing(tmp_path, capsys):
+    index = _sized_index(100, [10] * 50)
+    runs = {"seed_blog": {"train_seconds": 1200.0}, "improved": {"train_seconds": 240.0}}  # refits: 30 and 6 min
+    scores = {"improved": 0.90, "improved+seed_blog": 0.96}
+    record = tmp_path / "refit_budget.json"
+    assert "improved+seed_blog" not in within_refit_budget(scores, runs, index, budget_minutes=32)
+    kept = within_refit_budget(scores, runs, index, budget_minutes=32, record_to=record, refitted_anyway=["improved"])
+    assert kept == scores  # only seed_blog's 30 minutes are the average's own
+    saved = json.loads(record.read_text())
+    assert saved["refitted_anyway"] == ["improved"] and saved["averages"]["improved+seed_blog"]["estimated_refit_minutes"] == 30.0
+
+
 def test_the_estimate_of_every_average_is_kept_with_whether_it_competed(tmp_path):
     index = _sized_index(100, [10] * 50)
     runs = {"seed_blog": {"train_seconds": 1200.0}, "improved": {"train_seconds": 240.0},

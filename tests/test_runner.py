@@ -845,3 +845,7 @@ def test_the_model_card_says_when_the_refit_budget_decided_which_model_could_be_
     card = reporting.write_model_card(tmp_path, metrics).read_text()
     assert "2 of 3 were left out" in card and "None ranked" not in card and "would have chosen" not in card
     assert "estimated, from their train-only runs" not in reporting.write_model_card(tmp_path, METRICS).read_text()
+    # a model the profile refits anyway is no part of an average's cost, and the rule says so
+    anyway = {**metrics, "refit_budget": {**metrics["refit_budget"], "refitted_anyway": ["improved"]}}
+    assert ("competed for the headline only if refitting its models (less `improved`, refitted whatever won) was "
+            "estimated") in reporting.write_model_card(tmp_path, anyway).read_text()

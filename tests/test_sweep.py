@@ -222,7 +222,11 @@ def test_validation_is_checked_for_ranking_the_runs_on_train_as_the_test_split_d
     assert (table["runs"] == 4).all()
     assert table.loc[("balanced accuracy", "accuracy"), "Spearman rho"] == 1.0
     assert table.loc[("balanced accuracy", "balanced accuracy"), "Spearman rho"] == -1.0
-    assert table.loc[("balanced accuracy", "accuracy"), "p-value"] == 0.0
+    # 4 runs have 24 pairings, and 2 of them (this order and its reverse) are as extreme: p = 2/24, exactly
+    assert table.loc[("balanced accuracy", "accuracy"), "p-value"] == pytest.approx(2 / 24, abs=1e-3)
+    same = [run("train", 0.9, test) for test in (0.7, 0.8, 0.85)]  # validation cannot tell them apart
+    path.write_text(json.dumps({"runs": same}))
+    assert sweep.validation_against_test(path)["Spearman rho"].isna().all()  # undefined, not a number
     path.write_text(json.dumps({"runs": [run("train", 0.9, 0.7), run("train", 0.92, 0.8)]}))
     assert sweep.validation_against_test(path).empty  # too few runs to rank
     assert sweep.validation_against_test(tmp_path / "missing.json").empty

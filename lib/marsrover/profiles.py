@@ -62,8 +62,10 @@ PROFILES: dict[str, dict[str, Any]] = {
               "average_refit_budget_minutes": 60},
     # full: the study's budget is 2 h on 2 cores (BUDGET_MINUTES). With the common set of ablations and repeats
     # as it was then, the whole study took 136 min at 742b75f; with these less the schedule's variant, 95 min at 7289022 (the
-    # README gives the latest run), which that variant should lengthen by about one improved run (4 min there).
-    # The refit is the one stage whose cost depends on what validation picks.
+    # README gives the latest run), which that variant should lengthen by about one improved run (4 min there), and
+    # the refit of improved whatever wins by about 10 (estimated_refit_seconds, from that run): about 110 in all.
+    # The refit is the one stage whose cost depends on what validation picks: an average's own refit is capped
+    # at 30 min, so the worst case is near the budget.
     "full": {**_COMMON, "cpu_bfloat16": True, "export_headline": True, "average_refit_budget_minutes": 30,
              "ablations": FULL_ABLATIONS, "seed_repeats": [1, 2]},
     "gpu": {**_COMMON, "batch_size": 64, "mixed_precision": True, "jit_compile": True},

@@ -481,7 +481,7 @@ def coverage_markdown(views: list[dict], metrics: dict | None = None, target: fl
         lines.append(f"For a refit on train+val, {refit['rare']} test images ({_pct(refit['share'])}) are of such "
                      f"groups, and on the same terms it needs at least {needed(refit)} of them right.")
     if metrics:
-        runs = list(dict.fromkeys(["improved", metrics.get("headline", "")]))
+        runs = list(dict.fromkeys(["improved", "improved" + REFIT_SUFFIX, metrics.get("headline", "")]))
         if said := [words for run in runs if (words := _rare_accuracy_words(metrics, run))]:
             lines.append(f"In this run, {'; '.join(said)}.")
     return " ".join(lines)
@@ -767,7 +767,10 @@ def _refit_budget_markdown(metrics: dict) -> str:
     left_out = sorted(((name, average) for name, average in averages.items()
                        if not average["competes"] and name not in metrics.get("models", {})),
                       key=lambda item: (-item[1]["val_balanced_accuracy"], item[0]))
-    rule = (f"An average of models competed for the headline only if refitting its models was estimated, from "
+    anyway = record.get("refitted_anyway") or []
+    whose = (f"its models (less {_words([f'`{name}`' for name in anyway])}, refitted whatever won)" if anyway
+             else "its models")
+    rule = (f"An average of models competed for the headline only if refitting {whose} was estimated, from "
             f"their train-only runs on the machine that ran the study, to take at most {budget:g} minutes")
     if not left_out:
         return f"\n\n{rule}; {'the one average did' if len(averages) == 1 else f'all {len(averages)} did'}."

@@ -185,7 +185,11 @@ def kernel_transport():
         return
     from traitlets.config import Config
 
-    with tempfile.TemporaryDirectory(prefix="marsrover-kernel-") as folder:  # mode 0700
+    parent = tempfile.gettempdir()
+    if len(parent) > 60 and os.path.isdir("/tmp"):  # a socket's path stops at 104 bytes on macOS
+        parent = "/tmp"
+    # mode 0700; a cleanup error must not hide how the notebook ended
+    with tempfile.TemporaryDirectory(prefix="marsrover-kernel-", dir=parent, ignore_cleanup_errors=True) as folder:
         yield {"config": Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})}
 
 

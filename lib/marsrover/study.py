@@ -308,9 +308,11 @@ def estimated_refit_seconds(members: Sequence[str], runs: dict[str, dict], index
 
 
 def within_refit_budget(scores: dict[str, float], runs: dict[str, dict], index: pd.DataFrame,
-                        budget_minutes: float | None, *, record_to: Path | None = None) -> dict[str, float]:
+                        budget_minutes: float | None, *, record_to: Path | None = None,
+                        refitted_anyway: Sequence[str] = ()) -> dict[str, float]:
     """The candidates of ``scores`` that may win the selection: every single run, and each average whose
-    refit (:func:`estimated_refit_seconds`) fits ``budget_minutes`` (None: every average).
+    refit (:func:`estimated_refit_seconds`) fits ``budget_minutes`` (None: every average). Models in
+    ``refitted_anyway`` (named in the profile's ``refit``) cost an average nothing: they are refitted whatever wins.
 
     A single run always competes, as the protocol reports the best model refitted; the averages are the
     study's own addition, and refitting all their models can add most of an hour to the profile. The
@@ -326,7 +328,7 @@ def within_refit_budget(scores: dict[str, float], runs: dict[str, dict], index: 
         if len(members) == 1:
             kept[name] = score
             continue
-        minutes = estimated_refit_seconds(members, runs, index) / 60
+        minutes = estimated_refit_seconds([m for m in members if m not in refitted_anyway], runs, index) / 60
         if minutes <= budget_minutes:
             kept[name] = score
         else:
@@ -334,8 +336,9 @@ def within_refit_budget(scores: dict[str, float], runs: dict[str, dict], index: 
         estimates[name] = {"val_balanced_accuracy": round(float(score), 4), "competes": minutes <= budget_minutes,
                            "estimated_refit_minutes": None if math.isinf(minutes) else round(minutes, 1)}
     if record_to is not None:
-        atomic.write_text(Path(record_to), json.dumps({"budget_minutes": budget_minutes, "averages": estimates},
-                                                      indent=2) + "\n")
+        anyway = {"refitted_anyway": sorted(refitted_anyway)} if refitted_anyway else {}
+        atomic.write_text(Path(record_to), json.dumps({"budget_minutes": budget_minutes, **anyway,
+                                                       "averages": estimates}, indent=2) + "\n")
     if left_out:
         print(f"Averages left out of the selection: refitting their models would take longer than the "
               f"{budget_minutes:g}-minute budget (estimated from their train-only runs on this machine); "
@@ -414,7 +417,8 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
        step 1 found best on validation, or, when an average of step 1's models scores best there
        (:func:`validation_scores`), for each of its models; that average and the average of their
        refits are then saved as runs of their own (:func:`save_average`). An average competes only if
-       its refit fits ``average_refit_budget_minutes`` (:func:`within_refit_budget`). With
+       refitting those of its models that ``refit`` does not name anyway fits ``average_refit_budget_minutes``
+       (:func:`within_refit_budget`). With
        ``refit_recomputes_batch_norm``, a refit ends by recomputing its batch-norm statistics over the
        images it was fitted on, weighted by instrument x label group (it has no validation split to tell
        stale running statistics; ``training.train``).
@@ -445,8 +449,9 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
             (output_dir / "runs" / f"{name}.json").write_text(json.dumps(runs[name], indent=2))
     scores = validation_scores(runs, paths, index, output_dir) if BEST_ON_VAL in refit else None
     if scores is not None:
+        named, _ = resolve_refit([name for name in refit if name != BEST_ON_VAL], runs)  # refitted whatever wins
         scores = within_refit_budget(scores, runs, index, average_refit_budget_minutes,
-                                     record_to=output_dir / REFIT_BUDGET_FILE)
+                                     record_to=output_dir / REFIT_BUDGET_FILE, refitted_anyway=named)
     to_refit, averages = resolve_refit(refit, runs, scores)
     for name in to_refit:
         if "skipped" in runs.get(name, {"skipped": True}):

@@ -237,16 +237,28 @@ def summary_table(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["recipe", "fit on"]) if rows else pd.DataFrame()
 
 
+RANKING_RESAMPLES = 9999  # pairings drawn for the permutation p-value (every one, when there are fewer)
+
+
+def _rank_correlation(first: np.ndarray, second: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Pearson's correlation along ``axis``: of ranks, Spearman's."""
+    first = first - first.mean(axis=axis, keepdims=True)
+    second = second - second.mean(axis=axis, keepdims=True)
+    return (first * second).sum(axis=axis) / np.sqrt((first ** 2).sum(axis=axis) * (second ** 2).sum(axis=axis))
+
+
 def validation_against_test(path: Path) -> pd.DataFrame:
     """Does validation rank the sweep's runs on train as the test split does?
 
     The study chooses on validation, so it trusts that a run better on validation is better on test. The
     sweep's runs on train (several recipes of ``improved``'s family, several seeds) put that to a test: one
     row per pair of a validation score at the kept epoch (balanced accuracy is the selection metric) and a
-    test score, with Spearman's rank correlation over the runs and its two-sided p-value (no correlation
-    as the null). Read only, never used to choose. Empty when the file is missing or has fewer than 3 runs.
+    test score, with Spearman's rank correlation over the runs and a two-sided permutation p-value (runs'
+    pairings shuffled; exact for few runs). The p-value takes the runs as independent draws; they share
+    recipes and images, so read it as a rough guide. Read only, never used to choose. A correlation is
+    undefined (None) when every run has the same score. Empty when the file is missing or has under 3 runs.
     """
-    from scipy.stats import spearmanr
+    from scipy.stats import permutation_test, rankdata
 
     from .reporting import load_json  # here: reporting imports jinja2, which a run of the sweep need not have
 
@@ -256,9 +268,15 @@ def validation_against_test(path: Path) -> pd.DataFrame:
     rows = []
     for on_val in ("balanced_accuracy", "accuracy"):
         for on_test in ("accuracy", "balanced_accuracy"):
-            rho, p_value = spearmanr([run["val"][on_val] for run in runs], [run["test"][on_test] for run in runs])
+            ranks = [rankdata([run[split][metric] for run in runs]) for split, metric in (("val", on_val),
+                                                                                         ("test", on_test))]
+            rho = p_value = None
+            if all(np.ptp(rank) > 0 for rank in ranks):
+                result = permutation_test(ranks, _rank_correlation, permutation_type="pairings", vectorized=True,
+                                          n_resamples=RANKING_RESAMPLES, alternative="two-sided", rng=0)
+                rho, p_value = round(float(result.statistic), 2), round(float(result.pvalue), 3)
             rows.append({"validation": on_val.replace("_", " "), "test": on_test.replace("_", " "),
-                         "runs": len(runs), "Spearman rho": round(float(rho), 2), "p-value": round(float(p_value), 2)})
+                         "runs": len(runs), "Spearman rho": rho, "p-value": p_value})
     return pd.DataFrame(rows).set_index(["validation", "test"])
 
 
