@@ -415,8 +415,7 @@ def targets_markdown(metrics: dict, model: str = "improved", targets: dict[str, 
 
 def load_training_coverage(report_dir: Path | None) -> list[dict]:
     """Notebook 01's ``training_coverage.json`` in ``report_dir``; empty when it is not there."""
-    path = Path(report_dir) / TRAINING_COVERAGE_FILE if report_dir is not None else None
-    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else []
+    return (load_json(Path(report_dir) / TRAINING_COVERAGE_FILE) or []) if report_dir is not None else []
 
 
 def _coverage_view(views: list[dict], training: str, evaluated: str = "test") -> dict | None:

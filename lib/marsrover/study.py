@@ -688,13 +688,14 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
             rows["predicted"] = (probabilities >= 0.5).astype(int)
             predictions[run][split] = rows
             split_scores["by_instrument_and_label"] = instrument_label_groups(rows)
-        error_groups[run] = errors_against_training(predictions[run]["test"], training_rows(run_index, run))
+        training = training_rows(run_index, run)
+        error_groups[run] = errors_against_training(predictions[run]["test"], training)
         scores[run]["test"]["largest_error_groups"] = largest_error_groups(error_groups[run])
         scores[run]["test"]["by_training_coverage"] = accuracy_by_training_coverage(error_groups[run])
         if scores[run]["kind"] == TRAIN_ONLY:
             # Validation's own rarely trained groups: could validation have seen a weakness the test split shows?
             scores[run]["val"]["by_training_coverage"] = accuracy_by_training_coverage(
-                errors_against_training(predictions[run]["val"], training_rows(run_index, run)))
+                errors_against_training(predictions[run]["val"], training))
             # Temperature scaling is fitted on validation, so only for runs that did not train on it.
             temperature = fit_temperature(predictions[run]["val"]["label"], predictions[run]["val"]["p_surface"])
             temperatures[run] = temperature
