@@ -1,6 +1,7 @@
 """The committed study (reports/full/) agrees with what else the repository ships from it."""
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -22,6 +23,22 @@ def test_the_readme_results_section_is_exactly_what_the_committed_report_generat
     section = readme.split(reporting.README_BEGIN)[1].split(reporting.README_END)[0]
     assert section.strip() == reporting.results_markdown(metrics, run_log, REPORT).strip(), (
         "README results differ from reports/full: run `python run_all.py --profile full --render-only`")
+
+
+def test_the_model_card_is_exactly_what_the_committed_report_generates(metrics, tmp_path):
+    # into a copy of the records the card reads, so the committed card is left as it is
+    shutil.copy(REPORT / reporting.TRAINING_COVERAGE_FILE, tmp_path)
+    for folder in ("runs", "ablations"):
+        shutil.copytree(REPORT / folder, tmp_path / folder)
+
+    def without_writer(card: str) -> str:  # the code that wrote the card's text may be younger than the run
+        return re.sub(r" This card's text was written by the code at `[^`]+`\.", "", card)
+
+    committed = (REPORT / reporting.MODEL_CARD_FILE).read_text(encoding="utf-8")
+    generated = reporting.write_model_card(tmp_path, metrics).read_text(encoding="utf-8")
+    assert without_writer(committed) == without_writer(generated), (
+        "reports/full/MODEL_CARD.md differs from what its records generate: run "
+        "`python run_all.py --profile full --render-only`")
 
 
 def test_the_exported_headline_model_is_the_one_the_report_names_small_and_tracked_by_git(metrics):

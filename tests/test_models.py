@@ -105,6 +105,27 @@ def test_transfer_without_reachable_imagenet_weights_fails_clearly(monkeypatch):
     assert "unavailable" in table.loc["transfer", "note"]
 
 
+def test_a_study_whose_transfer_weights_are_unreachable_records_it_as_skipped_and_trains_the_rest(tmp_path, monkeypatch,
+                                                                                                   capsys):
+    import json
+
+    from marsrover import study
+
+    def fit_and_save(name, run, *args, **kwargs):
+        if name == "transfer":
+            raise models.PretrainedWeightsUnavailable("could not load 'imagenet' weights. Run the study on Colab")
+        return {"config": {"model": name, "run": run, "image_size": 32}}
+
+    monkeypatch.setattr(study, "_fit_and_save", fit_and_save)
+    runs = study.train_models(["transfer", "quick_cnn"], None, None, tmp_path, image_size=32, epochs=1, batch_size=2,
+                              seed=42, refit=["transfer"])  # asked to refit it too: no crash, it was not trained
+    assert runs["quick_cnn"]["config"]["run"] == "quick_cnn"  # the models after it still train
+    assert "Colab" in runs["transfer"]["skipped"] and "transfer_refit" not in runs
+    record = json.loads((tmp_path / "runs" / "transfer.json").read_text())
+    assert record["skipped"] == runs["transfer"]["skipped"]  # notebook 06 reads it to skip the run with its reason
+    assert "Skipping transfer: could not load 'imagenet' weights" in capsys.readouterr().out
+
+
 def test_transfer_from_random_weights_trains_its_backbone():
     model = models.build_model("transfer", 32, weights=None)
     assert models.count_parameters(model)["trainable"] > 1_000_000

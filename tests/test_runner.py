@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from marsrover import reporting, runner
+from marsrover import provenance, reporting, runner
 
 
 def _write_notebook(path: Path, parameters: str, *cells: str) -> Path:
@@ -79,6 +79,7 @@ def test_a_failing_notebook_stops_the_run_names_the_cell_and_keeps_the_partial_n
     assert (out / "02_second.html").stat().st_size > 1000 and not (out / "03_third.ipynb").exists()
     log = json.loads((out / "run_log.json").read_text())
     assert [entry["status"] for entry in log["notebooks"]] == ["ok", "failed"]
+    assert log["notebooks"][0]["cpu"] == provenance.cpu_description().get("model_name", "")  # where each ran
     assert "The run failed" in (out / "index.html").read_text()
 
 
@@ -225,7 +226,11 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert "| seed claim (blog) | random 80/20 split | 98.0%<sup>1</sup> | – | 97.0%<sup>1</sup> |" in text
     assert "<sup>1</sup> The seed blog's own figures, on its random 80/20 split" in text
     assert "<sup>2</sup> The validation split was part of this run's training data." in text
-    assert "| improved | train only | 93.0% | 92.0% |" in text and "`transfer` was skipped" in text
+    assert "| improved | train only | 93.0% | 92.0% |" in text
+    assert "`transfer` was skipped: could not load 'imagenet' weights. Keras downloads them." in text  # what to do, too
+    assert ("**Why a refit is the headline.** Validation chose `improved`, trained on train alone." in text
+            and "trained on train alone, `improved` scores 95.0% accuracy and 94.0% balanced accuracy on test" in text
+            and "Epochs of the refit: the best epoch of forward validation." in text)
     assert "took 45 minutes on x86_64 with 2 CPU cores" in text and "3.2 GiB" in text
     named = reporting.results_markdown({**METRICS, "cpu": {"model_name": "AMD EPYC"}}, {"total_seconds": 60})
     assert "took 1 minutes on AMD EPYC (x86_64) with 2 CPU cores" in named  # the CPU type, where the run named it
@@ -236,6 +241,32 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
     assert readme.read_text().count(reporting.README_BEGIN) == 1
     (tmp_path / "no_markers.md").write_text("x")
     assert not reporting.update_readme(tmp_path / "no_markers.md", METRICS)
+
+
+def test_the_results_name_the_notebooks_a_partial_rerun_ran_on_another_cpu_than_the_scoring(tmp_path):
+    metrics = {**METRICS, "cpu": {"model_name": "Intel Xeon"}}
+    log = {"total_seconds": 5700, "notebooks": [
+        {"name": "01_acquisition.ipynb", "status": "ok", "seconds": 6.9, "cpu": "AMD EPYC"},
+        {"name": "02_labeling.ipynb", "status": "ok", "seconds": 5.3, "cpu": "AMD EPYC"},
+        {"name": "05_training.ipynb", "status": "ok", "seconds": 5550.0, "cpu": "Intel Xeon"},
+        {"name": "06_error_analysis.ipynb", "status": "ok", "seconds": 140.0}]}  # a log from before CPUs were named
+    assert ("took 95 minutes on Intel Xeon (x86_64) with 2 CPU cores (Linux), peak kernel memory None GiB. "
+            "Of that time, notebooks 01 (7 s), 02 (5 s) last ran on AMD EPYC.") in reporting.results_markdown(metrics, log)
+    log["notebooks"][0]["cpu"] = log["notebooks"][1]["cpu"] = "Intel Xeon"
+    assert "Of that time" not in reporting.results_markdown(metrics, log)
+    assert "Of that time" not in reporting.results_markdown(METRICS, log)  # metrics.json names no CPU: nothing to compare
+    log["profile"], log["commit"] = "full", "abc"
+    assert "<td>Intel Xeon</td>" in reporting.write_index(tmp_path, log).read_text()  # each notebook's CPU on the page
+
+
+def test_the_results_name_the_numeric_policy_the_runs_trained_under_where_they_recorded_it():
+    assert "dtype polic" not in reporting.results_markdown(METRICS, {"total_seconds": 60})  # runs from before
+    bfloat16 = {run: {**scores, "numeric_policy": "mixed_bfloat16"} for run, scores in METRICS["models"].items()}
+    metrics = {**METRICS, "models": bfloat16}
+    assert "Every run trained under Keras' `mixed_bfloat16` dtype policy." in reporting.results_markdown(metrics, {"total_seconds": 60})
+    metrics["models"]["improved"] = {**metrics["models"]["improved"], "numeric_policy": "float32"}
+    assert ("The runs trained under Keras' dtype policies `float32` (improved); `mixed_bfloat16` (improved_refit)."
+            in reporting.results_markdown(metrics, {"total_seconds": 60}))
 
 
 def test_the_results_and_the_model_card_say_what_the_intervals_resampled(tmp_path):
@@ -511,6 +542,27 @@ def test_the_model_card_carries_the_headline_numbers_and_limits(tmp_path):
     assert "Two caveats" in card and "averaging models" not in card  # a single model owes no averaging caveat
     assert "**The targets.**" in card and "not a clean held-out\nestimate" in card  # said where the numbers are
     assert "group of the images it was fitted on against that shortcut (MAHLI · Surface 1.17, " in card
+
+
+def test_the_model_card_gives_calibration_and_says_why_a_refit_stands_in_for_the_run_validation_chose(tmp_path):
+    refit = METRICS["models"]["improved_refit"]
+    metrics = {**METRICS, "models": {**METRICS["models"], "improved_refit": {**refit, "test": {**refit["test"], "ece": 0.052}}}}
+    card = reporting.write_model_card(tmp_path, metrics).read_text()
+    assert ("| expected calibration error of P(Surface), 10 bins | 0.052 (no temperature scaling: validation was part "
+            "of this model's training data) |") in card
+    assert "**Why a refit is the headline.** Validation chose `improved`" in card
+    assert "every number of epochs either by validation\nor, for a recipe that keeps its last epoch, by that recipe" in card
+    train_only = {**METRICS["models"]["improved"]["test"], "ece": 0.08, "temperature": 1.6, "ece_after_temperature": 0.031}
+    metrics = {**METRICS, "headline": "improved", "models": {"improved": {**METRICS["models"]["improved"], "test": train_only}}}
+    card = reporting.write_model_card(tmp_path, metrics).read_text()
+    assert "| 0.080; 0.031 after temperature scaling (T = 1.60, fitted on validation) |" in card
+    assert "Why a refit" not in card  # the run validation chose is the headline itself
+    average = {**refit, "members": ["quick_cnn_refit", "seed_blog_refit"]}
+    recipe = {"kind": "refit on train+val", "epochs_chosen_by": "recipe's own number of epochs"}
+    metrics = {**METRICS, "headline": "quick_cnn+seed_blog_refit", "models": {
+        "quick_cnn+seed_blog_refit": average, "quick_cnn_refit": recipe, "seed_blog_refit": recipe}}
+    assert ("Epochs of the refit: for quick_cnn_refit and seed_blog_refit, the recipe's own number of epochs."
+            in reporting.headline_markdown(metrics))
 
 
 def test_the_model_card_shows_the_shift_group_by_group_for_the_chosen_run_and_the_headline(tmp_path):

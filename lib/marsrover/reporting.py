@@ -109,9 +109,9 @@ earlier runs' test scores had been seen.{% endif %}</p>
 {% for figure, caption in figures %}<figure><img src="{{ figure }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>{% endfor %}
 
 <h2>Notebooks</h2>
-<table><tr><th>notebook</th><th>status</th><th>wall time</th><th>commit</th><th>files</th></tr>
+<table><tr><th>notebook</th><th>status</th><th>wall time</th><th>commit</th><th>CPU</th><th>files</th></tr>
 {% for run in notebooks %}<tr><td>{{ run.name }}</td><td class="{{ run.status.replace(' ', '-') }}">{{ run.status }}</td>
-<td>{{ "%.1f s"|format(run.seconds) }}</td><td><code>{{ run.commit or "–" }}</code></td><td>{% if run.outputs %}<a href="{{ run.outputs.html }}">HTML</a> ·
+<td>{{ "%.1f s"|format(run.seconds) }}</td><td><code>{{ run.commit or "–" }}</code></td><td>{{ run.cpu or "–" }}</td><td>{% if run.outputs %}<a href="{{ run.outputs.html }}">HTML</a> ·
 <a href="{{ run.outputs.notebook }}">ipynb</a>{% endif %}</td></tr>
 {% endfor %}</table>
 <p class="note">Regenerate with <code>python run_all.py --profile {{ profile }}</code>.</p>
@@ -503,6 +503,30 @@ def interval_words(split_scores: dict) -> str:
     return f"95% bootstrap intervals, resampling whole {unit}s{f' ({clusters} in this split)' if clusters else ''}"
 
 
+def headline_markdown(metrics: dict) -> str:
+    """Why a refit is the headline rather than the train-only run validation chose, and where its number
+    of epochs came from; empty when the headline is not a refit."""
+    headline, runs = metrics.get("headline", ""), metrics.get("models", {})
+    chosen = headline.removesuffix(REFIT_SUFFIX)
+    if chosen == headline or headline not in runs:
+        return ""
+    text = (f"**Why a refit is the headline.** Validation chose `{chosen}`, trained on train alone. The rule, set "
+            f"before any test score, then puts its refit on train+val in its place: the refit has also trained on "
+            f"the validation sols, which lie nearer the test split's and, like them, are mostly MAHLI. Both are "
+            f"reported")
+    if chosen in runs:
+        text += f"; trained on train alone, `{chosen}` scores {_scores_named(runs[chosen]['test'], TARGETS)} on test"
+    epochs_by: dict[str, list[str]] = {}
+    for member in runs[headline].get("members") or [headline]:
+        if how := runs.get(member, {}).get("epochs_chosen_by"):
+            epochs_by.setdefault(how, []).append(member)
+    sources = "; ".join(f"{f'for {_words(members)}, ' if runs[headline].get('members') else ''}the {how}"
+                        for how, members in epochs_by.items())
+    if sources:
+        text += f". Epochs of the refit: {sources}"
+    return text + "."
+
+
 def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Path | None = None) -> str:
     """The study's results as a Markdown table, from ``metrics.json`` (and the run log's timing; with
     ``report_dir``, where the training time went)."""
@@ -537,12 +561,14 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
     if notes:
         lines.append("\n" + "\n\n".join(f"<sup>{number}</sup> {note[0].upper()}{note[1:]}."
                                        for number, note in enumerate(notes, 1)))
+    if why := headline_markdown(metrics):
+        lines.append(f"\n{why}")
     if targets := targets_markdown(metrics):
         lines.append(f"\n{targets}")
     if asked := coverage_markdown(load_training_coverage(report_dir), metrics):
         lines.append(f"\n{asked}")
     for run, reason in metrics.get("skipped", {}).items():
-        lines.append(f"\n`{run}` was skipped: {reason.split('. ')[0]}.")
+        lines.append(f"\n`{run}` was skipped: {reason}{'' if reason.endswith('.') else '.'}")
     if run_log:
         # the CPU type decides the seeded runs' last bits
         machine = cpu_and_architecture(metrics.get("cpu", {}).get("model_name"),
@@ -550,10 +576,44 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
         lines.append(f"\nThe whole profile took {run_log['total_seconds'] / 60:.0f} minutes on "
                      f"{machine} with {metrics.get('cpu_count')} CPU cores "
                      f"({metrics.get('platform', '')}), peak kernel memory {run_log.get('peak_rss_gib')} GiB."
-                     + (f" {budget}" if (budget := budget_sentence(run_log)) else ""))
+                     + (f" {budget}" if (budget := budget_sentence(run_log)) else "")
+                     + (f" {elsewhere}" if (elsewhere := run_elsewhere_sentence(run_log, metrics)) else "")
+                     + (f" {policy}" if (policy := numeric_policy_sentence(metrics)) else ""))
         if report_dir is not None and (breakdown := time_markdown(report_dir, run_log)):
             lines.append(f"\n{breakdown}")
     return "\n".join(lines)
+
+
+def run_elsewhere_sentence(run_log: dict, metrics: dict) -> str:
+    """Which notebooks last ran on another CPU than the one that scored the models (metrics.json's), as a
+    partial rerun can; empty when none did, or when the log does not say (entries from before it did)."""
+    scored_on = (metrics.get("cpu") or {}).get("model_name")
+    by_cpu: dict[str, list[dict]] = {}
+    for run in run_log.get("notebooks", []):
+        if scored_on and run.get("cpu") and run["cpu"] != scored_on:
+            by_cpu.setdefault(run["cpu"], []).append(run)
+    parts = []
+    for cpu, runs in by_cpu.items():
+        named = ", ".join(f"{run['name'].split('_')[0]} ({_duration(run['seconds'])})" for run in runs)
+        parts.append(f"notebook{'s' if len(runs) > 1 else ''} {named} last ran on {cpu}")
+    return f"Of that time, {'; '.join(parts)}." if parts else ""
+
+
+def numeric_policy_sentence(metrics: dict) -> str:
+    """The Keras dtype policies the scored runs trained under (the CPU decides it in the ``full`` profile);
+    empty when the runs did not record one."""
+    policies: dict[str, list[str]] = {}
+    for run, scores in metrics.get("models", {}).items():
+        if scores.get("numeric_policy"):
+            policies.setdefault(scores["numeric_policy"], []).append(run)
+    if len(policies) == 1:
+        return f"Every run trained under Keras' `{next(iter(policies))}` dtype policy."
+    return ("The runs trained under Keras' dtype policies " + "; ".join(
+        f"`{policy}` ({', '.join(runs)})" for policy, runs in policies.items()) + ".") if policies else ""
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def replace_section(path: Path, begin: str, end: str, body: str) -> bool:
@@ -800,6 +860,17 @@ def _refit_budget_markdown(metrics: dict) -> str:
                    f" None ranked above `{chosen}`, the choice, so the budget did not change it.")
 
 
+def _calibration_cell(scores: dict) -> str:
+    """The card's ECE: as scored, and after temperature scaling where validation was left to fit one on."""
+    test = scores["test"]
+    if test.get("ece") is None:
+        return "–"
+    if test.get("temperature") is None:
+        why = ": validation was part of this model's training data" if "train+val" in scores.get("kind", "") else ""
+        return f"{test['ece']:.3f} (no temperature scaling{why})"
+    return f"{test['ece']:.3f}; {test['ece_after_temperature']:.3f} after temperature scaling (T = {test['temperature']:.2f}, fitted on validation)"
+
+
 def write_model_card(report_dir: Path, metrics: dict) -> Path:
     """``MODEL_CARD.md`` beside the report: use, data, metrics with intervals, limits."""
     headline = metrics["headline"]
@@ -808,7 +879,7 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     kept = test.get("at_confidence") or {}
     evidence = design_evidence(report_dir)
     asked = coverage_markdown(load_training_coverage(report_dir), metrics)
-    paragraphs = [text for text in (targets_markdown(metrics), asked) if text]
+    paragraphs = [text for text in (headline_markdown(metrics), targets_markdown(metrics), asked) if text]
     targets = "".join(f"\n\n{text}" for text in paragraphs) + ("\n" if paragraphs else "")
     # the card's numbers that metrics.json does not hold: the data set's, fixed or counted by notebook 01
     data_counts = "under *Data* and *Limits*" + (
@@ -822,8 +893,9 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     chosen_by = f" ({scores['epochs_chosen_by']})" if scores.get("epochs_chosen_by") else ""
     if scores.get("members"):
         what = (f"the average of the probabilities of {' and '.join(scores['members'])} ({scores.get('kind')}); "
-                f"it takes {scores.get('image_size')} px images and resizes them for each model's own size "
-                "(notebook 05 has each model's recipe and epochs)")
+                f"it takes {scores.get('image_size')} px images and resizes them for each model's own size, so a "
+                "smaller model sees a resized copy, not the decode of the image it was trained on, and the average's "
+                "scores differ a little from the mean of its models' own (notebook 05 has each model's recipe and epochs)")
     else:
         what = f"{scores.get('kind')}, at\n{scores.get('image_size')} px, for {scores.get('epochs')} epochs{chosen_by}"
     card = f"""# Model card: {headline}
@@ -852,14 +924,16 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {what}.
 | ROC-AUC | {_pct(test.get('roc_auc'))} |
 | PR-AUC (Surface) | {_pct(test.get('pr_auc'))} |
 | Brier score | {test.get('brier', float('nan')):.3f} |
+| expected calibration error of P(Surface), 10 bins | {_calibration_cell(scores)} |
 | recall Rover / Surface | {_pct(test.get('recall', {}).get('Rover'))} / {_pct(test.get('recall', {}).get('Surface'))} |
 | kept at confidence ≥ {kept.get('threshold', 0.9)} (coverage, accuracy) | {_pct(kept.get('coverage'))}, {_pct(kept.get('accuracy'))} |
 
 The majority answer ("{metrics['baselines'][MAJORITY]['test'].get('answer')}") scores
 {_pct(metrics['baselines'][MAJORITY]['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split.{targets}
-Every model, number of epochs and design choice was chosen by its validation score, and the study's test split
-was scored once per final model; no setting was chosen on a test score. But some of the ideas that validation
+Every model and design choice was chosen by its validation score, and every number of epochs either by validation
+or, for a recipe that keeps its last epoch, by that recipe; the study's test split was scored once per final
+model, and no setting was chosen on a test score. But some of the ideas that validation
 then judged were prompted by test scores of earlier runs, so these test figures are not a clean held-out
 estimate. {_caveats_markdown(metrics)}{_refit_budget_markdown(metrics)}
 {_groups_markdown(metrics)}{_design_markdown(evidence)}

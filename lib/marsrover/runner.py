@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import config, reporting
-from .provenance import code_commit, git_commit
+from .provenance import code_commit, cpu_description, git_commit, has_native_bfloat16
 from .profiles import BUDGET_MINUTES, PROFILES, get_profile
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
@@ -124,7 +124,6 @@ def machine_notice(profile: str, recorded: Path, cpu: dict[str, object] | None =
     machine and this one (``cpu``, :func:`provenance.cpu_description`'s form; ``gpus``, default: NVIDIA GPUs
     the driver lists) differ there, so its runs compute in another precision here: other scores, and another
     training time. None when nothing needs saying."""
-    from .provenance import cpu_description, has_native_bfloat16
 
     if not get_profile(profile).get("cpu_bfloat16"):
         return None
@@ -168,6 +167,7 @@ class NotebookRun:
     error: str = ""
     peak_rss_gib: float = 0.0  # the largest kernel so far in this run (the OS reports a running maximum)
     commit: str = ""  # HEAD when its kernel started: the code it imported
+    cpu: str = ""  # the CPU's model name: a partial rerun may run on another machine than the rest
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -217,6 +217,7 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         print(f"--> {notebook.name}", flush=True)
         clock = time.perf_counter()
         run.commit = git_commit()
+        run.cpu = str(cpu_description().get("model_name", ""))
         folders = {name: path_for_notebook(values[name], notebook.parent)
                    for name in ("output_dir", "data_dir") if values[name] is not None}
         try:

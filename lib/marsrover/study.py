@@ -255,8 +255,10 @@ def validation_scores(runs: dict[str, dict], paths: config.DataPaths, index: pd.
     """Validation balanced accuracy of each validated train-only run (its kept weights) and of every
     average of ``smallest`` or more of them (their P(Surface) averaged, each run at its own image size).
 
-    The saved average (:func:`save_average`) resizes inside the model, from its largest model's size, so
-    the score notebook 06 ranks it by can differ from this one in the last digits.
+    The saved average (:func:`save_average`) resizes inside the model, from its largest model's size: a
+    smaller model sees a resized copy of that input rather than its own decode of the image, so the score
+    notebook 06 ranks the saved average by differs a little from this one (in the run at 7289022, validation
+    balanced accuracy 0.9494 there against 0.9486 here; on test, 5 of 1305 predictions changed sides).
     """
     from sklearn.metrics import balanced_accuracy_score
 
