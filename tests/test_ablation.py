@@ -454,3 +454,13 @@ def test_a_recipe_that_keeps_its_last_epoch_is_refitted_for_its_own_epochs_witho
     epochs, how, forward = refit_epochs("seed_blog", seed_blog_run, None, None, tmp_path, size=32, epochs=None)
     assert (epochs, forward) == (20, None) and "own number of epochs" in how
     assert not list(tmp_path.iterdir())  # nothing was trained
+
+
+def test_every_ablation_questions_a_named_choice_of_the_recipe_and_the_unquestioned_ones_are_listed():
+    questioned = {name for names in ablation.DESIGN_CHOICES.values() for name in names}
+    assert questioned == set(ablation.ABLATIONS) - {"plain_recipe"}  # plain_recipe undoes three at once
+    assert ablation.unquestioned_choices(ablation.ABLATIONS) == [
+        "four blocks of 32 to 256 filters", "dropout of 0.3 before the head",
+        "Adam at a learning rate of 0.001 in batches of 32", "15 epochs with the best validation epoch kept"]
+    full = ablation.unquestioned_choices(profiles.get_profile("full")["ablations"])
+    assert "the cosine learning-rate decay" not in full and "a stride-2 stem" in full

@@ -642,6 +642,9 @@ def test_the_model_card_says_which_design_choices_stand_out_of_seed_noise(tmp_pa
             "epoch and the mean of its last 5 epochs") in limits
     assert "not shown to beat plain cross-entropy beyond seed noise" in limits
     assert "and in the loss sentence under *Limits*, from its `runs/`\nand `ablations/`" in card
+    # the choices none of these four variants questions are named as such
+    assert "No ablation of this run questions global average pooling; a stride-2 stem; four blocks of 32" in section
+    assert "batch normalisation;" not in section and "the photometric augmentation" not in section
 
 
 def test_the_design_section_reads_a_diverged_run_a_tie_and_a_variant_above_the_seeds(tmp_path, monkeypatch):

@@ -76,6 +76,30 @@ ABLATIONS: dict[str, Ablation] = {
 }
 
 
+# Every choice of improved's recipe (models.MODEL_SPECS, notebook 04), and the ablations that question it. A choice
+# that no ablation of a run questioned is a reason, not evidence: the model card names those.
+DESIGN_CHOICES: dict[str, tuple[str, ...]] = {
+    "the photometric augmentation": ("flip_only", "geometric_augmentation", "closeup_zoom"),
+    "batch normalisation": ("no_batch_norm", "group_norm"),
+    "global average pooling": ("flatten_dense_head",),
+    "a stride-2 stem": ("full_resolution_stem",),
+    "four blocks of 32 to 256 filters": (),
+    "dropout of 0.3 before the head": (),
+    "pixels / 255": ("per_image_scaling",),
+    "the loss balanced over instrument x label groups": ("unweighted_loss", "label_weighting"),
+    "the cosine learning-rate decay": ("constant_learning_rate",),
+    "Adam at a learning rate of 0.001 in batches of 32": (),
+    "the raw weights rather than a moving average of them": ("weight_averaging",),
+    "128 px images": ("smaller_images", "larger_images"),
+    "15 epochs with the best validation epoch kept": (),
+}
+
+
+def unquestioned_choices(ablations: Sequence[str]) -> list[str]:
+    """The choices of :data:`DESIGN_CHOICES` that none of ``ablations`` questions."""
+    return [choice for choice, questioned_by in DESIGN_CHOICES.items() if not set(questioned_by) & set(ablations)]
+
+
 REPEAT_PREFIX = "repeat_seed_"  # a seed repeat's record is ablations/repeat_seed_<seed>.json
 
 

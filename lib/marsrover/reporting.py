@@ -759,8 +759,17 @@ balanced accuracy was {_score(study['best'])} at the study's seed {study['seed']
 
 {table}
 The range is a rough yardstick, not a test: with {len(scored)} seeds, a further run of the same recipe lands outside it
-2 times in {len(scored) + 1}.
+2 times in {len(scored) + 1}.{_unquestioned_markdown(evidence)}
 """
+
+
+def _unquestioned_markdown(evidence: dict) -> str:
+    """The recipe's choices no ablation of this run questioned (reasons, not evidence), as a sentence."""
+    from .ablation import unquestioned_choices
+
+    left = unquestioned_choices([variant["variant"] for variant in evidence["variants"]])
+    return (f"\n\nNo ablation of this run questions {'; '.join(left)}. Notebook 04 gives reasons for the recipe; for "
+            f"{'these choices' if len(left) > 1 else 'this choice'} this run holds no evidence.") if left else ""
 
 
 def _groups_markdown(metrics: dict) -> str:
