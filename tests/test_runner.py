@@ -61,6 +61,19 @@ def test_kernels_talk_over_unix_sockets_in_a_private_folder_so_no_unencrypted_tc
         "01_first.ipynb", "02_second.ipynb", "03_third.ipynb", "README.ipynb"]
 
 
+def test_the_console_shows_what_a_kernel_writes_to_stderr_but_not_tensorflows_start_up_lines(tmp_path, capfd):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    startup = ("I0000 00:00:1796452674.984289   10553 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+               "GPU will not be used.")
+    _write_notebook(notebooks / "01_noisy.ipynb", "profile = None",
+                    f"import os\nos.write(2, b'{startup}\\n')\nos.write(2, b'a warning that may matter\\n')")
+    runs = runner.run_study("smoke", output_dir=tmp_path / "report", notebooks_dir=notebooks)
+    assert [run.status for run in runs] == ["ok"]
+    console = capfd.readouterr().err
+    assert "a warning that may matter" in console and "cudart_stub" not in console
+
+
 def test_a_notebook_receives_only_the_parameters_it_declares(toy_notebooks):
     values = {"profile": "smoke", "epochs": 1, "seed": 42, "output_dir": "/x"}
     assert runner.notebook_parameters(toy_notebooks / "01_first.ipynb", values) == {"profile": "smoke", "epochs": 1}

@@ -193,6 +193,35 @@ def kernel_transport():
         yield {"config": Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})}
 
 
+@contextlib.contextmanager
+def kernel_stderr():
+    """papermill's setting for where a kernel's own stderr goes: a file, printed (less TensorFlow's start-up
+    lines, :data:`TENSORFLOW_STARTUP_LINE`) once the notebook is done, crashed or not.
+
+    The kernel echoes to its stderr whatever a cell's C++ or subprocess writes there, and TensorFlow's start-up
+    lines come on top, several times a notebook on a machine without a GPU. So the console of a run shows only
+    what may matter, after each notebook rather than as it comes.
+    """
+    from jupyter_client import AsyncKernelManager  # nbclient's default
+
+    with tempfile.TemporaryDirectory(prefix="marsrover-stderr-", ignore_cleanup_errors=True) as folder:
+        log_path = Path(folder) / "kernel-stderr.log"
+
+        class KernelWithStderrLog(AsyncKernelManager):
+            async def _async_launch_kernel(self, kernel_cmd, **kw):
+                with open(log_path, "ab") as log:  # the kernel process holds its own copy
+                    return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log})
+
+        try:
+            yield {"kernel_manager_class": KernelWithStderrLog}
+        finally:
+            if log_path.exists():
+                lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+                sys.stderr.write("".join(line for line in lines
+                                         if not TENSORFLOW_STARTUP_LINE.fullmatch(line.rstrip("\n"))))
+                sys.stderr.flush()
+
+
 def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] | None = None,
               start: str | None = None, data_dir: Path | None = None,
               notebooks_dir: Path | None = None) -> list[NotebookRun]:
@@ -221,10 +250,10 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         folders = {name: path_for_notebook(values[name], notebook.parent)
                    for name in ("output_dir", "data_dir") if values[name] is not None}
         try:
-            with kernel_transport() as transport:
+            with kernel_transport() as transport, kernel_stderr() as console:
                 papermill.execute_notebook(
                     str(notebook), str(executed), parameters=notebook_parameters(notebook, {**values, **folders}),
-                    cwd=str(notebook.parent), progress_bar=False, log_output=False, **transport,
+                    cwd=str(notebook.parent), progress_bar=False, log_output=False, **transport, **console,
                 )
             run.status = "ok"
         except papermill.PapermillExecutionError as error:
