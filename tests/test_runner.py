@@ -578,6 +578,25 @@ def test_the_model_card_gives_calibration_and_says_why_a_refit_stands_in_for_the
             in reporting.headline_markdown(metrics))
 
 
+def test_the_model_card_gives_test_accuracy_per_100_sols_for_the_chosen_run_and_the_headline_from_their_predictions(
+        tmp_path):
+    assert "## Accuracy by sol range" not in reporting.write_model_card(tmp_path, METRICS).read_text()  # no predictions
+    folder = tmp_path / reporting.PREDICTIONS_DIR
+    folder.mkdir()
+    sols, labels = [565, 570, 600, 700, 799, 1060], [0, 1, 0, 0, 0, 1]
+    pd.DataFrame({"sol": sols, "label": labels, "p_surface": [0.1, 0.2, 0.9, 0.3, 0.4, 0.8]}).to_csv(
+        folder / "improved_test.csv", index=False)
+    pd.DataFrame({"sol": sols, "label": labels, "p_surface": [0.1, 0.7, 0.1, 0.3, 0.4, 0.8]}).to_csv(
+        folder / "improved_refit_test.csv", index=False)
+    card = reporting.write_model_card(tmp_path, METRICS).read_text()
+    section = card.split("## Accuracy by sol range")[1].split("\n## ")[0]
+    assert "| sols | test images | Rover share | `improved` (train only) | `improved_refit` (refit on train+val) |" in section
+    assert "| 0500-0599 | 2 | 50.0% | 50.0% | 100.0% |" in section
+    assert "| 0600-0699 | 1 | 100.0% | 0.0% | 100.0% |" in section
+    assert "| 0700-0799 | 2 | 100.0% | 100.0% | 100.0% |" in section and "| 1000-1099 | 1 | 0.0% |" in section
+    assert "under *Accuracy by sol range*, from its `predictions/`" in card  # where those numbers come from
+
+
 def test_the_model_card_shows_the_shift_group_by_group_for_the_chosen_run_and_the_headline(tmp_path):
     groups = {"improved": [{"group": "MAHLI · Rover", "n": 900, "accuracy": 0.98, "errors": 18},
                            {"group": "MAHLI · Surface", "n": 300, "accuracy": 0.80, "errors": 60}],

@@ -282,6 +282,7 @@ CLAIM_ROWS = (
 MAJORITY = "majority class"  # the baseline row of always giving the evaluated split's commonest label
 TARGETS = {"accuracy": 0.98, "balanced_accuracy": 0.97}  # issue 3: the improved model, official test split
 REFIT_SUFFIX = "_refit"  # a run refitted on train+val is named after its train-only run plus this
+PREDICTIONS_DIR = "predictions"  # notebook 06's <run>_test.csv: every test image with its P(Surface)
 TRAINING_COVERAGE_FILE = "training_coverage.json"  # notebook 01's record of what training covers (study.training_coverage)
 
 
@@ -795,6 +796,29 @@ def _groups_markdown(metrics: dict) -> str:
             f"| --- |{' --- |' * len(columns)}\n{rows}\n")
 
 
+def _sol_ranges_markdown(report_dir: Path, metrics: dict) -> str:
+    """The model card's table of test accuracy per 100 sols, for the train-only run validation chose and for
+    the headline, from their test predictions in ``predictions/``; empty without them."""
+    import pandas as pd
+
+    from .evaluation import breakdown, sol_ranges
+
+    runs = list(dict.fromkeys(run for run in (metrics.get("best_on_val"), metrics["headline"]) if run))
+    files = {run: Path(report_dir) / PREDICTIONS_DIR / f"{run}_test.csv" for run in runs}
+    if not all(path.is_file() for path in files.values()):
+        return ""
+    tables = {run: breakdown(frame.assign(sol_range=sol_ranges(frame["sol"])), "sol_range")
+              for run, frame in ((run, pd.read_csv(path)) for run, path in files.items())}
+    counts = tables[runs[-1]]
+    rows = "\n".join(f"| {sols} | {int(row['n'])} | {_pct(row['n_rover'] / row['n'])} | "
+                     + " | ".join(_pct(tables[run].loc[sols, "accuracy"]) for run in runs) + " |"
+                     for sols, row in counts.iterrows())
+    titles = " | ".join(f"`{run}` ({metrics['models'].get(run, {}).get('kind', '')})" for run in runs)
+    return ("\n## Accuracy by sol range\nThe split is by sol: validation's sols follow train's, and test's follow "
+            "validation's. Test accuracy per 100 sols, from each run's test predictions:\n\n"
+            f"| sols | test images | Rover share | {titles} |\n| --- | --- | --- |{' --- |' * len(runs)}\n{rows}\n")
+
+
 def _caveats_markdown(metrics: dict) -> str:
     """The study's choices made after test scores had been seen (notebook 06 tells each), as a list."""
     headline = metrics["headline"]
@@ -897,8 +921,11 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
 
     written_by = ("" if code_commit() == metrics.get("commit")
                   else f" This card's text was written by the code at `{code_commit()}`.")
-    sources = (", or, under *How firm the design is* and in the loss sentence under *Limits*, from its `runs/`\nand "
-               "`ablations/`" if evidence else "")
+    by_sol = _sol_ranges_markdown(report_dir, metrics)
+    sources = "".join([", or, under *How firm the design is* and in the loss sentence under *Limits*, from its `runs/`\nand "
+                       "`ablations/`" if evidence else "",
+                       f"{', and,' if evidence else ', or,'} under *Accuracy by sol range*, from its `{PREDICTIONS_DIR}/`"
+                       if by_sol else ""])
     chosen_by = f" ({scores['epochs_chosen_by']})" if scores.get("epochs_chosen_by") else ""
     if scores.get("members"):
         what = (f"the average of the probabilities of {' and '.join(scores['members'])} ({scores.get('kind')}); "
@@ -945,7 +972,7 @@ or, for a recipe that keeps its last epoch, by that recipe; the study's test spl
 model, and no setting was chosen on a test score. But some of the ideas that validation
 then judged were prompted by test scores of earlier runs, so these test figures are not a clean held-out
 estimate. {_caveats_markdown(metrics)}{_refit_budget_markdown(metrics)}
-{_groups_markdown(metrics)}{_design_markdown(evidence)}
+{_groups_markdown(metrics)}{by_sol}{_design_markdown(evidence)}
 ## Limits
 - **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
   close-ups and the test split is 75% Rover. In train the instrument predicts the label (Mastcam frames mostly

@@ -731,7 +731,7 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     if (output_dir / REFIT_BUDGET_FILE).is_file():  # which averages could compete, by this machine's speed
         metrics["refit_budget"] = reporting.load_json(output_dir / REFIT_BUDGET_FILE)
     reporting.save_metrics(output_dir, metrics)
-    write_test_predictions(output_dir / "predictions", predictions)
+    write_test_predictions(output_dir / reporting.PREDICTIONS_DIR, predictions)
     return StudyScores(metrics, predictions, temperatures, error_groups, ensemble_predictions)
 
 
