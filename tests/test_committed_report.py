@@ -28,7 +28,7 @@ def test_the_readme_results_section_is_exactly_what_the_committed_report_generat
 def test_the_model_card_is_exactly_what_the_committed_report_generates(metrics, tmp_path):
     # into a copy of the records the card reads, so the committed card is left as it is
     shutil.copy(REPORT / reporting.TRAINING_COVERAGE_FILE, tmp_path)
-    for folder in ("runs", "ablations"):
+    for folder in ("runs", "ablations", reporting.PREDICTIONS_DIR):
         shutil.copytree(REPORT / folder, tmp_path / folder)
 
     def without_writer(card: str) -> str:  # the code that wrote the card's text may be younger than the run

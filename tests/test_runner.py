@@ -283,7 +283,9 @@ def test_the_results_name_the_numeric_policy_the_runs_trained_under_where_they_r
 
 
 def test_the_results_and_the_model_card_say_what_the_intervals_resampled(tmp_path):
-    assert "In brackets: 95% bootstrap intervals, resampling images." in reporting.results_markdown(METRICS)
+    assert ("In brackets: 95% bootstrap intervals, resampling images. Intervals that resample single images are too "
+            "narrow here") in reporting.results_markdown(METRICS)
+    assert "\n\nIntervals that resample single images are too narrow" in reporting.write_model_card(tmp_path, METRICS).read_text()
     by_sol = {**METRICS["models"]["improved_refit"]["test"], "ci95_unit": "sol", "ci95_clusters": 97}
     metrics = {**METRICS, "models": {**METRICS["models"], "improved_refit": {**METRICS["models"]["improved_refit"],
                                                                              "test": by_sol}}}
@@ -291,6 +293,7 @@ def test_the_results_and_the_model_card_say_what_the_intervals_resampled(tmp_pat
             in reporting.results_markdown(metrics))
     card = reporting.write_model_card(tmp_path, metrics).read_text()
     assert "## Metrics (official test split, n = 1305; 95% bootstrap intervals, resampling whole sols (97 in" in card
+    assert "too narrow" not in card and "too narrow" not in reporting.results_markdown(metrics)
     assert reporting.interval_words({"accuracy": 0.9}) == "no intervals"  # scored without a bootstrap
 
 

@@ -492,6 +492,14 @@ def cpu_and_architecture(cpu_model: str | None, architecture: str) -> str:
     return f"{cpu_model} ({architecture})" if cpu_model else architecture
 
 
+def interval_caveat(split_scores: dict) -> str:
+    """A sentence on intervals that resampled single images (older records): too narrow for this split."""
+    if not split_scores.get("ci95") or split_scores.get("ci95_unit", "image") != "image":
+        return ""
+    return (" Intervals that resample single images are too narrow here: one sol's images are often frames of one "
+            "scene, so they are not independent draws (notebook 06 of a newer run resamples whole sols).")
+
+
 def interval_words(split_scores: dict) -> str:
     """What a split's 95% bootstrap intervals resampled, in words (``ci95_unit``; records older than it
     resampled images); "no intervals" when it has none."""
@@ -534,7 +542,8 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
     lines = [
         f"Profile `{metrics.get('profile')}`, commit `{metrics.get('commit')}`; headline model "
         f"**{metrics['headline']}** (selection: {metrics.get('selection', 'validation')}). "
-        f"Test split: official, by sol. In brackets: {interval_words(metrics['models'][metrics['headline']]['test'])}.",
+        f"Test split: official, by sol. In brackets: {interval_words(metrics['models'][metrics['headline']]['test'])}."
+        f"{interval_caveat(metrics['models'][metrics['headline']]['test'])}",
         "",
         "| run | trained on | val accuracy | val balanced acc. | test accuracy | test balanced acc. | test ROC-AUC "
         "| epochs, training time |",
@@ -963,7 +972,7 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {what}.
 | expected calibration error of P(Surface), 10 bins | {_calibration_cell(scores)} |
 | recall Rover / Surface | {_pct(test.get('recall', {}).get('Rover'))} / {_pct(test.get('recall', {}).get('Surface'))} |
 | kept at confidence ≥ {kept.get('threshold', 0.9)} (coverage, accuracy) | {_pct(kept.get('coverage'))}, {_pct(kept.get('accuracy'))} |
-
+{f"{chr(10)}{caveat.strip()}{chr(10)}" if (caveat := interval_caveat(test)) else ""}
 The majority answer ("{metrics['baselines'][MAJORITY]['test'].get('answer')}") scores
 {_pct(metrics['baselines'][MAJORITY]['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split.{targets}
