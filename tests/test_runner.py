@@ -92,7 +92,7 @@ def test_a_failing_notebook_stops_the_run_names_the_cell_and_keeps_the_partial_n
     assert (out / "02_second.html").stat().st_size > 1000 and not (out / "03_third.ipynb").exists()
     log = json.loads((out / "run_log.json").read_text())
     assert [entry["status"] for entry in log["notebooks"]] == ["ok", "failed"]
-    assert log["notebooks"][0]["cpu"] == provenance.cpu_description().get("model_name", "")  # where each ran
+    assert log["notebooks"][0]["cpu"] == provenance.cpu_label(provenance.cpu_description())  # where each ran
     assert "The run failed" in (out / "index.html").read_text()
 
 
@@ -257,19 +257,26 @@ def test_the_readme_results_section_is_generated_from_metrics(tmp_path):
 
 
 def test_the_results_name_the_notebooks_a_partial_rerun_ran_on_another_cpu_than_the_scoring(tmp_path):
-    metrics = {**METRICS, "cpu": {"model_name": "Intel Xeon"}}
-    log = {"total_seconds": 5700, "notebooks": [
-        {"name": "01_acquisition.ipynb", "status": "ok", "seconds": 6.9, "cpu": "AMD EPYC"},
-        {"name": "02_labeling.ipynb", "status": "ok", "seconds": 5.3, "cpu": "AMD EPYC"},
-        {"name": "05_training.ipynb", "status": "ok", "seconds": 5550.0, "cpu": "Intel Xeon"},
+    xeon = {"model_name": "Intel Xeon", "flags": ["avx512f", "amx_bf16"]}
+    metrics = {**METRICS, "cpu": xeon}
+    amd, intel = "AMD EPYC (no native bfloat16)", "Intel Xeon (native bfloat16)"
+    assert provenance.cpu_label(xeon) == intel and provenance.cpu_label({"flags": []}) == ""
+    log = {"total_seconds": 5700, "peak_rss_gib": 3.7, "notebooks": [
+        {"name": "01_acquisition.ipynb", "status": "ok", "seconds": 6.9, "cpu": amd},
+        {"name": "02_labeling.ipynb", "status": "ok", "seconds": 5.3, "cpu": amd},
+        {"name": "05_training.ipynb", "status": "ok", "seconds": 5550.0, "cpu": intel},
         {"name": "06_error_analysis.ipynb", "status": "ok", "seconds": 140.0}]}  # a log from before CPUs were named
-    assert ("took 95 minutes on Intel Xeon (x86_64) with 2 CPU cores (Linux), peak kernel memory None GiB. "
-            "Of that time, notebooks 01 (7 s), 02 (5 s) last ran on AMD EPYC.") in reporting.results_markdown(metrics, log)
-    log["notebooks"][0]["cpu"] = log["notebooks"][1]["cpu"] = "Intel Xeon"
+    assert ("took 95 minutes on Intel Xeon (x86_64) with 2 CPU cores (Linux), peak kernel memory 3.7 GiB. Of that time, "
+            "notebooks 01 (7 s), 02 (5 s) last ran on AMD EPYC (no native bfloat16).") in reporting.results_markdown(metrics, log)
+    log["notebooks"][0]["cpu"] = log["notebooks"][1]["cpu"] = intel
     assert "Of that time" not in reporting.results_markdown(metrics, log)
+    # the same model name without native bfloat16 trains in another precision: named
+    no_bfloat16 = {**metrics, "cpu": {"model_name": "Intel Xeon", "flags": ["avx512f"]}}
+    assert ("notebooks 01 (7 s), 02 (5 s), 05 (92 min) last ran on Intel Xeon (native bfloat16)."
+            in reporting.results_markdown(no_bfloat16, log))
     assert "Of that time" not in reporting.results_markdown(METRICS, log)  # metrics.json names no CPU: nothing to compare
     log["profile"], log["commit"] = "full", "abc"
-    assert "<td>Intel Xeon</td>" in reporting.write_index(tmp_path, log).read_text()  # each notebook's CPU on the page
+    assert f"<td>{intel}</td>" in reporting.write_index(tmp_path, log).read_text()  # each notebook's CPU on the page
 
 
 def test_the_results_name_the_numeric_policy_the_runs_trained_under_where_they_recorded_it():
@@ -277,6 +284,10 @@ def test_the_results_name_the_numeric_policy_the_runs_trained_under_where_they_r
     bfloat16 = {run: {**scores, "numeric_policy": "mixed_bfloat16"} for run, scores in METRICS["models"].items()}
     metrics = {**METRICS, "models": bfloat16}
     assert "Every run trained under Keras' `mixed_bfloat16` dtype policy." in reporting.results_markdown(metrics, {"total_seconds": 60})
+    with_average = {**metrics, "models": {**bfloat16, "a+b": {"members": ["a", "b"]}}}  # an average trains nothing
+    assert reporting.numeric_policy_sentence(with_average) == "Every run trained under Keras' `mixed_bfloat16` dtype policy."
+    unrecorded = {**metrics, "models": {**bfloat16, "old": {"kind": "train only"}}}
+    assert reporting.numeric_policy_sentence(unrecorded).startswith("Every run that recorded one trained under")
     metrics["models"]["improved"] = {**metrics["models"]["improved"], "numeric_policy": "float32"}
     assert ("The runs trained under Keras' dtype policies `float32` (improved); `mixed_bfloat16` (improved_refit)."
             in reporting.results_markdown(metrics, {"total_seconds": 60}))
@@ -567,7 +578,8 @@ def test_the_model_card_gives_calibration_and_says_why_a_refit_stands_in_for_the
     assert ("| expected calibration error of P(Surface), 10 bins | 0.052 (no temperature scaling: validation was part "
             "of this model's training data) |") in card
     assert "**Why a refit is the headline.** Validation chose `improved`" in card
-    assert "every number of epochs either by validation\nor, for a recipe that keeps its last epoch, by that recipe" in card
+    assert ("every number of epochs was set either by validation or, for a recipe that keeps its last epoch, by that recipe"
+            in card.replace("\n", " "))
     train_only = {**METRICS["models"]["improved"]["test"], "ece": 0.08, "temperature": 1.6, "ece_after_temperature": 0.031}
     metrics = {**METRICS, "headline": "improved", "models": {"improved": {**METRICS["models"]["improved"], "test": train_only}}}
     card = reporting.write_model_card(tmp_path, metrics).read_text()
@@ -575,10 +587,11 @@ def test_the_model_card_gives_calibration_and_says_why_a_refit_stands_in_for_the
     assert "Why a refit" not in card  # the run validation chose is the headline itself
     average = {**refit, "members": ["quick_cnn_refit", "seed_blog_refit"]}
     recipe = {"kind": "refit on train+val", "epochs_chosen_by": "recipe's own number of epochs"}
-    metrics = {**METRICS, "headline": "quick_cnn+seed_blog_refit", "models": {
+    metrics = {**METRICS, "headline": "quick_cnn+seed_blog_refit", "best_on_val": "quick_cnn+seed_blog", "models": {
         "quick_cnn+seed_blog_refit": average, "quick_cnn_refit": recipe, "seed_blog_refit": recipe}}
-    assert ("Epochs of the refit: for quick_cnn_refit and seed_blog_refit, the recipe's own number of epochs."
+    assert ("Epochs of the refit: for `quick_cnn_refit` and `seed_blog_refit`, the recipe's own number of epochs."
             in reporting.headline_markdown(metrics))
+    assert reporting.headline_markdown({**metrics, "best_on_val": "improved"}) == ""  # not the refit of validation's choice
 
 
 def test_the_model_card_gives_test_accuracy_per_100_sols_for_the_chosen_run_and_the_headline_from_their_predictions(
@@ -594,10 +607,13 @@ def test_the_model_card_gives_test_accuracy_per_100_sols_for_the_chosen_run_and_
     card = reporting.write_model_card(tmp_path, METRICS).read_text()
     section = card.split("## Accuracy by sol range")[1].split("\n## ")[0]
     assert "| sols | test images | Rover share | `improved` (train only) | `improved_refit` (refit on train+val) |" in section
-    assert "| 0500-0599 | 2 | 50.0% | 50.0% | 100.0% |" in section
-    assert "| 0600-0699 | 1 | 100.0% | 0.0% | 100.0% |" in section
-    assert "| 0700-0799 | 2 | 100.0% | 100.0% | 100.0% |" in section and "| 1000-1099 | 1 | 0.0% |" in section
+    assert "| 565–570 | 2 | 50.0% | 50.0% | 100.0% |" in section
+    assert "| 600 | 1 | 100.0% | 0.0% | 100.0% |" in section
+    assert "| 700–799 | 2 | 100.0% | 100.0% | 100.0% |" in section and "| 1060 | 1 | 0.0% |" in section
     assert "under *Accuracy by sol range*, from its `predictions/`" in card  # where those numbers come from
+    (folder / "improved_test.csv").unlink()  # the chosen run's predictions missing: the headline's column still shows
+    section = reporting.write_model_card(tmp_path, METRICS).read_text().split("## Accuracy by sol range")[1]
+    assert "| sols | test images | Rover share | `improved_refit` (refit on train+val) |" in section
 
 
 def test_the_model_card_shows_the_shift_group_by_group_for_the_chosen_run_and_the_headline(tmp_path):
@@ -678,7 +694,7 @@ def test_the_model_card_says_which_design_choices_stand_out_of_seed_noise(tmp_pa
     assert "not shown to beat plain cross-entropy beyond seed noise" in limits
     assert "and in the loss sentence under *Limits*, from its `runs/`\nand `ablations/`" in card
     # the choices none of these four variants questions are named as such
-    assert "No ablation of this run questions global average pooling; a stride-2 stem; four blocks of 32" in section
+    assert "No ablation of this run questions on its own global average pooling; a stride-2 stem; four blocks" in section
     assert "batch normalisation;" not in section and "the photometric augmentation" not in section
 
 

@@ -29,8 +29,8 @@ _COMMON: dict[str, Any] = {
     "epochs": None,  # None: each model's own number of epochs
     "batch_size": None,  # None: each model's own batch size
     "models": ALL_MODELS,
-    # refitted on train+val for the epochs chosen on val ("best_on_val": the winner; "a+b": each of a and b,
-    # then their average). `improved` too, whatever wins: the targets are set for it, so it is reported both
+    # refitted on train+val for the epochs chosen on val, or the recipe's own where it keeps its last epoch
+    # ("best_on_val": the winner; "a+b": each of a and b, then their average). `improved` too, whatever wins: the targets are set for it, so it is reported both
     # ways, as the headline is (in `full`, about 10 more minutes: its forward-validation run and the refit).
     "refit": ["best_on_val", "improved"],
     # An average competes for best_on_val only if refitting its models would take at most this many minutes,

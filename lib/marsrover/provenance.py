@@ -87,6 +87,14 @@ def has_native_bfloat16(cpu: dict[str, object]) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_label(cpu: dict[str, object]) -> str:
+    """``"AMD EPYC (no native bfloat16)"``: a CPU as :func:`cpu_description` describes it, named with what decides
+    the ``full`` profile's precision on it; empty when the CPU has no model name."""
+    if not cpu.get("model_name"):
+        return ""
+    return f"{cpu['model_name']} ({'native' if has_native_bfloat16(cpu) else 'no native'} bfloat16)"
+
+
 def run_environment() -> dict[str, object]:
     """Commit, library versions and machine, recorded beside every run's metrics."""
     import tensorflow as tf  # here, so that reading provenance needs no TensorFlow elsewhere

@@ -515,9 +515,8 @@ def interval_words(split_scores: dict) -> str:
 def headline_markdown(metrics: dict) -> str:
     """Why a refit is the headline rather than the train-only run validation chose, and where its number
     of epochs came from; empty when the headline is not a refit."""
-    headline, runs = metrics.get("headline", ""), metrics.get("models", {})
-    chosen = headline.removesuffix(REFIT_SUFFIX)
-    if chosen == headline or headline not in runs:
+    headline, chosen, runs = metrics.get("headline", ""), metrics.get("best_on_val"), metrics.get("models", {})
+    if not chosen or headline != chosen + REFIT_SUFFIX or headline not in runs:
         return ""
     text = (f"**Why a refit is the headline.** Validation chose `{chosen}`, trained on train alone. The rule, set "
             f"before any test score, then puts its refit on train+val in its place: the refit has also trained on "
@@ -529,8 +528,8 @@ def headline_markdown(metrics: dict) -> str:
     for member in runs[headline].get("members") or [headline]:
         if how := runs.get(member, {}).get("epochs_chosen_by"):
             epochs_by.setdefault(how, []).append(member)
-    sources = "; ".join(f"{f'for {_words(members)}, ' if runs[headline].get('members') else ''}the {how}"
-                        for how, members in epochs_by.items())
+    sources = "; ".join((f"for {_words([f'`{member}`' for member in members])}, " if runs[headline].get("members")
+                         else "") + f"the {how}" for how, members in epochs_by.items())
     if sources:
         text += f". Epochs of the refit: {sources}"
     return text + "."
@@ -597,7 +596,9 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
 def run_elsewhere_sentence(run_log: dict, metrics: dict) -> str:
     """Which notebooks last ran on another CPU than the one that scored the models (metrics.json's), as a
     partial rerun can; empty when none did, or when the log does not say (entries from before it did)."""
-    scored_on = (metrics.get("cpu") or {}).get("model_name")
+    from .provenance import cpu_label
+
+    scored_on = cpu_label(metrics.get("cpu") or {})
     by_cpu: dict[str, list[dict]] = {}
     for run in run_log.get("notebooks", []):
         if scored_on and run.get("cpu") and run["cpu"] != scored_on:
@@ -613,11 +614,14 @@ def numeric_policy_sentence(metrics: dict) -> str:
     """The Keras dtype policies the scored runs trained under (the CPU decides it in the ``full`` profile);
     empty when the runs did not record one."""
     policies: dict[str, list[str]] = {}
-    for run, scores in metrics.get("models", {}).items():
+    trained = {run: scores for run, scores in metrics.get("models", {}).items() if not scores.get("members")}
+    for run, scores in trained.items():  # an average trained nothing itself
         if scores.get("numeric_policy"):
             policies.setdefault(scores["numeric_policy"], []).append(run)
     if len(policies) == 1:
-        return f"Every run trained under Keras' `{next(iter(policies))}` dtype policy."
+        unrecorded = [run for run, scores in trained.items() if not scores.get("numeric_policy")]
+        return (f"{'Every run' if not unrecorded else 'Every run that recorded one'} trained under Keras' "
+                f"`{next(iter(policies))}` dtype policy.")
     return ("The runs trained under Keras' dtype policies " + "; ".join(
         f"`{policy}` ({', '.join(runs)})" for policy, runs in policies.items()) + ".") if policies else ""
 
@@ -778,7 +782,7 @@ def _unquestioned_markdown(evidence: dict) -> str:
     from .ablation import unquestioned_choices
 
     left = unquestioned_choices([variant["variant"] for variant in evidence["variants"]])
-    return (f"\n\nNo ablation of this run questions {'; '.join(left)}. Notebook 04 gives reasons for the recipe; for "
+    return (f"\n\nNo ablation of this run questions on its own {'; '.join(left)}. Notebook 04 gives reasons for the recipe; for "
             f"{'these choices' if len(left) > 1 else 'this choice'} this run holds no evidence.") if left else ""
 
 
@@ -806,26 +810,36 @@ def _groups_markdown(metrics: dict) -> str:
 
 
 def _sol_ranges_markdown(report_dir: Path, metrics: dict) -> str:
-    """The model card's table of test accuracy per 100 sols, for the train-only run validation chose and for
-    the headline, from their test predictions in ``predictions/``; empty without them."""
+    """The model card's table of test accuracy per 100 sols, for the headline and the train-only run validation
+    chose, from their test predictions in ``predictions/``; empty without the headline's."""
     import pandas as pd
 
     from .evaluation import breakdown, sol_ranges
 
-    runs = list(dict.fromkeys(run for run in (metrics.get("best_on_val"), metrics["headline"]) if run))
+    headline = metrics["headline"]
+    runs = [run for run in dict.fromkeys((metrics.get("best_on_val"), headline)) if run]
     files = {run: Path(report_dir) / PREDICTIONS_DIR / f"{run}_test.csv" for run in runs}
-    if not all(path.is_file() for path in files.values()):
+    frames = {run: pd.read_csv(path).pipe(lambda frame: frame.assign(sol_range=sol_ranges(frame["sol"])))
+              for run, path in files.items() if path.is_file()}
+    if headline not in frames:
         return ""
-    tables = {run: breakdown(frame.assign(sol_range=sol_ranges(frame["sol"])), "sol_range")
-              for run, frame in ((run, pd.read_csv(path)) for run, path in files.items())}
-    counts = tables[runs[-1]]
-    rows = "\n".join(f"| {sols} | {int(row['n'])} | {_pct(row['n_rover'] / row['n'])} | "
-                     + " | ".join(_pct(tables[run].loc[sols, "accuracy"]) for run in runs) + " |"
-                     for sols, row in counts.iterrows())
-    titles = " | ".join(f"`{run}` ({metrics['models'].get(run, {}).get('kind', '')})" for run in runs)
+    accuracy = {run: breakdown(frame, "sol_range")["accuracy"] for run, frame in frames.items()}
+    counts = breakdown(frames[headline], "sol_range")
+    spans = frames[headline].groupby("sol_range")["sol"].agg(["min", "max"])  # the sols the split has in each
+    def sols(group: str) -> str:
+        first, last = spans.loc[group, "min"], spans.loc[group, "max"]
+        return str(first) if first == last else f"{first}–{last}"
+
+    rows = "\n".join(f"| {sols(group)} | {int(row['n'])} | "
+                     f"{_pct(row['n_rover'] / row['n'])} | "
+                     + " | ".join(_pct(accuracy[run].get(group)) for run in frames) + " |"
+                     for group, row in counts.iterrows())
+    titles = " | ".join(f"`{run}`" + (f" ({kind})" if (kind := metrics["models"].get(run, {}).get("kind")) else "")
+                        for run in frames)
     return ("\n## Accuracy by sol range\nThe split is by sol: validation's sols follow train's, and test's follow "
-            "validation's. Test accuracy per 100 sols, from each run's test predictions:\n\n"
-            f"| sols | test images | Rover share | {titles} |\n| --- | --- | --- |{' --- |' * len(runs)}\n{rows}\n")
+            "validation's. Test accuracy in groups of 100 sols (each row gives the first and last sol the test split "
+            "has in it), from each run's test predictions:\n\n"
+            f"| sols | test images | Rover share | {titles} |\n| --- | --- | --- |{' --- |' * len(frames)}\n{rows}\n")
 
 
 def _caveats_markdown(metrics: dict) -> str:
@@ -905,7 +919,7 @@ def _refit_budget_markdown(metrics: dict) -> str:
 def _calibration_cell(scores: dict) -> str:
     """The card's ECE: as scored, and after temperature scaling where validation was left to fit one on."""
     test = scores["test"]
-    if test.get("ece") is None:
+    if test.get("ece") is None or test["ece"] != test["ece"]:  # none, or NaN
         return "–"
     if test.get("temperature") is None:
         why = ": validation was part of this model's training data" if "train+val" in scores.get("kind", "") else ""
@@ -939,8 +953,9 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     if scores.get("members"):
         what = (f"the average of the probabilities of {' and '.join(scores['members'])} ({scores.get('kind')}); "
                 f"it takes {scores.get('image_size')} px images and resizes them for each model's own size, so a "
-                "smaller model sees a resized copy, not the decode of the image it was trained on, and the average's "
-                "scores differ a little from the mean of its models' own (notebook 05 has each model's recipe and epochs)")
+                "smaller model sees a resized copy, not its own decode of the image, and the average's P(Surface) differs a "
+                "little from the mean of its models' P(Surface) on their own decodes (notebook 05 has each model's recipe "
+                "and epochs)")
     else:
         what = f"{scores.get('kind')}, at\n{scores.get('image_size')} px, for {scores.get('epochs')} epochs{chosen_by}"
     card = f"""# Model card: {headline}
@@ -976,9 +991,9 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {what}.
 The majority answer ("{metrics['baselines'][MAJORITY]['test'].get('answer')}") scores
 {_pct(metrics['baselines'][MAJORITY]['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split.{targets}
-Every model and design choice was chosen by its validation score, and every number of epochs either by validation
-or, for a recipe that keeps its last epoch, by that recipe; the study's test split was scored once per final
-model, and no setting was chosen on a test score. But some of the ideas that validation
+Every model was chosen by its validation score, every design choice an ablation questioned was judged there, and
+every number of epochs was set either by validation or, for a recipe that keeps its last epoch, by that recipe; the
+study's test split was scored once per final model, and no setting was chosen on a test score. But some of the ideas that validation
 then judged were prompted by test scores of earlier runs, so these test figures are not a clean held-out
 estimate. {_caveats_markdown(metrics)}{_refit_budget_markdown(metrics)}
 {_groups_markdown(metrics)}{by_sol}{_design_markdown(evidence)}

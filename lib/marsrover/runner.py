@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import config, reporting
-from .provenance import code_commit, cpu_description, git_commit, has_native_bfloat16
+from .provenance import code_commit, cpu_description, cpu_label, git_commit, has_native_bfloat16
 from .profiles import BUDGET_MINUTES, PROFILES, get_profile
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
@@ -167,7 +167,7 @@ class NotebookRun:
     error: str = ""
     peak_rss_gib: float = 0.0  # the largest kernel so far in this run (the OS reports a running maximum)
     commit: str = ""  # HEAD when its kernel started: the code it imported
-    cpu: str = ""  # the CPU's model name: a partial rerun may run on another machine than the rest
+    cpu: str = ""  # provenance.cpu_label: a partial rerun may run on another machine than the rest
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -246,7 +246,7 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         print(f"--> {notebook.name}", flush=True)
         clock = time.perf_counter()
         run.commit = git_commit()
-        run.cpu = str(cpu_description().get("model_name", ""))
+        run.cpu = cpu_label(cpu_description())
         folders = {name: path_for_notebook(values[name], notebook.parent)
                    for name in ("output_dir", "data_dir") if values[name] is not None}
         try:
