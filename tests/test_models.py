@@ -90,6 +90,41 @@ def test_inference_leaves_the_training_augmentation_stream_untouched(recipe):
     np.testing.assert_array_equal(np.asarray(interrupted(batch, training=True)), first)
 
 
+def test_a_model_at_an_averages_input_size_computes_what_it_does_inside_that_average():
+    small, large = models.build_model("improved", 32, augment=False), models.build_model("seed_notebook", 48, augment=False)
+    average = models.build_average([small, large], "improved+seed_notebook")
+    batch = np.random.default_rng(1).integers(0, 255, (3, 48, 48, 3)).astype("float32")
+    parts = [np.asarray(models.at_input_size(model, 48)(batch, training=False)) for model in (small, large)]
+    np.testing.assert_allclose(np.mean(parts, axis=0), np.asarray(average(batch, training=False)), rtol=1e-5, atol=1e-6)
+    assert models.at_input_size(large, 48) is large and models.at_input_size(small, 48).input_shape == (None, 48, 48, 3)
+
+
+def test_validation_scores_an_average_of_models_of_two_sizes_as_the_saved_average_scores(tiny_paths, tmp_path):
+    from sklearn.metrics import balanced_accuracy_score
+
+    from marsrover import study
+    from marsrover.evaluation import predict_surface_probability
+    from marsrover.inference import load_model
+
+    paths, index = study.load_index(tiny_paths.root)
+    common = dict(fit_splits=["train"], val_split="val", epochs=1, batch_size=2, seed=42, jit_compile=False, weights=None)
+    runs = {"quick_cnn": study._fit_and_save("quick_cnn", "quick_cnn", paths, index, tmp_path, size=32, **common),
+            "seed_notebook": study._fit_and_save("seed_notebook", "seed_notebook", paths, index, tmp_path, size=48,
+                                                 **common)}
+    scores = study.validation_scores(runs, paths, index, tmp_path)
+    study.save_average(["quick_cnn", "seed_notebook"], "quick_cnn+seed_notebook", tmp_path, runs)
+    images, labels = study.split_arrays(paths, index, "val", 48, progress=False)
+    saved = predict_surface_probability(load_model(tmp_path / "models" / "quick_cnn+seed_notebook.keras"), images)
+    assert scores["quick_cnn+seed_notebook"] == balanced_accuracy_score(labels, (saved >= 0.5).astype(int))
+    # the probabilities themselves, not just the score of 2 validation images: the smaller model took the larger
+    # model's 48 px decode, resized inside, as it does in the saved average (not its own 32 px decode)
+    sizes = {"quick_cnn": 32, "seed_notebook": 48}
+    probabilities, _ = study.validation_probabilities(sizes, paths, index, tmp_path)
+    assert sorted(probabilities) == [("quick_cnn", 32), ("quick_cnn", 48), ("seed_notebook", 48)]
+    np.testing.assert_allclose(study.average_probability(["quick_cnn", "seed_notebook"], sizes, probabilities), saved,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_transfer_without_reachable_imagenet_weights_fails_clearly(monkeypatch):
     real = models.keras.applications.EfficientNetB0
 

@@ -215,14 +215,27 @@ def build_average(members: list[keras.Model], name: str) -> keras.Model:
         raise ValueError(f"an average needs two or more models, not {len(members)}")
     size = max(int(member.input_shape[1]) for member in members)
     inputs = keras.Input(shape=(size, size, 3), name="image")
-    outputs = []
-    for member in members:
-        own = int(member.input_shape[1])
-        x = inputs if own == size else layers.Resizing(own, own, antialias=True, name=f"resize_for_{member.name}")(inputs)
-        outputs.append(member(x))
-    average = layers.Average(name="probabilities", dtype="float32")(outputs)
+    average = layers.Average(name="probabilities", dtype="float32")([member(_resized_for(member, inputs))
+                                                                     for member in members])
     # TensorFlow takes a model's name as a scope name: letters, digits and _ . - only ("a+b" -> "a_and_b").
     return keras.Model(inputs, average, name=re.sub(r"[^A-Za-z0-9_.-]", "_", name.replace("+", "_and_")))
+
+
+def _resized_for(member: keras.Model, inputs):
+    """``inputs`` as ``member`` takes them: resized to its own size where that differs (bilinear, antialiased)."""
+    own = int(member.input_shape[1])
+    if inputs.shape[1] == own:
+        return inputs
+    return layers.Resizing(own, own, antialias=True, name=f"resize_for_{member.name}")(inputs)
+
+
+def at_input_size(model: keras.Model, size: int) -> keras.Model:
+    """``model`` taking ``size`` px images, resized inside to its own size exactly as it is inside an average
+    of models that takes that size (:func:`build_average`); ``model`` itself at its own size."""
+    if int(model.input_shape[1]) == size:
+        return model
+    inputs = keras.Input(shape=(size, size, 3), name="image")
+    return keras.Model(inputs, model(_resized_for(model, inputs)), name=f"{model.name}_at_{size}")
 
 
 def average_members(model: keras.Model) -> list[keras.Model]:

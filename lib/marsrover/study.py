@@ -253,35 +253,53 @@ def average_members_of(name: str) -> list[str]:
 def validation_scores(runs: dict[str, dict], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path,
                       *, smallest: int = 2) -> dict[str, float]:
     """Validation balanced accuracy of each validated train-only run (its kept weights) and of every
-    average of ``smallest`` or more of them (their P(Surface) averaged, each run at its own image size).
-
-    The saved average (:func:`save_average`) resizes inside the model, from its largest model's size: a
-    smaller model sees a resized copy of that input rather than its own decode of the image, so the score
-    notebook 06 ranks the saved average by differs a little from this one (in the run at 7289022, validation
-    balanced accuracy 0.9494 there against 0.9486 here; on test, 5 of 1305 predictions changed sides).
+    average of ``smallest`` or more of them: their P(Surface) averaged, as the average that
+    :func:`save_average` would save computes it (images decoded at its largest model's size, resized inside
+    for each smaller one), so that notebook 06 scores the saved average as it was chosen. (The run at 7289022
+    chose with each model on its own decode: 0.9486 there, against 0.9494 for the saved average.)
     """
     from sklearn.metrics import balanced_accuracy_score
-
-    from .evaluation import predict_surface_probability
-    from .inference import load_model
-    from .training import release_models
 
     scored = {run: kept_val_balanced_accuracy(record) for run, record in runs.items()}
     scored = {run: score for run, score in scored.items() if score is not None}
     if len(scored) < smallest:
         return scored
-    probabilities, labels = {}, None
-    for run in sorted(scored):
-        model = load_model(Path(output_dir) / "models" / f"{run}.keras")
-        images, labels = split_arrays(paths, index, "val", int(model.input_shape[1]), progress=False)
-        probabilities[run] = predict_surface_probability(model, images)
-        del model, images
-        release_models()
-    for size in range(smallest, len(probabilities) + 1):
-        for members in combinations(sorted(probabilities), size):
-            average = np.mean([probabilities[member] for member in members], axis=0)
+    sizes = {run: int(runs[run]["config"]["image_size"]) for run in scored}
+    probabilities, labels = validation_probabilities(sizes, paths, index, output_dir)
+    for count in range(smallest, len(scored) + 1):
+        for members in combinations(sorted(scored), count):
+            average = average_probability(members, sizes, probabilities)
             scored[ENSEMBLE_JOIN.join(members)] = float(balanced_accuracy_score(labels, (average >= 0.5).astype(int)))
     return scored
+
+
+def validation_probabilities(sizes: dict[str, int], paths: config.DataPaths, index: pd.DataFrame,
+                             output_dir: Path) -> tuple[dict[tuple[str, int], np.ndarray], np.ndarray]:
+    """Each saved run's P(Surface) on validation at its own image size (``sizes``) and at every larger one among
+    them (``{(run, size): probabilities}``, as an average with a larger model would feed it), and the labels."""
+    from .evaluation import predict_surface_probability
+    from .inference import load_model
+    from .models import at_input_size
+    from .training import release_models
+
+    images, labels, probabilities = {}, None, {}
+    for run in sorted(sizes):
+        model = load_model(Path(output_dir) / "models" / f"{run}.keras")
+        for size in sorted({size for size in sizes.values() if size >= sizes[run]}):
+            if size not in images:
+                images[size], labels = split_arrays(paths, index, "val", size, progress=False)
+            probabilities[run, size] = predict_surface_probability(at_input_size(model, size), images[size])
+        del model
+        release_models()
+    return probabilities, labels
+
+
+def average_probability(members: Sequence[str], sizes: dict[str, int],
+                        probabilities: dict[tuple[str, int], np.ndarray]) -> np.ndarray:
+    """The P(Surface) of the average of ``members`` that :func:`save_average` would save: each member's at the
+    largest member's size (:func:`validation_probabilities`), averaged."""
+    size = max(sizes[member] for member in members)
+    return np.mean([probabilities[member, size] for member in members], axis=0)
 
 
 def estimated_refit_seconds(members: Sequence[str], runs: dict[str, dict], index: pd.DataFrame) -> float:
@@ -601,7 +619,10 @@ def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFra
     Returns the scores (name -> members, val, test; names join the members with "+") and the
     averaged predictions (name -> split -> rows). Only train-only runs make sense here: validation
     must be unseen by every member for its score to choose between the averages and the single runs.
-    Names in ``skip`` (averages the study saved and scored as runs) are left out.
+    Names in ``skip`` (averages the study saved and scored as runs) are left out. Each member's predictions
+    here are on its own decode of an image, whereas selection (:func:`validation_scores`) and a saved average
+    feed a smaller model the largest member's decode resized, so an unsaved average's score here can differ a
+    little from the one it competed with.
     """
     from .evaluation import average_predictions, binary_metrics
 
