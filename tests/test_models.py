@@ -125,6 +125,22 @@ def test_validation_scores_an_average_of_models_of_two_sizes_as_the_saved_averag
                                rtol=1e-5, atol=1e-6)
 
 
+def test_validation_scores_every_average_of_the_single_runs_each_at_its_largest_models_size(monkeypatch):
+    from marsrover import study
+
+    sizes = {"a": 32, "b": 48, "c": 64}
+    runs = {run: {"config": {"image_size": size, "kept_weights": "epoch 1 (last)"},
+                  "history": {"val_balanced_accuracy": [0.5]}} for run, size in sizes.items()}
+    labels = np.array([0, 1, 1, 0])
+    # each run's P(Surface) depends on the size of the images it took: an average must use its largest model's
+    probabilities = {(run, size): np.full(4, 0.9 if size == 64 else 0.1) * np.array([0, 1, 1, 1]) + 0.05
+                     for run in sizes for size in sizes.values() if size >= sizes[run]}
+    monkeypatch.setattr(study, "validation_probabilities", lambda *args: (probabilities, labels))
+    scores = study.validation_scores(runs, None, None, None)
+    assert sorted(scores) == ["a", "a+b", "a+b+c", "a+c", "b", "b+c", "c"]  # averages of single runs only
+    assert scores["a+c"] == scores["a+b+c"] == 0.75 and scores["a+b"] == 0.5  # 64 px input: 3 of 4 right
+
+
 def test_transfer_without_reachable_imagenet_weights_fails_clearly(monkeypatch):
     real = models.keras.applications.EfficientNetB0
 

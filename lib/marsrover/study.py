@@ -266,8 +266,8 @@ def validation_scores(runs: dict[str, dict], paths: config.DataPaths, index: pd.
         return scored
     sizes = {run: int(runs[run]["config"]["image_size"]) for run in scored}
     probabilities, labels = validation_probabilities(sizes, paths, index, output_dir)
-    for count in range(smallest, len(scored) + 1):
-        for members in combinations(sorted(scored), count):
+    for count in range(smallest, len(sizes) + 1):
+        for members in combinations(sorted(sizes), count):  # the single runs only, not averages already scored
             average = average_probability(members, sizes, probabilities)
             scored[ENSEMBLE_JOIN.join(members)] = float(balanced_accuracy_score(labels, (average >= 0.5).astype(int)))
     return scored
