@@ -30,8 +30,9 @@ _COMMON: dict[str, Any] = {
     "batch_size": None,  # None: each model's own batch size
     "models": ALL_MODELS,
     # refitted on train+val for the epochs chosen on val, or the recipe's own where it keeps its last epoch
-    # ("best_on_val": the winner; "a+b": each of a and b, then their average). `improved` too, whatever wins: the targets are set for it, so it is reported both
-    # ways, as the headline is (in `full`, about 10 more minutes: its forward-validation run and the refit).
+    # ("best_on_val": the winner; "a+b": each of a and b, then their average). `improved` too, whatever wins: the
+    # targets are set for it, so it is reported both ways, as the headline is (in `full`, about 10 more minutes:
+    # its forward-validation run and the refit).
     "refit": ["best_on_val", "improved"],
     # An average competes for best_on_val only if refitting its models would take at most this many minutes,
     # estimated from their train-only runs (None: no limit). A single model, or an average named above, always does.

@@ -496,7 +496,7 @@ def interval_caveat(split_scores: dict) -> str:
     """A sentence on intervals that resampled single images (older records): too narrow for this split."""
     if not split_scores.get("ci95") or split_scores.get("ci95_unit", "image") != "image":
         return ""
-    return (" Intervals that resample single images are too narrow here: one sol's images are often frames of one "
+    return ("Intervals that resample single images are too narrow here: one sol's images are often frames of one "
             "scene, so they are not independent draws (notebook 06 of a newer run resamples whole sols).")
 
 
@@ -538,11 +538,12 @@ def headline_markdown(metrics: dict) -> str:
 def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Path | None = None) -> str:
     """The study's results as a Markdown table, from ``metrics.json`` (and the run log's timing; with
     ``report_dir``, where the training time went)."""
+    headline_test = metrics["models"][metrics["headline"]]["test"]
     lines = [
         f"Profile `{metrics.get('profile')}`, commit `{metrics.get('commit')}`; headline model "
         f"**{metrics['headline']}** (selection: {metrics.get('selection', 'validation')}). "
-        f"Test split: official, by sol. In brackets: {interval_words(metrics['models'][metrics['headline']]['test'])}."
-        f"{interval_caveat(metrics['models'][metrics['headline']]['test'])}",
+        f"Test split: official, by sol. In brackets: {interval_words(headline_test)}."
+        + (f" {caveat}" if (caveat := interval_caveat(headline_test)) else ""),
         "",
         "| run | trained on | val accuracy | val balanced acc. | test accuracy | test balanced acc. | test ROC-AUC "
         "| epochs, training time |",
@@ -817,23 +818,24 @@ def _sol_ranges_markdown(report_dir: Path, metrics: dict) -> str:
     from .evaluation import breakdown, sol_ranges
 
     headline = metrics["headline"]
-    runs = [run for run in dict.fromkeys((metrics.get("best_on_val"), headline)) if run]
-    files = {run: Path(report_dir) / PREDICTIONS_DIR / f"{run}_test.csv" for run in runs}
-    frames = {run: pd.read_csv(path).pipe(lambda frame: frame.assign(sol_range=sol_ranges(frame["sol"])))
-              for run, path in files.items() if path.is_file()}
+    frames = {}
+    for run in dict.fromkeys((metrics.get("best_on_val"), headline)):
+        if run and (path := Path(report_dir) / PREDICTIONS_DIR / f"{run}_test.csv").is_file():
+            frame = pd.read_csv(path)
+            frames[run] = frame.assign(sol_range=sol_ranges(frame["sol"]))
     if headline not in frames:
         return ""
-    accuracy = {run: breakdown(frame, "sol_range")["accuracy"] for run, frame in frames.items()}
-    counts = breakdown(frames[headline], "sol_range")
+    tables = {run: breakdown(frame, "sol_range") for run, frame in frames.items()}
     spans = frames[headline].groupby("sol_range")["sol"].agg(["min", "max"])  # the sols the split has in each
+
     def sols(group: str) -> str:
         first, last = spans.loc[group, "min"], spans.loc[group, "max"]
         return str(first) if first == last else f"{first}–{last}"
 
     rows = "\n".join(f"| {sols(group)} | {int(row['n'])} | "
                      f"{_pct(row['n_rover'] / row['n'])} | "
-                     + " | ".join(_pct(accuracy[run].get(group)) for run in frames) + " |"
-                     for group, row in counts.iterrows())
+                     + " | ".join(_pct(tables[run]["accuracy"].get(group)) for run in frames) + " |"
+                     for group, row in tables[headline].iterrows())
     titles = " | ".join(f"`{run}`" + (f" ({kind})" if (kind := metrics["models"].get(run, {}).get("kind")) else "")
                         for run in frames)
     return ("\n## Accuracy by sol range\nThe split is by sol: validation's sols follow train's, and test's follow "
@@ -945,6 +947,7 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     written_by = ("" if code_commit() == metrics.get("commit")
                   else f" This card's text was written by the code at `{code_commit()}`.")
     by_sol = _sol_ranges_markdown(report_dir, metrics)
+    caveat_block = f"\n{caveat}\n" if (caveat := interval_caveat(test)) else ""
     sources = "".join([", or, under *How firm the design is* and in the loss sentence under *Limits*, from its `runs/`\nand "
                        "`ablations/`" if evidence else "",
                        f"{', and,' if evidence else ', or,'} under *Accuracy by sol range*, from its `{PREDICTIONS_DIR}/`"
@@ -987,7 +990,7 @@ split by sol: train 3746, validation 1640, test 1305 images. This model: {what}.
 | expected calibration error of P(Surface), 10 bins | {_calibration_cell(scores)} |
 | recall Rover / Surface | {_pct(test.get('recall', {}).get('Rover'))} / {_pct(test.get('recall', {}).get('Surface'))} |
 | kept at confidence ≥ {kept.get('threshold', 0.9)} (coverage, accuracy) | {_pct(kept.get('coverage'))}, {_pct(kept.get('accuracy'))} |
-{f"{chr(10)}{caveat.strip()}{chr(10)}" if (caveat := interval_caveat(test)) else ""}
+{caveat_block}
 The majority answer ("{metrics['baselines'][MAJORITY]['test'].get('answer')}") scores
 {_pct(metrics['baselines'][MAJORITY]['test']['accuracy'])} accuracy and 50% balanced accuracy on the
 same split.{targets}

@@ -124,7 +124,6 @@ def machine_notice(profile: str, recorded: Path, cpu: dict[str, object] | None =
     machine and this one (``cpu``, :func:`provenance.cpu_description`'s form; ``gpus``, default: NVIDIA GPUs
     the driver lists) differ there, so its runs compute in another precision here: other scores, and another
     training time. None when nothing needs saying."""
-
     if not get_profile(profile).get("cpu_bfloat16"):
         return None
     try:
@@ -239,6 +238,7 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
     started = time.perf_counter()
     print(f"Running {len(notebooks)} notebook(s) with profile {profile!r} into {output_dir}")
     trains = any("cpu_bfloat16" in papermill.inspect_notebook(str(nb)) for nb in notebooks)  # notebook 05
+    cpu = cpu_label(cpu_description())  # recorded beside each notebook: a partial rerun may run elsewhere
     if trains and (notice := machine_notice(profile, output_dir / "metrics.json")):
         print(notice, flush=True)
     for notebook, run in zip(notebooks, runs):
@@ -246,7 +246,7 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
         print(f"--> {notebook.name}", flush=True)
         clock = time.perf_counter()
         run.commit = git_commit()
-        run.cpu = cpu_label(cpu_description())
+        run.cpu = cpu
         folders = {name: path_for_notebook(values[name], notebook.parent)
                    for name in ("output_dir", "data_dir") if values[name] is not None}
         try:

@@ -433,8 +433,8 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
 
     1. Each model on the train split, watching the validation split (selection happens there only).
     2. Each model in ``refit`` again on train+val, for the number of epochs chosen on val by forward
-       validation, or its recipe's own for a recipe that keeps its last epoch (:func:`refit_epochs`); ``"best_on_val"`` in ``refit`` stands for the model that
-       step 1 found best on validation, or, when an average of step 1's models scores best there
+       validation, or its recipe's own for a recipe that keeps its last epoch (:func:`refit_epochs`);
+       ``"best_on_val"`` in ``refit`` stands for the model that step 1 found best on validation, or, when an average of step 1's models scores best there
        (:func:`validation_scores`), for each of its models; that average and the average of their
        refits are then saved as runs of their own (:func:`save_average`). An average competes only if
        refitting those of its models that ``refit`` does not name anyway fits ``average_refit_budget_minutes``
@@ -655,8 +655,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
 
     The headline is chosen on validation only: the train-only model with the best validation balanced
     accuracy (an average of runs that notebook 05 saved competes like any); if that model was refitted on
-    train+val (for the epochs validation chose, or its recipe's own; an average, as the average of its members' refits), the
-    refit is the headline, since it has seen sols closer to the test split. The test split only reports.
+    train+val (for the epochs validation chose, or its recipe's own; an average, as the average of its members'
+    refits), the refit is the headline, since it has seen sols closer to the test split. The test split only reports.
     """
     from .calibration import apply_temperature, expected_calibration_error, fit_temperature
     from .evaluation import (accuracy_by_training_coverage, at_confidence, binary_metrics, errors_against_training,
