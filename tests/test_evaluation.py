@@ -484,12 +484,19 @@ def test_every_average_of_train_only_runs_is_scored_and_ranked_on_validation_bes
     runs = {name: {"val": frame.assign(predicted=(frame["p_surface"] >= 0.5).astype(int)),
                    "test": frame.assign(predicted=(frame["p_surface"] >= 0.5).astype(int))}
             for name, frame in {"a": a, "b": b, "c": c}.items()}
-    ensembles, averaged = score_ensembles(["b", "a", "c"], runs, bootstrap_samples=20, seed=0)
+    sizes = {"a": 64, "b": 64, "c": 64}
+    ensembles, averaged = score_ensembles(["b", "a", "c"], runs, sizes, {}, bootstrap_samples=20, seed=0)
     assert list(ensembles) == ["a+b", "a+c", "b+c", "a+b+c"]
     assert ensembles["a+b"]["members"] == ["a", "b"] and ensembles["a+b"]["kind"] == "average of train-only runs"
     assert ensembles["a+b"]["val"]["accuracy"] == 1.0 and ensembles["a+b"]["test"]["n"] == len(val)
     assert set(averaged["a+b+c"]) == {"val", "test"}
-    assert list(score_ensembles(["a", "b"], runs, bootstrap_samples=20, skip={"a+b"})[0]) == []  # saved as a run
+    assert list(score_ensembles(["a", "b"], runs, sizes, {}, bootstrap_samples=20, skip={"a+b"})[0]) == []  # saved
+
+    # A smaller member takes the larger one's decode resized: its P(Surface) at that size, not on its own decode.
+    resized = {("a", 128): {split: np.where(truth == 1, 0.9, 0.1) for split in ("val", "test")}}
+    mixed, mixed_rows = score_ensembles(["a", "c"], runs, {"a": 64, "c": 128}, resized, bootstrap_samples=0)
+    np.testing.assert_allclose(mixed_rows["a+c"]["val"]["p_surface"], (resized["a", 128]["val"] + 0.9) / 2)
+    assert mixed["a+c"]["image_size"] == 128 and runs["a"]["val"]["p_surface"].iloc[0] == 0.6  # rows left alone
 
     models = {name: {"kind": "train only", **{split: binary_metrics(frame[split]["label"], frame[split]["p_surface"],
                                                                        n_boot=20) for split in ("val", "test")}}

@@ -99,22 +99,38 @@ def test_a_model_at_an_averages_input_size_computes_what_it_does_inside_that_ave
     assert models.at_input_size(large, 48) is large and models.at_input_size(small, 48).input_shape == (None, 48, 48, 3)
 
 
-def test_validation_scores_an_average_of_models_of_two_sizes_as_the_saved_average_scores(tiny_paths, tmp_path):
-    from sklearn.metrics import balanced_accuracy_score
+def _two_runs_of_two_sizes(tiny_paths, output_dir):
+    """quick_cnn at 32 px and seed_notebook at 48 px, one epoch each on the tiny set, saved in ``output_dir``."""
+    from marsrover import study
 
+    paths, index = study.load_index(tiny_paths.root)
+    common = dict(fit_splits=["train"], val_split="val", epochs=1, batch_size=2, seed=42, jit_compile=False, weights=None)
+    runs = {"quick_cnn": study._fit_and_save("quick_cnn", "quick_cnn", paths, index, output_dir, size=32, **common),
+            "seed_notebook": study._fit_and_save("seed_notebook", "seed_notebook", paths, index, output_dir, size=48,
+                                                 **common)}
+    return paths, index, runs
+
+
+def _saved_average_probabilities(paths, index, output_dir, runs, split):
+    """P(Surface) on ``split`` of the average of ``runs`` as :func:`study.save_average` saves it, and the labels."""
     from marsrover import study
     from marsrover.evaluation import predict_surface_probability
     from marsrover.inference import load_model
 
-    paths, index = study.load_index(tiny_paths.root)
-    common = dict(fit_splits=["train"], val_split="val", epochs=1, batch_size=2, seed=42, jit_compile=False, weights=None)
-    runs = {"quick_cnn": study._fit_and_save("quick_cnn", "quick_cnn", paths, index, tmp_path, size=32, **common),
-            "seed_notebook": study._fit_and_save("seed_notebook", "seed_notebook", paths, index, tmp_path, size=48,
-                                                 **common)}
+    study.save_average(sorted(runs), "quick_cnn+seed_notebook", output_dir, runs)
+    images, labels = study.split_arrays(paths, index, split, 48, progress=False)
+    model = load_model(output_dir / "models" / "quick_cnn+seed_notebook.keras")
+    return predict_surface_probability(model, images), labels
+
+
+def test_validation_scores_an_average_of_models_of_two_sizes_as_the_saved_average_scores(tiny_paths, tmp_path):
+    from sklearn.metrics import balanced_accuracy_score
+
+    from marsrover import study
+
+    paths, index, runs = _two_runs_of_two_sizes(tiny_paths, tmp_path)
     scores = study.validation_scores(runs, paths, index, tmp_path)
-    study.save_average(["quick_cnn", "seed_notebook"], "quick_cnn+seed_notebook", tmp_path, runs)
-    images, labels = study.split_arrays(paths, index, "val", 48, progress=False)
-    saved = predict_surface_probability(load_model(tmp_path / "models" / "quick_cnn+seed_notebook.keras"), images)
+    saved, labels = _saved_average_probabilities(paths, index, tmp_path, runs, "val")
     assert scores["quick_cnn+seed_notebook"] == balanced_accuracy_score(labels, (saved >= 0.5).astype(int))
     # the probabilities themselves, not just the score of 2 validation images: the smaller model took the larger
     # model's 48 px decode, resized inside, as it does in the saved average (not its own 32 px decode)
@@ -123,6 +139,21 @@ def test_validation_scores_an_average_of_models_of_two_sizes_as_the_saved_averag
     assert sorted(probabilities) == [("quick_cnn", 32), ("quick_cnn", 48), ("seed_notebook", 48)]
     np.testing.assert_allclose(study.average_probability(["quick_cnn", "seed_notebook"], sizes, probabilities), saved,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_notebook_06_scores_an_unsaved_average_as_selection_did_and_as_saving_it_would(tiny_paths, tmp_path):
+    # Its table of averages must agree with the selection it reports on, whichever average validation chose.
+    from marsrover import study
+
+    paths, index, runs = _two_runs_of_two_sizes(tiny_paths, tmp_path)
+    chosen = study.validation_scores(runs, paths, index, tmp_path)["quick_cnn+seed_notebook"]
+    scores = study.score_study(paths, index, tmp_path, profile="smoke", seed=42, bootstrap_samples=0)
+    average = scores.metrics["ensembles"]["quick_cnn+seed_notebook"]
+    assert average["image_size"] == 48 and average["val"]["balanced_accuracy"] == chosen
+    for split in ("val", "test"):
+        saved, _ = _saved_average_probabilities(paths, index, tmp_path, runs, split)
+        np.testing.assert_allclose(scores.ensemble_predictions["quick_cnn+seed_notebook"][split]["p_surface"], saved,
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_validation_scores_every_average_of_the_single_runs_each_at_its_largest_models_size(monkeypatch):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -277,21 +277,35 @@ def validation_probabilities(sizes: dict[str, int], paths: config.DataPaths, ind
                              output_dir: Path) -> tuple[dict[tuple[str, int], np.ndarray], np.ndarray]:
     """Each saved run's P(Surface) on validation at its own image size (``sizes``) and at every larger one among
     them (``{(run, size): probabilities}``, as an average with a larger model would feed it), and the labels."""
+    arrays = {size: split_arrays(paths, index, "val", size, progress=False) for size in sorted(set(sizes.values()))}
+    probabilities = probabilities_at_sizes(sizes, output_dir, lambda size: {"val": arrays[size][0]})
+    return {key: by_split["val"] for key, by_split in probabilities.items()}, next(iter(arrays.values()))[1]
+
+
+def probabilities_at_sizes(sizes: dict[str, int], output_dir: Path, images_at: Callable[[int], dict[str, np.ndarray]],
+                           *, larger_only: bool = False) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+    """Each saved run's P(Surface) (``{(run, size): {split: probabilities}}``) on the images ``images_at(size)``
+    gives, at every size in ``sizes`` from its own up (only those above its own if ``larger_only``): at a larger
+    size it takes the images resized inside, as in an average of models that takes that size (:func:`save_average`).
+    """
     from .evaluation import predict_surface_probability
     from .inference import load_model
     from .models import at_input_size
     from .training import release_models
 
-    images, labels, probabilities = {}, None, {}
+    probabilities = {}
     for run in sorted(sizes):
+        targets = sorted({size for size in sizes.values() if size > sizes[run] or (size == sizes[run] and not larger_only)})
+        if not targets:
+            continue
         model = load_model(Path(output_dir) / "models" / f"{run}.keras")
-        for size in sorted({size for size in sizes.values() if size >= sizes[run]}):
-            if size not in images:
-                images[size], labels = split_arrays(paths, index, "val", size, progress=False)
-            probabilities[run, size] = predict_surface_probability(at_input_size(model, size), images[size])
+        for size in targets:
+            sized = at_input_size(model, size)
+            probabilities[run, size] = {split: predict_surface_probability(sized, images)
+                                        for split, images in images_at(size).items()}
         del model
         release_models()
-    return probabilities, labels
+    return probabilities
 
 
 def average_probability(members: Sequence[str], sizes: dict[str, int],
@@ -612,29 +626,36 @@ def training_coverage_table(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").round(3)
 
 
-def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFrame]], *,
-                    bootstrap_samples: int = 1000, seed: int = 42, skip: set[str] = frozenset()) -> tuple[dict, dict]:
+def score_ensembles(runs: list[str], predictions: dict[str, dict[str, pd.DataFrame]], sizes: dict[str, int],
+                    resized: dict[tuple[str, int], dict[str, np.ndarray]], *, bootstrap_samples: int = 1000,
+                    seed: int = 42, skip: set[str] = frozenset()) -> tuple[dict, dict]:
     """Every average of two or more of ``runs`` (P(Surface) averaged), scored on val and test like a run.
 
     Returns the scores (name -> members, val, test; names join the members with "+") and the
     averaged predictions (name -> split -> rows). Only train-only runs make sense here: validation
     must be unseen by every member for its score to choose between the averages and the single runs.
-    Names in ``skip`` (averages the study saved and scored as runs) are left out. Each member's predictions
-    here are on its own decode of an image, whereas selection (:func:`validation_scores`) and a saved average
-    feed a smaller model the largest member's decode resized, so an unsaved average's score here can differ a
-    little from the one it competed with.
+    Names in ``skip`` (averages the study saved and scored as runs) are left out. An average computes as
+    selection (:func:`validation_scores`) and a saved average do: a member smaller than the largest
+    (``sizes``) takes the largest one's decode resized, its P(Surface) from ``resized``
+    (:func:`probabilities_at_sizes`); a member at that size, its own ``predictions``.
     """
     from .evaluation import average_predictions, binary_metrics
 
+    def at_size(member: str, size: int, split: str) -> pd.DataFrame:
+        rows = predictions[member][split]
+        return rows if sizes[member] == size else rows.assign(p_surface=resized[member, size][split])
+
     scores, averaged = {}, {}
-    for size in range(2, len(runs) + 1):
-        for members in combinations(sorted(runs), size):
+    for count in range(2, len(runs) + 1):
+        for members in combinations(sorted(runs), count):
             name = ENSEMBLE_JOIN.join(members)
             if name in skip:
                 continue
-            averaged[name], scores[name] = {}, {"members": list(members), "kind": "average of train-only runs"}
+            size = max(sizes[member] for member in members)
+            averaged[name], scores[name] = {}, {"members": list(members), "kind": "average of train-only runs",
+                                                "image_size": size}
             for split in ("val", "test"):
-                rows = average_predictions([predictions[member][split] for member in members])
+                rows = average_predictions([at_size(member, size, split) for member in members])
                 averaged[name][split] = rows
                 scores[name][split] = binary_metrics(rows["label"].to_numpy(), rows["p_surface"].to_numpy(),
                                                      n_boot=bootstrap_samples, seed=seed,
@@ -737,8 +758,12 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
                                       for split in ("val", "test")}}
     # Every other average of the single train-only runs, scored from their predictions (no model saved).
     singles = [run for run in candidates if "members" not in scores[run]]
-    ensembles, ensemble_predictions = score_ensembles(singles, predictions, bootstrap_samples=bootstrap_samples,
-                                                      seed=seed, skip=set(scores))
+    sizes = {run: scores[run]["image_size"] for run in singles}
+    resized = probabilities_at_sizes(sizes, output_dir, lambda size: {split: arrays[False, split, size][0]
+                                                                      for split in ("val", "test")},
+                                     larger_only=True)
+    ensembles, ensemble_predictions = score_ensembles(singles, predictions, sizes, resized,
+                                                      bootstrap_samples=bootstrap_samples, seed=seed, skip=set(scores))
     metrics = {
         "headline": headline, "best_on_val": best,
         "selection": "best validation balanced accuracy among train-only runs (an average of runs saved by "
