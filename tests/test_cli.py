@@ -367,3 +367,14 @@ def test_python_dash_m_marsrover_lists_the_commands():
     assert result.returncode == 0
     for command in ("data", "study", "predict", "sort", "fetch-raw"):
         assert command in result.stdout
+
+
+def test_the_command_line_prints_no_tensorflow_start_up_lines_but_every_other_message(tiny_model, images, tmp_path):
+    # TensorFlow prints them from C++ on a machine without a GPU; they read as errors ("failed call to cuInit").
+    (images / "empty.jpg").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "marsrover", "predict", str(images), "--model", str(tiny_model),
+                             "--out", str(tmp_path / "p.csv")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "cudart_stub" not in result.stderr and "cuInit" not in result.stderr
+    assert "Classifying" in result.stderr  # the progress bar still shows
+    assert "1 failed" in result.stdout and "empty.jpg" in result.stdout

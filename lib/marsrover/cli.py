@@ -66,8 +66,8 @@ def _model_and_files(args: argparse.Namespace, exclude=()):
 
     from . import inference
 
-    # Quietens TensorFlow's C++ logging, unless asked for; TF 2.21 still prints its start-up lines
-    # (oneDNN, CUDA) before this setting is read, so a few remain.
+    # Quietens TensorFlow's C++ logging, unless asked for; TF 2.21 prints its start-up lines (CUDA) before
+    # this setting is read, so main() drops those from stderr (console.quiet_tensorflow_startup).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     files = inference.discover_images(args.paths, exclude=exclude)
@@ -297,5 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .console import quiet_tensorflow_startup
+
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    with quiet_tensorflow_startup():  # TensorFlow's start-up lines read as errors on a CPU-only machine
+        return args.handler(args)

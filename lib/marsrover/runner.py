@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import resource
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import config, reporting
+from .console import without_tensorflow_startup_lines
 from .provenance import code_commit, cpu_description, cpu_label, git_commit, has_native_bfloat16
 from .profiles import BUDGET_MINUTES, PROFILES, get_profile
 
@@ -64,14 +64,6 @@ def path_for_notebook(path: str | os.PathLike, notebook_dir: Path) -> str:
     return os.path.relpath(path, notebook_dir)
 
 
-# TensorFlow's start-up lines on a machine without a GPU. TF 2.21 prints them from C++ before it reads
-# TF_CPP_MIN_LOG_LEVEL, so they cannot be switched off; in the report they read as errors ("E0000 ...
-# failed call to cuInit") though the CPU is all the study asks for. Only these known lines are dropped.
-TENSORFLOW_STARTUP_LINE = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cuda_platform)\.cc:\d+\] .*")
-
-
 def tidy_executed_notebook(executed: Path):
     """Make an executed notebook fit to commit: papermill's record of where it came from and went,
     relative to the project (see :func:`path_for_notebook`), and no TensorFlow start-up lines on stderr.
@@ -87,11 +79,10 @@ def tidy_executed_notebook(executed: Path):
         outputs = []
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream" and output.get("name") == "stderr":
-                kept = [line for line in output.text.splitlines(keepends=True)
-                        if not TENSORFLOW_STARTUP_LINE.fullmatch(line.rstrip("\n"))]
+                kept = without_tensorflow_startup_lines(output.text)
                 if not kept:
                     continue
-                output.text = "".join(kept)
+                output.text = kept
             outputs.append(output)
         if cell.cell_type == "code":
             cell.outputs = outputs
@@ -195,7 +186,7 @@ def kernel_transport():
 @contextlib.contextmanager
 def kernel_stderr():
     """papermill's setting for where a kernel's own stderr goes: a file, printed (less TensorFlow's start-up
-    lines, :data:`TENSORFLOW_STARTUP_LINE`) once the notebook is done, crashed or not.
+    lines, :func:`console.without_tensorflow_startup_lines`) once the notebook is done, crashed or not.
 
     The kernel echoes to its stderr whatever a cell's C++ or subprocess writes there, and TensorFlow's start-up
     lines come on top, several times a notebook on a machine without a GPU. So the console of a run shows only
@@ -215,9 +206,8 @@ def kernel_stderr():
             yield {"kernel_manager_class": KernelWithStderrLog}
         finally:
             if log_path.exists():
-                lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
-                sys.stderr.write("".join(line for line in lines
-                                         if not TENSORFLOW_STARTUP_LINE.fullmatch(line.rstrip("\n"))))
+                sys.stderr.write(without_tensorflow_startup_lines(
+                    log_path.read_text(encoding="utf-8", errors="replace")))
                 sys.stderr.flush()
 
 

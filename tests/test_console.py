@@ -1,0 +1,43 @@
+"""The console of a run shows everything written to stderr except TensorFlow's start-up lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from marsrover.console import is_tensorflow_startup_line, without_tensorflow_startup_lines
+
+STARTUP = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+           "I0000 00:00:1796459891.087491   16805 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+           "GPU will not be used.\n"
+           "E0000 00:00:1796459895.257672   16805 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+           "Failed call to cuInit: UNKNOWN ERROR (303)\n")
+
+
+def test_only_tensorflows_known_start_up_lines_are_left_out():
+    kept = "E0000 00:00:1.5 7 other_module.cc:9] a real error\nTraceback (most recent call last):\n"
+    assert without_tensorflow_startup_lines(STARTUP + kept) == kept
+    assert all(is_tensorflow_startup_line(line) for line in STARTUP.splitlines())
+    assert not is_tensorflow_startup_line("Could not find cuda drivers on your machine")  # not in TensorFlow's form
+
+
+def test_the_block_drops_start_up_lines_written_from_c_and_passes_on_the_rest_as_it_comes():
+    # A child process, so that descriptor 2 is a real one (pytest's capture would stand in for it here).
+    script = textwrap.dedent(f"""
+        import os, sys
+        from marsrover.console import quiet_tensorflow_startup
+        with quiet_tensorflow_startup():
+            os.write(2, {STARTUP.encode()!r})  # as TensorFlow's C++ writes them
+            os.write(2, b"a warning that may matter\\n")
+            sys.stderr.write("progress 1/2\\rprogress 2/2\\r")  # a tqdm bar: pieces that end in a carriage return
+            os.write(2, b"no line ending")
+        os.write(2, b"\\nafter the block: " + {STARTUP.splitlines()[1].encode()!r})
+        print("stdout untouched")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)  # bytes: keep each \r
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert result.stdout.decode() == "stdout untouched\n"
+    assert stderr == ("a warning that may matter\nprogress 1/2\rprogress 2/2\rno line ending\n"
+                             "after the block: " + STARTUP.splitlines()[1])
