@@ -154,6 +154,8 @@ def test_notebook_06_scores_an_unsaved_average_as_selection_did_and_as_saving_it
         saved, _ = _saved_average_probabilities(paths, index, tmp_path, runs, split)
         np.testing.assert_allclose(scores.ensemble_predictions["quick_cnn+seed_notebook"][split]["p_surface"], saved,
                                    rtol=1e-5, atol=1e-6)
+        own_decodes = np.mean([scores.predictions[run][split]["p_surface"] for run in runs], axis=0)
+        assert not np.allclose(own_decodes, saved, rtol=1e-5, atol=1e-6)  # so the check above can tell them apart
 
 
 def test_validation_scores_every_average_of_the_single_runs_each_at_its_largest_models_size(monkeypatch):

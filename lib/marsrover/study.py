@@ -756,7 +756,8 @@ def score_study(paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, 
     headline = best + REFIT_SUFFIX if best + REFIT_SUFFIX in scores else best
     baselines = {reporting.MAJORITY: {split: majority_baseline(index.loc[index["split"] == split, "label"])
                                       for split in ("val", "test")}}
-    # Every other average of the single train-only runs, scored from their predictions (no model saved).
+    # Every other average of the single train-only runs, scored from their predictions (no model saved), a
+    # smaller model's at the largest member's size as selection scored it and a saved average computes it.
     singles = [run for run in candidates if "members" not in scores[run]]
     sizes = {run: scores[run]["image_size"] for run in singles}
     resized = probabilities_at_sizes(sizes, output_dir, lambda size: {split: arrays[False, split, size][0]
