@@ -65,10 +65,12 @@ def _model_and_files(args: argparse.Namespace, exclude=()):
     import os
 
     from . import inference
+    from .console import start_tensorflow_quietly
 
     # Quietens TensorFlow's C++ logging, unless asked for; TF 2.21 prints its start-up lines (CUDA) before
-    # this setting is read, so main() drops those from stderr (console.quiet_tensorflow_startup).
+    # this setting is read, and on a CPU-only machine they read as errors: its start leaves those out.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start_tensorflow_quietly()
 
     files = inference.discover_images(args.paths, exclude=exclude)
     if not files:
@@ -297,8 +299,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .console import quiet_tensorflow_startup
-
     args = build_parser().parse_args(argv)
-    with quiet_tensorflow_startup():  # TensorFlow's start-up lines read as errors on a CPU-only machine
-        return args.handler(args)
+    return args.handler(args)

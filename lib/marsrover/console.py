@@ -7,6 +7,7 @@ errors though the CPU is all this project asks for. Only these known lines are d
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import re
@@ -31,19 +32,33 @@ def without_tensorflow_startup_lines(text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if not is_tensorflow_startup_line(line))
 
 
+def start_tensorflow_quietly() -> None:
+    """Import TensorFlow and let it look for devices (where it prints its start-up lines), those lines left out.
+
+    Only this start is filtered, not the work after it, so that a crash's last words (a fatal "Check failed",
+    written just before the process aborts) still reach the console, and a progress bar still sees a terminal.
+    """
+    with quiet_tensorflow_startup():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
 @contextlib.contextmanager
 def quiet_tensorflow_startup():
     """This process's stderr, C++ included, less TensorFlow's start-up lines, while the block runs.
 
     File descriptor 2 (where TensorFlow's C++ writes, and Python's ``sys.stderr``) goes through a pipe whose
-    reader passes on every other piece of text as it comes, progress bars included. Where descriptor 2 cannot
-    be redirected (no such descriptor, no pipes), the block runs with stderr as it was.
+    reader passes on every other piece of text as it comes. Where descriptor 2 cannot be redirected (no such
+    descriptor, no pipes), the block runs with stderr as it was.
     """
     try:
         sys.stderr.flush()
         saved = os.dup(2)
         read_end, write_end = os.pipe()
     except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved is None:  # yielded outside the except clause, so the block's own errors are not chained to this one
         yield
         return
     os.dup2(write_end, 2)
@@ -57,22 +72,30 @@ def quiet_tensorflow_startup():
             sys.stderr.flush()
         os.dup2(saved, 2)  # the pipe's last write end closes here, so the reader sees its end
         reader.join(timeout=5)  # a child process still holding the pipe must not hang the exit
-        os.close(saved)
+        if not reader.is_alive():  # else the reader may still write to it: leave it open
+            os.close(saved)
 
 
 def _pass_on(read_end: int, destination: int) -> None:
-    """Copy text from ``read_end`` to ``destination`` until the pipe closes, less TensorFlow's start-up lines."""
-    pending = ""
+    """Copy text from ``read_end`` to ``destination`` until the pipe closes, less TensorFlow's start-up lines.
+
+    An unfinished line is held back only while it could still become one of them (they begin with "W", "I" or
+    "E"); anything else, such as a progress bar's ``"\\r"`` and text, is passed on at once.
+    """
+    pending, decoder = "", codecs.getincrementaldecoder("utf-8")(errors="replace")  # a read may split a character
     with open(read_end, "rb", buffering=0) as pipe:
         while chunk := pipe.read(65536):
-            pending += chunk.decode("utf-8", errors="replace")
+            pending += decoder.decode(chunk)
             done = 0
             for piece in _TERMINATED.finditer(pending):
                 if not is_tensorflow_startup_line(piece.group()):
                     _write_all(destination, piece.group())
                 done = piece.end()
             pending = pending[done:]
-    if pending:
+            if pending and pending[0] not in "WIE":
+                _write_all(destination, pending)
+                pending = ""
+    if pending := pending + decoder.decode(b"", final=True):
         _write_all(destination, pending)
 
 
