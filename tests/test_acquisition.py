@@ -474,6 +474,36 @@ def test_obtain_archive_copies_and_verifies_from_a_mirror(paths, mirror, capsys)
     assert "matches mirror" in capsys.readouterr().out
 
 
+def test_an_archive_copied_from_a_mirror_is_still_checked_in_a_later_run_without_the_mirror(paths, mirror, capsys):
+    archive = acquisition.obtain_archive(paths, mirror=mirror)
+    assert (paths.raw / "msl-images.zip.sha256").read_text().endswith(
+        f"{sha256_of(mirror / config.ARCHIVE_NAME)}  msl-images.zip\n")
+    capsys.readouterr()
+    assert acquisition.obtain_archive(paths, mirror=None, api_url="http://127.0.0.1:9/api") == archive
+    out = capsys.readouterr().out
+    assert "SHA-256 matches the mirror's, recorded in" in out and "not verified" not in out
+    with archive.open("r+b") as fh:
+        fh.seek(10)
+        fh.write(b"\x00\x01\x02")
+    with pytest.raises(ChecksumError, match="not the mirror's"):
+        acquisition.obtain_archive(paths, mirror=None, api_url="http://127.0.0.1:9/api")
+    assert archive.exists()
+
+
+def test_a_zenodo_download_drops_a_mirrors_checksum_record_which_would_describe_other_bytes(zenodo, paths):
+    paths.raw.mkdir(parents=True)
+    (paths.raw / "msl-images.zip.sha256").write_text(f"{'0' * 64}  msl-images.zip\n")
+    acquisition.obtain_archive(paths, mirror=None, api_url=zenodo.url + "/api", progress=False)
+    assert not (paths.raw / "msl-images.zip.sha256").exists()
+    acquisition.obtain_archive(paths, mirror=None, api_url=zenodo.url + "/api", progress=False)  # the MD5 checks it
+
+
+def test_a_mirror_folder_that_does_not_exist_is_an_error_even_with_an_archive_in_place(paths, mirror, tmp_path):
+    acquisition.obtain_archive(paths, mirror=mirror)
+    with pytest.raises(AcquisitionError, match=f"mirror folder {re.escape(str(tmp_path / 'typo'))} does not exist"):
+        acquisition.obtain_archive(paths, mirror=tmp_path / "typo")
+
+
 def test_obtain_archive_uses_MARSROVER_MIRROR_when_mirror_is_not_passed(paths, mirror, monkeypatch):
     monkeypatch.setenv(config.MIRROR_ENV, str(mirror))
     archive = acquisition.obtain_archive(paths, api_url="http://127.0.0.1:9/api")

@@ -520,6 +520,23 @@ def test_every_average_of_train_only_runs_is_scored_and_ranked_on_validation_bes
     assert "By the study's rule the headline is `a_refit` (refit on train+val)." in words
     single = StudyScores({"headline": "a", "models": {"a": models["a"]}, "ensembles": {}}, {"a": runs["a"]}, {}, {}, {})
     assert "Of the 0 averages" in ensemble_findings(single) and "a single model first, `a`" in ensemble_findings(single)
+    # a tie (common on tiny data) is said as one, not as a win over every average
+    tie = StudyScores({"headline": "a", "models": {"a": models["a"], "a2": models["a"]}, "ensembles": {}},
+                      {"a": runs["a"], "a2": runs["a"]}, {}, {}, {})
+    assert ("a single model first, `a` (0.875, tied with 1 other (`a2`); ties go to the row with fewer models "
+            "averaged, then the one listed first).") in ensemble_findings(tie)
+
+
+def test_a_tie_on_validation_names_the_runs_it_ties_with_and_the_rule_that_broke_it():
+    from marsrover.study import best_on_validation, tie_words, tied_with
+
+    scores = {"seed_blog": 0.5, "improved": 0.5, "quick_cnn": 0.5000001, "a": 0.4, "b": 0.5, "c": 0.5}
+    assert best_on_validation(scores) == "b"
+    assert tied_with(scores, "b") == ["c", "improved", "quick_cnn", "seed_blog"]  # equal to 6 places, as chosen
+    assert tie_words(tied_with(scores, "b")) == ", tied with 4 others (c, improved, quick_cnn, ...); ties go to the " \
+                                                "first name A-Z"
+    assert tie_words(["x"], quote="`") == ", tied with 1 other (`x`); ties go to the first name A-Z"
+    assert tie_words(tied_with(scores, "a")) == ""
 
 
 

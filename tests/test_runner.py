@@ -318,7 +318,10 @@ def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebo
     index = pd.concat([frame("train", [("wheel · MAHLI", 20), ("ground · Mastcam left", 30)]),
                        frame("val", [("ground · MAHLI", 12), ("wheel · Mastcam left", 3)]),
                        frame("test", [("wheel · MAHLI", 50), ("ground · MAHLI", 30), ("wheel · Mastcam left", 20)])])
-    assert "What the test split asks" not in reporting.results_markdown(METRICS, report_dir=tmp_path)  # no record
+    headline = METRICS["models"]["improved_refit"]
+    metrics = {**METRICS, "models": {**METRICS["models"], "improved_refit": {  # scored on the whole test split
+        **headline, "test": {**headline["test"], "n": 100}}}}
+    assert "What the test split asks" not in reporting.results_markdown(metrics, report_dir=tmp_path)  # no record
     views = study.training_coverage(index, tmp_path)
     assert reporting.load_training_coverage(tmp_path) == views  # what notebook 01 wrote, read back
     assert study.coverage_table(views).loc[("train+val", "test")].tolist() == [
@@ -333,13 +336,17 @@ def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebo
     assert "Validation, which chooses every model, has 15 of its 15 images (100.0%) in groups as rare in train, " \
            "against the test split's 50.0%." in words
     assert "For a refit on train+val, 20 test images (20.0%) are of such groups" in words and "90.0% of them" in words
-    scored = {**METRICS, "models": {**METRICS["models"], "improved_refit": {
-        **METRICS["models"]["improved_refit"], "test": {**METRICS["models"]["improved_refit"]["test"],
+    scored = {**metrics, "models": {**metrics["models"], "improved_refit": {
+        **metrics["models"]["improved_refit"], "test": {**metrics["models"]["improved_refit"]["test"],
                                                         "by_training_coverage": {"fewer_than": 10,
                                                                                  "rare": {"n": 20, "accuracy": 0.85},
                                                                                  "rest": {"n": 80, "accuracy": 1.0}}}}}}
     assert words.endswith("of them right.")  # no metrics, or no run scored on it: no sentence about runs
-    assert reporting.coverage_markdown(views, METRICS) == words
+    assert reporting.coverage_markdown(views, metrics) == words
+    sampled = {**metrics, "models": {"improved_refit": {**headline, "test": {**headline["test"], "n": 40}}}}
+    assert reporting.coverage_markdown(views, sampled).startswith(  # a smoke run: its counts are not the run's
+        "**What the test split asks.** In the whole data set (notebook 01 counts every image; this run scored a "
+        "sample of 40 test images), 50 of the test split's 100 images (50.0%)")
     assert ("In this run, `improved_refit` got 85.0% of its 20 rarely trained test images right and 100.0% of the "
             "other 80.") in reporting.coverage_markdown(views, scored)
 
@@ -347,7 +354,7 @@ def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebo
         return {"by_training_coverage": {"fewer_than": 10, "rare": {"n": 50, "accuracy": rare},
                                          "rest": {"n": 50, "accuracy": rest}}}
 
-    improved = METRICS["models"]["improved"]
+    improved = metrics["models"]["improved"]
     both = {**scored, "models": {**scored["models"], "improved": {
         **improved, "val": {**improved["val"], **covered(0.7, 0.95)}, "test": {**improved["test"], **covered(0.6, 0.9)}}}}
     assert ("In this run, `improved` got 60.0% of its 50 rarely trained test images right and 90.0% of the other 50 "
@@ -357,14 +364,14 @@ def test_the_results_and_the_model_card_say_what_the_test_split_asks_from_notebo
     assert table.loc["improved"].tolist() == ["train only", 50, 0.7, 0.95, 50, 0.6, 0.9]
     assert table.loc["improved_refit", "test: accuracy on them"] == 0.85
     assert pd.isna(table.loc["improved_refit", "val: accuracy on them"])  # validation was its training data
-    assert study.training_coverage_table(METRICS).empty  # metrics from before the split was recorded
-    assert words in reporting.results_markdown(METRICS, report_dir=tmp_path)
+    assert study.training_coverage_table(metrics).empty  # metrics from before the split was recorded
+    assert words in reporting.results_markdown(metrics, report_dir=tmp_path)
     card = reporting.write_model_card(tmp_path, scored).read_text()
     assert f"\n\n{reporting.coverage_markdown(views, scored)}\n\n" in card  # a paragraph of its own, with the run
     assert ("apart from the data set's fixed counts and shares\nunder *Data* and *Limits*, and those under *What the "
             "test split asks* (notebook 01's `training_coverage.json`).") in card
     (tmp_path / "without").mkdir()
-    bare = reporting.write_model_card(tmp_path / "without", METRICS).read_text()  # a report without notebook 01's record
+    bare = reporting.write_model_card(tmp_path / "without", metrics).read_text()  # a report without notebook 01's record
     assert "What the test split asks" not in bare and "the data set's fixed counts and shares\nunder *Data* and *Limits*." in bare
     nothing_rare = [{**view, "rare": 0, "share": 0.0, "groups": []} for view in views]
     assert reporting.coverage_markdown(nothing_rare) == (  # no list, no needed accuracy, no refit sentence
@@ -385,13 +392,20 @@ def test_only_the_full_profile_has_a_wall_time_budget_and_its_run_says_how_it_fa
     from marsrover.profiles import BUDGET_MINUTES
 
     assert BUDGET_MINUTES == {"full": 120}  # issue 3: two hours on the 2-core CPU until the speed work lands
-    runner.run_study("full", output_dir=tmp_path / "full", notebooks_dir=toy_notebooks, only=["3"])
+    working = tmp_path / "working"  # the toy study less its broken notebook, 02
+    working.mkdir()
+    for name in ("01_first.ipynb", "03_third.ipynb"):
+        (working / name).write_bytes((toy_notebooks / name).read_bytes())
+    runner.run_study("full", output_dir=tmp_path / "full", notebooks_dir=working)
     assert json.loads((tmp_path / "full" / "run_log.json").read_text())["budget_minutes"] == 120
-    assert "That is inside the profile's budget of 120 minutes." in capsys.readouterr().out
-    runner.run_study("smoke", output_dir=tmp_path / "smoke", notebooks_dir=toy_notebooks, only=["3"])
+    console = capsys.readouterr().out
+    assert "The report's notebooks took" in console and " s in all. That is inside the profile's budget of 120" in console
+    runner.run_study("smoke", output_dir=tmp_path / "smoke", notebooks_dir=working)
     assert json.loads((tmp_path / "smoke" / "run_log.json").read_text())["budget_minutes"] is None
     assert "budget" not in capsys.readouterr().out
-    # a report with a notebook that broke has no verdict: its time says nothing of the study's
+    # a part of the study says nothing of the budget, nor does a report with a notebook that broke
+    runner.run_study("full", output_dir=tmp_path / "part", notebooks_dir=working, only=["3"])
+    assert "budget" not in capsys.readouterr().out
     runner.run_study("full", output_dir=tmp_path / "full", notebooks_dir=toy_notebooks, only=["2"])
     assert "budget" not in capsys.readouterr().out
 
@@ -767,6 +781,7 @@ def test_the_index_page_says_how_the_headline_was_trained_and_flags_scores_on_tr
     assert page.count("<sup>") == 3
     assert "<b>transfer</b> was skipped. could not load 'imagenet' weights." in page  # a model left out says why
     assert "model card" not in page  # none written in this folder yet
+    assert f"Regenerate with <code>python run_all.py --profile full --output-dir {tmp_path}</code>." in page
     reporting.write_model_card(tmp_path, METRICS)
     page = reporting.write_index(tmp_path, log).read_text()
     assert ('The <a href="MODEL_CARD.md">model card</a> gives its intended use and limits, and the study\'s choices '
@@ -821,9 +836,13 @@ def test_the_index_page_names_the_commit_each_notebook_ran_at_and_flags_a_partia
            "notebooks": [notebook("04_model.ipynb", "new456"), notebook("05_training.ipynb", "old123")]}
     page = reporting.write_index(tmp_path, log).read_text()
     assert "<td>1.0 s</td><td><code>old123</code></td>" in page
-    assert "the notebooks ran at 2\ncommits (table below)" in page
+    assert "the notebooks ran at 2 commits, the\nlast <code>new456</code> (table below) · run started" in page
+    (tmp_path / "metrics.json").write_text(json.dumps({"commit": "old123", "models": {}}))
+    assert ("(table below); the models were scored at <code>old123</code> ·"  # the commit the README and card name
+            in reporting.write_index(tmp_path, log).read_text())
     one_commit = {**log, "notebooks": [notebook("04_model.ipynb", "new456")]}
-    assert "commits (table below)" not in reporting.write_index(tmp_path, one_commit).read_text()
+    page = reporting.write_index(tmp_path, one_commit).read_text()
+    assert "commits" not in page and "Profile <b>full</b> · commit\n<code>new456</code> · run started" in page
 
 
 def test_each_distinct_score_note_is_one_numbered_footnote_in_order_of_appearance(tmp_path):

@@ -3,7 +3,8 @@
 The archive (``msl-images.zip``, Zenodo record 1049137) comes either from Zenodo or from a local
 mirror folder holding the zip and a ``SHA256SUMS`` file (``MARSROVER_MIRROR``). Every copy is
 checked against a published checksum before it is used: Zenodo's MD5 for downloads, the mirror's
-SHA-256 for mirror copies. (Should Zenodo list no MD5, a download is reported as not verified, and the
+SHA-256 for mirror copies, recorded beside the archive so that a later run without the mirror can check
+it. (Should Zenodo list no MD5, a download is reported as not verified, and the
 MD5 of the bytes received is recorded, marked as computed here, so later runs still catch corruption.)
 The mirror's zip is a repack, so its bytes (and checksum) differ from Zenodo's; that is expected and
 each source is checked against its own reference.
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 SHA256SUMS_NAME = "SHA256SUMS"
 MD5_SIDECAR_SUFFIX = ".md5"
+SHA256_SIDECAR_SUFFIX = ".sha256"
 EXTRACTED_MARKER = ".extracted"
 _HASH_CHUNK = 1 << 20
 
@@ -560,12 +562,38 @@ def _read_md5_sidecar(archive: Path) -> tuple[str, bool] | None:
     return fields[0].lower(), published
 
 
+def _sha256_sidecar(archive: Path) -> Path:
+    return archive.with_name(archive.name + SHA256_SIDECAR_SUFFIX)
+
+
+def _write_sha256_sidecar(archive: Path, sha256: str, mirror: Path) -> None:
+    """Record, in ``sha256sum`` format, the SHA-256 a mirror listed for the archive copied from it, so that a
+    later run without the mirror (``MARSROVER_MIRROR`` unset) still checks the archive offline."""
+    sidecar = _sha256_sidecar(archive)
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    tmp.write_text(f"# listed in {mirror / SHA256SUMS_NAME} when copied from there\n{sha256}  {archive.name}\n",
+                   encoding="utf-8")
+    os.replace(tmp, sidecar)
+
+
+def _read_sha256_sidecar(archive: Path) -> str | None:
+    """The SHA-256 recorded when the archive was copied from a mirror, or None without a record."""
+    sidecar = _sha256_sidecar(archive)
+    if not sidecar.is_file():
+        return None
+    sums = read_sha256sums(sidecar)
+    if archive.name not in sums:
+        raise AcquisitionError(f"{sidecar} holds no SHA-256 for {archive.name}; delete it and run again")
+    return sums[archive.name]
+
+
 def _verify_existing(archive: Path, mirror: Path | None) -> None:
     """Check an archive that is already in place against every reference available offline.
 
-    References: the mirror's SHA256SUMS (when a mirror is configured) and the MD5 sidecar written
-    when it was downloaded from Zenodo. One match is enough: an archive downloaded from Zenodo
-    legitimately differs from the mirror's repack. If no reference exists, accept it and say so.
+    References: the mirror's SHA256SUMS (when a mirror is configured), the SHA-256 sidecar written when it
+    was copied from a mirror and the MD5 sidecar written when it was downloaded from Zenodo. One match is
+    enough: an archive downloaded from Zenodo legitimately differs from the mirror's repack. If no reference
+    exists, accept it and say so.
     """
     mismatches: list[str] = []
     if mirror is not None:
@@ -576,9 +604,17 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
         else:
             actual = file_sha256(archive)
             if actual == expected:
+                _write_sha256_sidecar(archive, expected, Path(mirror))  # so a run without the mirror can check it
                 print(f"Using existing {config.display_path(archive)} (SHA-256 matches mirror {mirror})")
                 return
             mismatches.append(f"SHA-256 {actual}, mirror {mirror} lists {expected}")
+    if (copied := _read_sha256_sidecar(archive)) is not None:
+        actual = file_sha256(archive)
+        if actual == copied:
+            print(f"Using existing {config.display_path(archive)} (SHA-256 matches the mirror's, recorded in "
+                  f"{config.display_path(_sha256_sidecar(archive))} when it was copied)")
+            return
+        mismatches.append(f"SHA-256 {actual}, not the mirror's {copied} (per {_sha256_sidecar(archive)})")
     recorded = _read_md5_sidecar(archive)
     if recorded is not None:
         md5, published = recorded
@@ -593,10 +629,11 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
         # Never delete the raw archive behind the user's back: say what to do instead.
         raise ChecksumError(
             f"existing archive {archive} fails verification: {'; '.join(mismatches)}. "
-            f"It is corrupt or from elsewhere; delete it (and {_md5_sidecar(archive).name} if present) "
-            "and run again to fetch a fresh copy."
+            f"It is corrupt or from elsewhere; delete it (and {_md5_sidecar(archive).name} or "
+            f"{_sha256_sidecar(archive).name} if present) and run again to fetch a fresh copy."
         )
-    print(f"Using existing {config.display_path(archive)} (not verified: no mirror SHA256SUMS and no MD5 record)")
+    print(f"Using existing {config.display_path(archive)} (not verified: no mirror SHA256SUMS and no checksum "
+          "recorded when it was fetched)")
 
 
 def obtain_archive(
@@ -616,6 +653,8 @@ def obtain_archive(
     paths = paths if paths is not None else config.data_paths()
     if mirror is _MIRROR_FROM_ENV:
         mirror = config.mirror_dir()
+    if mirror is not None and not Path(mirror).is_dir():  # a mistyped path is not a mirror without checksums
+        raise AcquisitionError(f"mirror folder {mirror} does not exist (check {config.MIRROR_ENV})")
     archive = paths.archive
 
     if archive.exists():
@@ -628,6 +667,7 @@ def obtain_archive(
         copy_from_mirror(mirror, archive, filename=config.ARCHIVE_NAME)
         # A sidecar left from an earlier Zenodo download would describe other bytes.
         _md5_sidecar(archive).unlink(missing_ok=True)
+        _write_sha256_sidecar(archive, _mirror_checksum(mirror, config.ARCHIVE_NAME), mirror)
         print(f"Copied {config.ARCHIVE_NAME} from mirror {mirror} to {config.display_path(archive)} (SHA-256 verified)")
         return archive
 
@@ -643,7 +683,8 @@ def obtain_archive(
         progress=progress,
     )
     # Zenodo's MD5 has just been checked; without one, record the bytes we got so later runs
-    # can at least detect corruption.
+    # can at least detect corruption. A mirror's record would describe other bytes.
+    _sha256_sidecar(archive).unlink(missing_ok=True)
     _write_md5_sidecar(archive, info.md5 or file_md5(archive), published=bool(info.md5))
     checked = "MD5 verified" if info.md5 else "no MD5 published, not verified"
     print(

@@ -88,9 +88,10 @@ _INDEX_TEMPLATE = jinja2.Template("""<!doctype html>
  .note { color: #555 }
 </style></head><body>
 <h1>Mars rover images: Rover or Surface?</h1>
-<p class="note">Profile <b>{{ profile }}</b> · commit <code>{{ commit }}</code> · run started {{ started }}{% if this_run_started %} (last rerun of part of it {{ this_run_started }}){% endif %} ·
-total {{ "%.1f"|format(total_seconds / 60) }} min{% if commits|length > 1 %} · the notebooks ran at {{ commits|length }}
-commits (table below){% endif %}</p>
+<p class="note">Profile <b>{{ profile }}</b> · {% if commits|length > 1 %}the notebooks ran at {{ commits|length }} commits, the
+last <code>{{ commit }}</code> (table below){% if metrics.commit %}; the models were scored at <code>{{ metrics.commit }}</code>{% endif %}{% else %}commit
+<code>{{ commit }}</code>{% endif %} · run started {{ started }}{% if this_run_started %} (last rerun of part of it {{ this_run_started }}){% endif %} ·
+total {{ "%.1f"|format(total_seconds / 60) }} min</p>
 {% if failed %}<p class="failed">The run failed: {{ failed }}</p>{% endif %}
 
 <h2>Headline</h2>
@@ -114,7 +115,7 @@ earlier runs' test scores had been seen.{% endif %}</p>
 <td>{{ "%.1f s"|format(run.seconds) }}</td><td><code>{{ run.commit or "–" }}</code></td><td>{{ run.cpu or "–" }}</td><td>{% if run.outputs %}<a href="{{ run.outputs.html }}">HTML</a> ·
 <a href="{{ run.outputs.notebook }}">ipynb</a>{% endif %}</td></tr>
 {% endfor %}</table>
-<p class="note">Regenerate with <code>python run_all.py --profile {{ profile }}</code>.</p>
+<p class="note">Regenerate with <code>{{ regenerate }}</code>.</p>
 </body></html>
 """)
 
@@ -173,11 +174,22 @@ def write_index(output_dir: Path, log: dict) -> Path:
         metrics=metrics, figures=figures, failed=failed, notes=notes, trained=_how_trained(metrics), rows=rows,
         headline_n=((models.get(metrics.get("headline")) or {}).get("test") or {}).get("n"),
         commits=sorted({run["commit"] for run in log["notebooks"] if run.get("commit")}),
-        card=MODEL_CARD_FILE if (output_dir / MODEL_CARD_FILE).exists() else None, **log,
+        card=MODEL_CARD_FILE if (output_dir / MODEL_CARD_FILE).exists() else None,
+        regenerate=regenerate_command(log["profile"], output_dir), **log,
     )
     path = output_dir / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def regenerate_command(profile: str, output_dir: Path) -> str:
+    """The ``run_all.py`` command that writes this report again, into the same folder."""
+    from .config import REPORTS_DIR, display_path
+
+    command = f"python run_all.py --profile {profile}"
+    if Path(output_dir).resolve() != (REPORTS_DIR / profile).resolve():
+        command += f" --output-dir {display_path(output_dir)}"
+    return command
 
 
 MODEL_CARD_FILE = "MODEL_CARD.md"
@@ -232,12 +244,16 @@ ABLATIONS_GROUP, REPEATS_GROUP = "ablations", "seed repeats of improved"
 SELECTION_RUNS = "selection"  # notebook 05's records of runs that only choose a setting; never scored on test
 
 
-def budget_sentence(run_log: dict) -> str:
+def budget_sentence(run_log: dict, notebooks: list[str] | None = None) -> str:
     """Whether the report's wall time is inside its profile's budget (``budget_minutes`` in its log); empty
-    when the profile has none or a notebook of the report did not finish. The time judged is the one the
-    README gives, the sum of every notebook's latest run (rendering each to HTML adds seconds, not minutes)."""
+    when the profile has none, a notebook of the report did not finish, or the report lacks one of
+    ``notebooks`` (the study's, by file name: a part of the study says nothing of the budget). The time judged
+    is the one the README gives, the sum of every notebook's latest run (rendering each to HTML adds seconds,
+    not minutes)."""
     budget = run_log.get("budget_minutes")
-    if budget is None or any(run.get("status") != "ok" for run in run_log.get("notebooks", [])):
+    ran = {run.get("name") for run in run_log.get("notebooks", [])}
+    if (budget is None or any(run.get("status") != "ok" for run in run_log.get("notebooks", []))
+            or not ran.issuperset(notebooks or [])):
         return ""
     minutes = run_log["total_seconds"] / 60
     verdict = "inside" if minutes <= budget else "over"
@@ -464,7 +480,10 @@ def coverage_markdown(views: list[dict], metrics: dict | None = None, target: fl
     def needed(view: dict) -> str:
         return _pct(accuracy_needed_on_rare(target, view["share"]))
 
-    lines = [f"**What the test split asks.** {train_only['rare']} of the test split's {train_only['n']} images "
+    scored = ((metrics or {}).get("models", {}).get((metrics or {}).get("headline"), {}).get("test") or {}).get("n")
+    sample = (f"In the whole data set (notebook 01 counts every image; this run scored a sample of {scored} test "
+              "images), " if scored is not None and scored != train_only["n"] else "")
+    lines = [f"**What the test split asks.** {sample}{train_only['rare']} of the test split's {train_only['n']} images "
              f"({_pct(train_only['share'])}) are of an MSL class × instrument group with fewer than "
              f"{train_only['fewer_than']} images in train"]
     if train_only["rare"]:

@@ -272,8 +272,10 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
               f"{reporting.RUN_LOG_FILE}, its run records and metrics.json name the commit it loaded",
               file=sys.stderr)
     log = reporting.write_run_log(output_dir, log)
-    if budget_line := reporting.budget_sentence(log):
-        print(f"The report's notebooks took {log['total_seconds'] / 60:.0f} minutes in all. {budget_line}")
+    total = log["total_seconds"]
+    budget_line = reporting.budget_sentence(log, [notebook.name for notebook in discover_notebooks(notebooks_dir)])
+    print(f"The report's notebooks took {f'{total:.0f} s' if total < 90 else f'{total / 60:.0f} minutes'} in all."
+          + (f" {budget_line}" if budget_line else ""))
     finish_report(profile, output_dir, log)
     return runs
 

@@ -245,6 +245,19 @@ def best_on_validation(scores: dict[str, float]) -> str:
     return min(scores, key=lambda run: (-round(scores[run], 6), run))
 
 
+def tied_with(scores: dict[str, float], name: str) -> list[str]:
+    """The other runs whose score equals ``name``'s as :func:`best_on_validation` compares them (6 places), A-Z."""
+    return sorted(run for run in scores if run != name and round(scores[run], 6) == round(scores[name], 6))
+
+
+def tie_words(tied: Sequence[str], *, rule: str = "the first name A-Z", quote: str = "") -> str:
+    """``", tied with 2 others (a, b); ties go to the first name A-Z"``, or empty without ties."""
+    if not tied:
+        return ""
+    names = ", ".join(f"{quote}{run}{quote}" for run in tied[:3]) + (", ..." if len(tied) > 3 else "")
+    return f", tied with {len(tied)} other{'s' if len(tied) > 1 else ''} ({names}); ties go to {rule}"
+
+
 def average_members_of(name: str) -> list[str]:
     """The runs an average's name lists (``"a+b"`` -> ``["a", "b"]``); a single run's name -> ``[name]``."""
     return name.split(ENSEMBLE_JOIN)
@@ -400,7 +413,7 @@ def resolve_refit(refit: list[str] | tuple[str, ...], runs: dict[str, dict],
                 print("No refit of the best model: no run was validated")
                 continue
             name = best_on_validation(scored)
-            print(f"Best on validation: {name} (balanced accuracy {scored[name]:.3f}); "
+            print(f"Best on validation: {name} (balanced accuracy {scored[name]:.3f}{tie_words(tied_with(scored, name))}); "
                   f"{'each of its models is' if ENSEMBLE_JOIN in name else 'it is'} refitted on train+val")
         members = average_members_of(name)
         if len(members) > 1:
@@ -1118,18 +1131,21 @@ def ensemble_findings(scores: StudyScores) -> str:
     on_test = sum(above_members(name, "test accuracy") and above_members(name, "test balanced accuracy")
                   for name in members)
     winner = table.index[0]
+    top = table.loc[winner, "val balanced accuracy"]
+    tie = tie_words(tied_with(table["val balanced accuracy"].to_dict(), winner),
+                    rule="the row with fewer models averaged, then the one listed first", quote="`")
     lines = [f"Of the {len(members)} averages, {on_val} scored a higher validation balanced accuracy than each of "
              f"their models, and {on_test} a higher test accuracy and test balanced accuracy than each of their "
              "models (the test columns came after the choice)."]
     if winner in members:
         best_member = max(members[winner], key=lambda member: table.loc[member, "val balanced accuracy"])
-        lines.append(f"Validation put the average `{winner}` first ({table.loc[winner, 'val balanced accuracy']:.3f}, "
+        lines.append(f"Validation put the average `{winner}` first ({top:.3f}{tie}{'; ' if tie else ', '}"
                      f"against {table.loc[best_member, 'val balanced accuracy']:.3f} for `{best_member}` alone); on "
                      f"test its balanced accuracy is {table.loc[winner, 'test balanced accuracy']:.3f}, against "
                      f"{table.loc[best_member, 'test balanced accuracy']:.3f} for `{best_member}`.")
     else:
-        lines.append(f"Validation put a single model first, `{winner}` "
-                     f"({table.loc[winner, 'val balanced accuracy']:.3f}), above every average.")
+        lines.append(f"Validation put a single model first, `{winner}` ({top:.3f}{tie})"
+                     + ("." if tie else ", above every average."))
     headline = metrics.get("headline")
     kind = metrics.get("models", {}).get(headline, {}).get("kind", "")
     lines.append(f"By the study's rule the headline is `{headline}` ({kind}).")
