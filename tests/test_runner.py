@@ -974,3 +974,29 @@ def test_the_model_card_says_when_the_refit_budget_decided_which_model_could_be_
     anyway = {**metrics, "refit_budget": {**metrics["refit_budget"], "refitted_anyway": ["improved"]}}
     assert ("competed for the headline only if refitting its models (less `improved`, refitted whatever won) was "
             "estimated") in reporting.write_model_card(tmp_path, anyway).read_text()
+
+
+def test_a_report_older_than_its_profile_says_what_the_profile_now_asks_for_that_its_records_lack(tmp_path):
+    from marsrover.profiles import PROFILES
+
+    settings = PROFILES["full"]
+    (tmp_path / "ablations").mkdir()
+    for name in [*settings["ablations"][1:], "repeat_seed_2"]:
+        (tmp_path / "ablations" / f"{name}.json").write_text("{}")
+    metrics = {**METRICS, "headline": "improved", "models": {"improved": METRICS["models"]["improved"],
+                                     **{model: METRICS["models"]["improved"] for model in settings["models"]
+                                        if model != "transfer"}}}
+    behind = reporting.behind_profile_sentence(metrics, tmp_path)
+    assert behind == ("This run is older than the `full` profile as the code now defines it: its records lack the "
+                      f"refit of `improved`, the ablation `{settings['ablations'][0]}` and the seed repeat at seed 1. "
+                      "Rerunning `python run_all.py --profile full` adds them.")  # transfer: skipped, so recorded
+    assert reporting.results_markdown(metrics, report_dir=tmp_path).endswith(f"\n\n**Older than the profile.** {behind}")
+    assert f"## Limits\n- **Older than the profile.** {behind}\n- **The split shifts.**" in \
+        reporting.write_model_card(tmp_path, metrics).read_text()
+    up_to_date = {**metrics, "models": {**metrics["models"], "improved_refit": METRICS["models"]["improved_refit"]}}
+    for name in (settings["ablations"][0], "repeat_seed_1"):
+        (tmp_path / "ablations" / f"{name}.json").write_text("{}")
+    assert reporting.behind_profile_sentence(up_to_date, tmp_path) == ""
+    assert "Older than the profile" not in reporting.write_model_card(tmp_path, up_to_date).read_text()
+    assert reporting.behind_profile_sentence({**up_to_date, "profile": "mine"}, tmp_path) == ""  # not a profile
+    assert reporting.behind_profile_sentence(up_to_date, None) == ""
