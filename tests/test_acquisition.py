@@ -482,6 +482,10 @@ def test_an_archive_copied_from_a_mirror_is_still_checked_in_a_later_run_without
     assert acquisition.obtain_archive(paths, mirror=None, api_url="http://127.0.0.1:9/api") == archive
     out = capsys.readouterr().out
     assert "SHA-256 matches the mirror's, recorded in" in out and "not verified" not in out
+    (mirror / "SHA256SUMS").write_text(f"{'0' * 64}  {config.ARCHIVE_NAME}\n")  # the mirror has since changed
+    acquisition.obtain_archive(paths, mirror=mirror)  # its copy still matches the record, and it says which fails
+    assert f"recorded in data/raw/msl-images.zip.sha256 when it was copied; not the one mirror {mirror} lists {'0' * 64}" \
+        in capsys.readouterr().out.replace(str(paths.raw), "data/raw")
     with archive.open("r+b") as fh:
         fh.seek(10)
         fh.write(b"\x00\x01\x02")

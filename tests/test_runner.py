@@ -836,7 +836,7 @@ def test_the_index_page_names_the_commit_each_notebook_ran_at_and_flags_a_partia
            "notebooks": [notebook("04_model.ipynb", "new456"), notebook("05_training.ipynb", "old123")]}
     page = reporting.write_index(tmp_path, log).read_text()
     assert "<td>1.0 s</td><td><code>old123</code></td>" in page
-    assert "the notebooks ran at 2 commits, the\nlast <code>new456</code> (table below) · run started" in page
+    assert "the notebooks ran at 2 commits, the\nlatest run's <code>new456</code> (table below) · run started" in page
     (tmp_path / "metrics.json").write_text(json.dumps({"commit": "old123", "models": {}}))
     assert ("(table below); the models were scored at <code>old123</code> ·"  # the commit the README and card name
             in reporting.write_index(tmp_path, log).read_text())
@@ -987,10 +987,15 @@ def test_a_report_older_than_its_profile_says_what_the_profile_now_asks_for_that
                                      **{model: METRICS["models"]["improved"] for model in settings["models"]
                                         if model != "transfer"}}}
     behind = reporting.behind_profile_sentence(metrics, tmp_path)
-    assert behind == ("This run is older than the `full` profile as the code now defines it: its records lack the "
+    assert behind == ("The `full` profile, as the code now defines it, also asks for what this run's records lack: the "
                       f"refit of `improved`, the ablation `{settings['ablations'][0]}` and the seed repeat at seed 1. "
-                      "Rerunning `python run_all.py --profile full` adds them.")  # transfer: skipped, so recorded
+                      "Rerunning the whole profile (`python run_all.py --profile full`, every run trained again) "
+                      "produces them.")  # transfer: skipped, so recorded
     assert reporting.results_markdown(metrics, report_dir=tmp_path).endswith(f"\n\n**Older than the profile.** {behind}")
+    # its time is judged for what it did
+    timed = reporting.results_markdown(metrics, {"total_seconds": 5700, "budget_minutes": 120}, report_dir=tmp_path)
+    assert "This run took 95 minutes on" in timed and "That is inside the profile's budget of 120 minutes, for what " \
+        "this run did." in timed
     assert f"## Limits\n- **Older than the profile.** {behind}\n- **The split shifts.**" in \
         reporting.write_model_card(tmp_path, metrics).read_text()
     up_to_date = {**metrics, "models": {**metrics["models"], "improved_refit": METRICS["models"]["improved_refit"]}}

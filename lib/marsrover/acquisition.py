@@ -604,7 +604,8 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
         else:
             actual = file_sha256(archive)
             if actual == expected:
-                _write_sha256_sidecar(archive, expected, Path(mirror))  # so a run without the mirror can check it
+                with contextlib.suppress(OSError):  # a read-only data/raw: checked now, just not recorded
+                    _write_sha256_sidecar(archive, expected, Path(mirror))  # so a run without the mirror can check it
                 print(f"Using existing {config.display_path(archive)} (SHA-256 matches mirror {mirror})")
                 return
             mismatches.append(f"SHA-256 {actual}, mirror {mirror} lists {expected}")
@@ -612,7 +613,8 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
         actual = file_sha256(archive)
         if actual == copied:
             print(f"Using existing {config.display_path(archive)} (SHA-256 matches the mirror's, recorded in "
-                  f"{config.display_path(_sha256_sidecar(archive))} when it was copied)")
+                  f"{config.display_path(_sha256_sidecar(archive))} when it was copied"
+                  + (f"; not the one {mismatches[0].split(', ', 1)[1]}" if mismatches else "") + ")")
             return
         mismatches.append(f"SHA-256 {actual}, not the mirror's {copied} (per {_sha256_sidecar(archive)})")
     recorded = _read_md5_sidecar(archive)
@@ -629,8 +631,8 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
         # Never delete the raw archive behind the user's back: say what to do instead.
         raise ChecksumError(
             f"existing archive {archive} fails verification: {'; '.join(mismatches)}. "
-            f"It is corrupt or from elsewhere; delete it (and {_md5_sidecar(archive).name} or "
-            f"{_sha256_sidecar(archive).name} if present) and run again to fetch a fresh copy."
+            f"It is corrupt or from elsewhere; delete it (and {_md5_sidecar(archive).name} and "
+            f"{_sha256_sidecar(archive).name} where present) and run again to fetch a fresh copy."
         )
     print(f"Using existing {config.display_path(archive)} (not verified: no mirror SHA256SUMS and no checksum "
           "recorded when it was fetched)")

@@ -89,7 +89,7 @@ _INDEX_TEMPLATE = jinja2.Template("""<!doctype html>
 </style></head><body>
 <h1>Mars rover images: Rover or Surface?</h1>
 <p class="note">Profile <b>{{ profile }}</b> · {% if commits|length > 1 %}the notebooks ran at {{ commits|length }} commits, the
-last <code>{{ commit }}</code> (table below){% if metrics.commit %}; the models were scored at <code>{{ metrics.commit }}</code>{% endif %}{% else %}commit
+latest run's <code>{{ commit }}</code> (table below){% if metrics.commit %}; the models were scored at <code>{{ metrics.commit }}</code>{% endif %}{% else %}commit
 <code>{{ commit }}</code>{% endif %} · run started {{ started }}{% if this_run_started %} (last rerun of part of it {{ this_run_started }}){% endif %} ·
 total {{ "%.1f"|format(total_seconds / 60) }} min</p>
 {% if failed %}<p class="failed">The run failed: {{ failed }}</p>{% endif %}
@@ -601,13 +601,17 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
     if behind := behind_profile_sentence(metrics, report_dir):
         lines.append(f"\n**Older than the profile.** {behind}")
     if run_log:
+        # a run older than its profile is judged for what it did, not for what the profile now asks
+        took = "This run took" if behind else "The whole profile took"
+        budget = budget_sentence(run_log)
+        budget = budget[:-1] + ", for what this run did." if behind and budget else budget
         # the CPU type decides the seeded runs' last bits
         machine = cpu_and_architecture(metrics.get("cpu", {}).get("model_name"),
                                        metrics.get("processor") or "this machine")
-        lines.append(f"\nThe whole profile took {run_log['total_seconds'] / 60:.0f} minutes on "
+        lines.append(f"\n{took} {run_log['total_seconds'] / 60:.0f} minutes on "
                      f"{machine} with {metrics.get('cpu_count')} CPU cores "
                      f"({metrics.get('platform', '')}), peak kernel memory {run_log.get('peak_rss_gib')} GiB."
-                     + (f" {budget}" if (budget := budget_sentence(run_log)) else "")
+                     + (f" {budget}" if budget else "")
                      + (f" {elsewhere}" if (elsewhere := run_elsewhere_sentence(run_log, metrics)) else "")
                      + (f" {policy}" if (policy := numeric_policy_sentence(metrics)) else ""))
         if report_dir is not None and (breakdown := time_markdown(report_dir, run_log)):
@@ -628,17 +632,18 @@ def behind_profile_sentence(metrics: dict, report_dir: Path | None) -> str:
     scored = set(metrics.get("models", {})) | set(metrics.get("skipped", {}))
     recorded = {path.stem for path in (Path(report_dir) / "ablations").glob("*.json")}
     lacking = [f"a run of `{model}`" for model in settings["models"] if model not in scored]
-    lacking += [f"the refit of `{name}`" for name in settings["refit"]
-                if name != "best_on_val" and f"{name}{REFIT_SUFFIX}" not in scored]
+    lacking += [f"the refit of `{name}`" for name in ("+".join(sorted(name.split("+"))) for name in settings["refit"])
+                if name != "best_on_val" and f"{name}{REFIT_SUFFIX}" not in scored]  # an average's name, as saved
     lacking += [f"the ablation `{name}`" for name in settings["ablations"] if name not in recorded]
     lacking += [f"the seed repeat at seed {seed}" for seed in settings["seed_repeats"]
-                if repeat_name(seed) not in recorded]
+                if seed != settings["seed"] and repeat_name(seed) not in recorded]  # the run's own seed: not repeated
     if not lacking:
         return ""
     profile = metrics["profile"]
-    return (f"This run is older than the `{profile}` profile as the code now defines it: its records lack "
-            f"{', '.join(lacking[:-1]) + ' and ' if len(lacking) > 1 else ''}{lacking[-1]}. "
-            f"Rerunning `python run_all.py --profile {profile}` adds {'them' if len(lacking) > 1 else 'it'}.")
+    return (f"The `{profile}` profile, as the code now defines it, also asks for what this run's records lack: "
+            f"{', '.join(lacking[:-1]) + ' and ' if len(lacking) > 1 else ''}{lacking[-1]}. Rerunning the whole "
+            f"profile (`python run_all.py --profile {profile}`, every run trained again) produces "
+            f"{'them' if len(lacking) > 1 else 'it'}.")
 
 
 def run_elsewhere_sentence(run_log: dict, metrics: dict) -> str:

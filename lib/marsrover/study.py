@@ -1090,8 +1090,9 @@ def ablation_groups_table(scores: StudyScores, output_dir: Path) -> pd.DataFrame
 def ensembles_table(scores: StudyScores) -> pd.DataFrame:
     """Each train-only run and each average of them: validation first (the ranking), then test.
 
-    Sorted by validation balanced accuracy, the study's selection metric; the validation groups'
-    mean and worst accuracy (see :func:`validation_groups_table`) stand beside it.
+    Sorted by validation balanced accuracy, the study's selection metric, ties as :func:`best_on_validation`
+    breaks them; the validation groups' mean and worst accuracy (see :func:`validation_groups_table`) stand
+    beside it.
     """
     candidates = {run: (scores.metrics["models"][run], scores.predictions[run])
                   for run, splits in scores.metrics["models"].items() if splits["kind"] == TRAIN_ONLY}
@@ -1109,8 +1110,9 @@ def ensembles_table(scores: StudyScores) -> pd.DataFrame:
                      "test balanced accuracy 95% CI": _interval(test.get("ci95", {}).get("balanced_accuracy"))})
     if not rows:
         return pd.DataFrame()
-    return pd.DataFrame(rows).set_index("candidate").sort_values(
-        ["val balanced accuracy", "models averaged"], ascending=[False, True], kind="stable")
+    table = pd.DataFrame(rows).set_index("candidate")
+    # ranked as best_on_validation ranks: the score to 6 places, ties to the first name A-Z
+    return table.loc[sorted(table.index, key=lambda name: (-round(table.loc[name, "val balanced accuracy"], 6), name))]
 
 
 def ensemble_findings(scores: StudyScores) -> str:
@@ -1132,8 +1134,7 @@ def ensemble_findings(scores: StudyScores) -> str:
                   for name in members)
     winner = table.index[0]
     top = table.loc[winner, "val balanced accuracy"]
-    tie = tie_words(tied_with(table["val balanced accuracy"].to_dict(), winner),
-                    rule="the row with fewer models averaged, then the one listed first", quote="`")
+    tie = tie_words(tied_with(table["val balanced accuracy"].to_dict(), winner), quote="`")
     lines = [f"Of the {len(members)} averages, {on_val} scored a higher validation balanced accuracy than each of "
              f"their models, and {on_test} a higher test accuracy and test balanced accuracy than each of their "
              "models (the test columns came after the choice)."]
