@@ -55,9 +55,11 @@ def test_unfinished_text_is_passed_on_at_once_unless_it_could_still_become_a_sta
     reader = threading.Thread(target=_pass_on, args=(source_read, console_write), daemon=True)
     reader.start()
 
-    def shown(timeout: float) -> bytes:
-        ready, _, _ = select.select([console_read], [], [], timeout)
-        return os.read(console_read, 1000) if ready else b""
+    def shown(timeout: float) -> bytes:  # what reaches the console within timeout, in one or more writes
+        text = b""
+        while select.select([console_read], [], [], 0.2 if text else timeout)[0]:
+            text += os.read(console_read, 1000)
+        return text
 
     os.write(source_write, b"\rClassifying: 1/3")  # a progress bar's redraw: no line ending yet
     assert shown(5) == b"\rClassifying: 1/3"
