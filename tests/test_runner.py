@@ -386,6 +386,10 @@ def test_the_results_say_whether_the_run_kept_inside_its_profiles_budget():
     over = reporting.results_markdown(METRICS, {"total_seconds": 8180, "budget_minutes": 120})
     assert "took 136 minutes" in over and "That is over the profile's budget of 120 minutes." in over
     assert "budget" not in reporting.results_markdown(METRICS, {"total_seconds": 8180})  # a profile without one
+    entries = [{"name": "01_a.ipynb", "status": "ok"}]
+    covered = {"total_seconds": 6600, "budget_minutes": 120, "notebooks": entries}
+    assert "inside the profile's budget" in reporting.results_markdown(METRICS, covered, notebooks=["01_a.ipynb"])
+    assert "budget" not in reporting.results_markdown(METRICS, covered, notebooks=["01_a.ipynb", "02_b.ipynb"])  # a part
 
 
 def test_only_the_full_profile_has_a_wall_time_budget_and_its_run_says_how_it_fared(toy_notebooks, tmp_path, capsys):

@@ -554,9 +554,11 @@ def headline_markdown(metrics: dict) -> str:
     return text + "."
 
 
-def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Path | None = None) -> str:
+def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Path | None = None,
+                     notebooks: list[str] | None = None) -> str:
     """The study's results as a Markdown table, from ``metrics.json`` (and the run log's timing; with
-    ``report_dir``, where the training time went)."""
+    ``report_dir``, where the training time went; with ``notebooks``, the study's, whether the log covers
+    them all, as a verdict on the budget needs)."""
     headline_test = metrics["models"][metrics["headline"]]["test"]
     lines = [
         f"Profile `{metrics.get('profile')}`, commit `{metrics.get('commit')}`; headline model "
@@ -603,7 +605,7 @@ def results_markdown(metrics: dict, run_log: dict | None = None, report_dir: Pat
     if run_log:
         # a run older than its profile is judged for what it did, not for what the profile now asks
         took = "This run took" if behind else "The whole profile took"
-        budget = budget_sentence(run_log)
+        budget = budget_sentence(run_log, notebooks)
         budget = budget[:-1] + ", for what this run did." if behind and budget else budget
         # the CPU type decides the seeded runs' last bits
         machine = cpu_and_architecture(metrics.get("cpu", {}).get("model_name"),
@@ -695,9 +697,10 @@ def replace_section(path: Path, begin: str, end: str, body: str) -> bool:
     return True
 
 
-def update_readme(readme: Path, metrics: dict, run_log: dict | None = None, report_dir: Path | None = None) -> bool:
+def update_readme(readme: Path, metrics: dict, run_log: dict | None = None, report_dir: Path | None = None,
+                  notebooks: list[str] | None = None) -> bool:
     """Replace the README's results section with :func:`results_markdown`."""
-    return replace_section(readme, README_BEGIN, README_END, results_markdown(metrics, run_log, report_dir))
+    return replace_section(readme, README_BEGIN, README_END, results_markdown(metrics, run_log, report_dir, notebooks))
 
 
 def _error_groups_markdown(test: dict) -> str:
