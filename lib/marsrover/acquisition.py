@@ -491,12 +491,19 @@ def _mirror_checksum(mirror: Path, filename: str) -> str:
     return sums[filename]
 
 
-def copy_from_mirror(mirror: Path, dest: Path, filename: str = config.ARCHIVE_NAME) -> Path:
-    """Copy ``mirror/filename`` to ``dest``, checked against ``mirror/SHA256SUMS`` before and after."""
-    mirror, dest = Path(mirror), Path(dest)
-    source = mirror / filename
+def _existing_mirror(mirror: Path) -> Path:
+    """``mirror`` as a Path; an error naming the setting when no such folder exists (a mistyped path is not a
+    mirror without checksums)."""
+    mirror = Path(mirror)
     if not mirror.is_dir():
         raise AcquisitionError(f"mirror folder {mirror} does not exist (check {config.MIRROR_ENV})")
+    return mirror
+
+
+def copy_from_mirror(mirror: Path, dest: Path, filename: str = config.ARCHIVE_NAME) -> Path:
+    """Copy ``mirror/filename`` to ``dest``, checked against ``mirror/SHA256SUMS`` before and after."""
+    mirror, dest = _existing_mirror(mirror), Path(dest)
+    source = mirror / filename
     if not source.is_file():
         raise AcquisitionError(f"mirror {mirror} has no {filename} (expected {source})")
     expected = _mirror_checksum(mirror, filename)
@@ -596,25 +603,27 @@ def _verify_existing(archive: Path, mirror: Path | None) -> None:
     exists, accept it and say so.
     """
     mismatches: list[str] = []
+    listed = None  # the SHA-256 the mirror lists, where it lists one
     if mirror is not None:
         try:
-            expected = _mirror_checksum(Path(mirror), archive.name)
+            listed = _mirror_checksum(Path(mirror), archive.name)
         except AcquisitionError as exc:
             print(f"Cannot check {config.display_path(archive)} against the mirror: {exc}")
-        else:
-            actual = file_sha256(archive)
-            if actual == expected:
-                with contextlib.suppress(OSError):  # a read-only data/raw: checked now, just not recorded
-                    _write_sha256_sidecar(archive, expected, Path(mirror))  # so a run without the mirror can check it
-                print(f"Using existing {config.display_path(archive)} (SHA-256 matches mirror {mirror})")
-                return
-            mismatches.append(f"SHA-256 {actual}, mirror {mirror} lists {expected}")
-    if (copied := _read_sha256_sidecar(archive)) is not None:
+    actual = None  # the archive's SHA-256, hashed once for either reference
+    if listed is not None:
         actual = file_sha256(archive)
+        if actual == listed:
+            with contextlib.suppress(OSError):  # a read-only data/raw: checked now, just not recorded
+                _write_sha256_sidecar(archive, listed, Path(mirror))  # so a run without the mirror can check it
+            print(f"Using existing {config.display_path(archive)} (SHA-256 matches mirror {mirror})")
+            return
+        mismatches.append(f"SHA-256 {actual}, mirror {mirror} lists {listed}")
+    if (copied := _read_sha256_sidecar(archive)) is not None:
+        actual = actual or file_sha256(archive)
         if actual == copied:
             print(f"Using existing {config.display_path(archive)} (SHA-256 matches the mirror's, recorded in "
                   f"{config.display_path(_sha256_sidecar(archive))} when it was copied"
-                  + (f"; not the one {mismatches[0].split(', ', 1)[1]}" if mismatches else "") + ")")
+                  + (f"; not the one mirror {mirror} lists {listed}" if listed is not None else "") + ")")
             return
         mismatches.append(f"SHA-256 {actual}, not the mirror's {copied} (per {_sha256_sidecar(archive)})")
     recorded = _read_md5_sidecar(archive)
@@ -655,17 +664,16 @@ def obtain_archive(
     paths = paths if paths is not None else config.data_paths()
     if mirror is _MIRROR_FROM_ENV:
         mirror = config.mirror_dir()
-    if mirror is not None and not Path(mirror).is_dir():  # a mistyped path is not a mirror without checksums
-        raise AcquisitionError(f"mirror folder {mirror} does not exist (check {config.MIRROR_ENV})")
+    if mirror is not None:
+        mirror = _existing_mirror(mirror)
     archive = paths.archive
 
     if archive.exists():
-        _verify_existing(archive, Path(mirror) if mirror is not None else None)
+        _verify_existing(archive, mirror)
         return archive
 
     archive.parent.mkdir(parents=True, exist_ok=True)
     if mirror is not None:
-        mirror = Path(mirror)
         copy_from_mirror(mirror, archive, filename=config.ARCHIVE_NAME)
         # A sidecar left from an earlier Zenodo download would describe other bytes.
         _md5_sidecar(archive).unlink(missing_ok=True)

@@ -660,7 +660,7 @@ def run_elsewhere_sentence(run_log: dict, metrics: dict) -> str:
             by_cpu.setdefault(run["cpu"], []).append(run)
     parts = []
     for cpu, runs in by_cpu.items():
-        named = ", ".join(f"{run['name'].split('_')[0]} ({_duration(run['seconds'])})" for run in runs)
+        named = ", ".join(f"{run['name'].split('_')[0]} ({duration(run['seconds'])})" for run in runs)
         parts.append(f"notebook{'s' if len(runs) > 1 else ''} {named} last ran on {cpu}")
     return f"Of that time, {'; '.join(parts)}." if parts else ""
 
@@ -681,7 +681,8 @@ def numeric_policy_sentence(metrics: dict) -> str:
         f"`{policy}` ({', '.join(runs)})" for policy, runs in policies.items()) + ".") if policies else ""
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``"42 s"`` under two minutes, else ``"7 min"``."""
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 

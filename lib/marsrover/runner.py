@@ -272,23 +272,23 @@ def run_study(profile: str, *, output_dir: Path | None = None, only: list[str] |
               f"{reporting.RUN_LOG_FILE}, its run records and metrics.json name the commit it loaded",
               file=sys.stderr)
     log = reporting.write_run_log(output_dir, log)
-    total = log["total_seconds"]
-    budget_line = reporting.budget_sentence(log, [notebook.name for notebook in discover_notebooks(notebooks_dir)])
-    print(f"The report's notebooks took {f'{total:.0f} s' if total < 90 else f'{total / 60:.0f} minutes'} in all."
+    study = [notebook.name for notebook in discover_notebooks(notebooks_dir)]  # a budget verdict needs them all
+    budget_line = reporting.budget_sentence(log, study)
+    print(f"The report's notebooks took {reporting.duration(log['total_seconds'])} in all."
           + (f" {budget_line}" if budget_line else ""))
-    finish_report(profile, output_dir, log, notebooks_dir)
+    finish_report(profile, output_dir, log, study)
     return runs
 
 
-def finish_report(profile: str, output_dir: Path, log: dict, notebooks_dir: Path | None = None) -> Path:
+def finish_report(profile: str, output_dir: Path, log: dict, study: list[str] | None = None) -> Path:
     """The front page, and for the committed full study the model card and the README's results (whose verdict
-    on the budget needs every notebook of the study in ``notebooks_dir``)."""
+    on the budget needs every notebook of the study, ``study``, by file name; default: ``notebooks/``'s)."""
     metrics = reporting.load_json(output_dir / reporting.METRICS_FILE)
     if profile == "full" and metrics.get("models") and all(run["status"] == "ok" for run in log["notebooks"]):
         print(f"Model card: {reporting.write_model_card(output_dir, metrics)}")  # first: the front page links it
         if output_dir == (config.REPORTS_DIR / "full").resolve():
             reporting.update_readme(config.PROJECT_ROOT / "README.md", metrics, log, output_dir,
-                                    [notebook.name for notebook in discover_notebooks(notebooks_dir)])
+                                    study if study is not None else [notebook.name for notebook in discover_notebooks()])
             print("README results section updated from metrics.json")
     index = reporting.write_index(output_dir, log)
     print(f"Report: {index}")

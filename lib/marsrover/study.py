@@ -240,9 +240,14 @@ def kept_val_balanced_accuracy(run: dict) -> float | None:
     return max(history) if best_kept else history[-1]
 
 
+def ranked_on_validation(scores: dict[str, float]) -> list[str]:
+    """The runs from the highest validation score down, to 6 places; ties (common on tiny data) A-Z."""
+    return sorted(scores, key=lambda run: (-round(scores[run], 6), run))
+
+
 def best_on_validation(scores: dict[str, float]) -> str:
-    """The run with the highest validation score; ties (common on tiny data) go to the first name A-Z."""
-    return min(scores, key=lambda run: (-round(scores[run], 6), run))
+    """The run with the highest validation score; ties go to the first name A-Z (:func:`ranked_on_validation`)."""
+    return ranked_on_validation(scores)[0]
 
 
 def tied_with(scores: dict[str, float], name: str) -> list[str]:
@@ -1111,8 +1116,7 @@ def ensembles_table(scores: StudyScores) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows).set_index("candidate")
-    # ranked as best_on_validation ranks: the score to 6 places, ties to the first name A-Z
-    return table.loc[sorted(table.index, key=lambda name: (-round(table.loc[name, "val balanced accuracy"], 6), name))]
+    return table.loc[ranked_on_validation(table["val balanced accuracy"].to_dict())]
 
 
 def ensemble_findings(scores: StudyScores) -> str:
