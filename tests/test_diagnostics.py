@@ -434,6 +434,48 @@ def test_an_ablation_is_trained_again_at_other_seeds_and_each_run_placed_against
     assert "no seed repeat of improved" in capsys.readouterr().out
 
 
+def test_a_paired_ablation_check_trains_improved_here_at_the_same_seeds_and_places_the_variant_against_those(
+        tiny_paths, tmp_path, capsys):
+    run_dir = tmp_path / "reports" / "smoke"
+    _improved_run(run_dir, 42, [0.4, 0.6])
+    _improved_run(run_dir, 1, [0.5, 0.7])
+    (run_dir / "metrics.json").write_text(json.dumps({"profile": "smoke", "commit": "abc123"}))
+    record_path = run_dir / "runs" / "improved.json"  # the run's improved, trained on another machine
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "environment": {"cpu": {"model_name": "Another CPU",
+                                                                        "flags": ["avx2", "amx_bf16"]}}}))
+    out = tmp_path / "side_checks" / diagnostics.ablation_file_name("flip_only", [2, 1], paired=True)
+    result = diagnostics.ablation_side_check(run_dir, "flip_only", [2, 1], data_dir=tiny_paths.root, out=out,
+                                             paired=True)
+    assert out.name == "ablation_flip_only_seeds1_2_paired.json"
+    assert result["paired"] is True and result["machines_differ"] is True
+    assert "mixes machines" not in capsys.readouterr().out  # --paired is the remedy, so no warning
+    # only runs trained here take part: the variant's and improved's, at the same seeds
+    assert list(result["runs"]) == ["1", "2"] and all(run["trained_here"] for run in result["runs"].values())
+    assert [run["seed"] for run in result["improved_seeds"]] == [2, 1]
+    assert all(run["trained_here"] and run["train_seconds"] > 0 for run in result["improved_seeds"])
+    assert "committed_history_matches" not in result  # no record of this machine to repeat
+    improved_here = {run["seed"]: run for run in result["improved_seeds"]}
+    bests = [run["best"] for run in result["improved_seeds"]]
+    assert result["improved_ranges"]["best"] == [min(bests), max(bests)]  # not the run's 0.6 to 0.7
+    for difference in result["paired_differences"]:
+        seed = difference["seed"]
+        for view in ("best", "settled"):
+            assert difference[view] == pytest.approx(result["runs"][str(seed)][view] - improved_here[seed][view])
+    assert {run["numeric_policy"] for run in result["runs"].values()} == {"float32"}
+    # the table and caption say so
+    table = diagnostics.side_check_table(out)
+    assert table.loc[("improved", 1), "trained by this check"] == True  # noqa: E712 (a numpy bool)
+    assert table.loc[("flip_only", 1), "best minus improved's"] == pytest.approx(
+        result["paired_differences"][0]["best"])
+    caption = diagnostics.side_check_caption(out)
+    assert "paired with `improved` trained at the same seeds on" in caption and "(float32)" in caption
+    # without --paired, the check trains the variant alone and says that the machines differ
+    unpaired = diagnostics.ablation_side_check(run_dir, "flip_only", [1], data_dir=tiny_paths.root)
+    assert unpaired["machines_differ"] is True and "paired_differences" not in unpaired
+    assert "mixes machines; --paired trains improved here at the same seeds" in capsys.readouterr().out
+
+
 def test_an_ablation_check_needs_a_known_ablation_and_a_run_with_improved(tiny_paths, tmp_path):
     with pytest.raises(KeyError, match="larger_images"):
         diagnostics.ablation_side_check(tmp_path, "bigger_images", [1], data_dir=tiny_paths.root)
@@ -449,6 +491,10 @@ def test_the_ablation_command_names_its_file_after_the_variant_and_the_seeds(mon
     assert calls["seeds"] == [2, 1, 2]  # the check trains a seed named twice once
     # one file for one set of seeds, however they were named
     assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / "ablation_larger_images_seeds1_2.json"
+    assert calls["paired"] is False
+    assert diagnostics.main(["ablation", "larger_images", "--seeds", "1", "--paired"]) == 0
+    assert calls["paired"] is True
+    assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / "ablation_larger_images_seeds1_paired.json"
 
 
 def test_each_kind_of_side_check_reads_back_as_a_table_with_a_caption_naming_its_run(tmp_path):

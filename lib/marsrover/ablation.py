@@ -176,9 +176,11 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
                   jit_compile: bool = False, train_groups: np.ndarray | None = None,
                   seed_repeats: Sequence[int] = (),
                   data_at: Callable[[int], tuple[tuple, tuple]] | None = None,
-                  val_groups: np.ndarray | None = None) -> dict[str, dict]:
+                  val_groups: np.ndarray | None = None, repeat_own_seed: bool = False) -> dict[str, dict]:
     """Train each variant on ``train_data`` and write ``ablations/<variant>.json`` (history, config, time);
-    then ``improved`` itself at each seed of ``seed_repeats`` (``ablations/repeat_seed_<seed>.json``).
+    then ``improved`` itself at each seed of ``seed_repeats`` (``ablations/repeat_seed_<seed>.json``), but
+    not at ``seed``, where the study's own run of ``improved`` stands, unless ``repeat_own_seed`` (a check
+    with no such run, on another machine).
 
     ``train_data`` and ``val_data`` hold images at ``image_size``; a variant of the image size trains on
     ``data_at(size)``, the same images decoded at its own size (:func:`variant_image_size`).
@@ -191,7 +193,7 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     from .provenance import run_environment
     from .training import release_models, train
 
-    repeats = [repeat for repeat in dict.fromkeys(seed_repeats) if repeat != seed]
+    repeats = [repeat for repeat in dict.fromkeys(seed_repeats) if repeat != seed or repeat_own_seed]
     if len(repeats) != len(seed_repeats):  # safe to go on: the study's own run is that seed already
         print(f"Seed repeats {list(seed_repeats)}: the study's seed {seed} and seeds named twice are trained once; "
               f"repeating {repeats}")

@@ -54,6 +54,15 @@ in the run, as notebook 05 does. The run's own variant record (the study's seed)
     python -m marsrover.diagnostics ablation larger_images --seeds 1 2
 
 writes ``reports/side_checks/ablation_larger_images_seeds1_2.json``.
+
+On another machine than the run's (another CPU, so maybe another numeric policy: bfloat16 where the CPU has
+it, float32 elsewhere), runs trained here are not comparable with the run's own. ``--paired`` then trains
+``improved`` too, at each of the same seeds, and places the variant against those runs only; each seed's
+difference (variant minus ``improved``) is recorded as well. Without it, the check says when the machines differ.
+
+    python -m marsrover.diagnostics ablation constant_learning_rate --seeds 42 1 2 --paired
+
+writes ``reports/side_checks/ablation_constant_learning_rate_seeds1_2_42_paired.json``.
 """
 
 from __future__ import annotations
@@ -376,20 +385,31 @@ def _seed_run(record: dict, trained_here: bool) -> dict:
     return {"best": ablation.VIEWS["best"](record["history"]), "settled": ablation.VIEWS["settled"](record["history"]),
             "train_seconds": record["train_seconds"], "trained_here": trained_here,
             # runs of other commits or CPUs can sit side by side here: each says where it came from
-            "commit": environment.get("commit"), "cpu": environment.get("cpu", {}).get("model_name"),
+            "commit": environment.get("commit"), "cpu": machine_of(record).get("model_name"),
+            "numeric_policy": record.get("config", {}).get("numeric_policy"),
             "val_balanced_accuracy": [round(value, 4) for value in record["history"]["val_balanced_accuracy"]],
             **({"val_groups": record["val_groups"]} if "val_groups" in record else {})}
 
 
+def machine_of(record: dict) -> dict:
+    """The CPU a run record was trained on, as :func:`marsrover.provenance.cpu_description` names it."""
+    return record.get("environment", {}).get("cpu", {})
+
+
 def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir: Path | None = None,
-                        out: Path | None = None) -> dict:
+                        out: Path | None = None, paired: bool = False) -> dict:
     """Ablation ``name`` trained again at each of ``seeds`` with the profile of ``run_dir``, on train, judged
     on validation; with the run's own record of it (the study's seed, unless retrained: retraining it checks
     that the record repeats, ``committed_history_matches``), every seed's run is placed against the range of
-    ``improved``'s seeds in ``run_dir`` (:func:`marsrover.ablation.seed_evidence`); writes ``out``."""
+    ``improved``'s seeds in ``run_dir`` (:func:`marsrover.ablation.seed_evidence`); writes ``out``.
+
+    ``paired``: ``improved`` is trained here too, at each of ``seeds``, and the variant's runs (only those
+    trained here) are placed against those instead, with each seed's difference (``paired_differences``):
+    the comparison for a machine other than the run's."""
     import tempfile
 
     from . import ablation
+    from .provenance import cpu_description
 
     seeds = list(dict.fromkeys(seeds))  # a seed named twice is one run
     if name not in ablation.ABLATIONS:  # before any image is loaded
@@ -407,28 +427,54 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
               "placed against its seeds (the profile's seed_repeats train them)", flush=True)
     own = committed.get(name)  # the study's own run of the variant
     study_seed = own["config"]["seeds"]["seed"] if own else None
+    here, there = cpu_description(), machine_of(base_run)
+    machines_differ = bool(there) and (here.get("model_name"), here.get("flags")) != (there.get("model_name"),
+                                                                                       there.get("flags"))
+    if machines_differ and not paired:
+        print(f"{ablation.BASE_MODEL}'s runs in {config.display_path(run_dir)} were trained on "
+              f"{there.get('model_name', 'another CPU')}, and this machine is {here.get('model_name', 'another')}: "
+              "runs trained here may differ in numeric policy and last bits, so placing them against those seeds "
+              f"mixes machines; --paired trains {ablation.BASE_MODEL} here at the same seeds", flush=True)
 
     def check(result, profile, paths, index, seed):
-        result.update(ablation=name, question=ablation.ABLATIONS[name].question)
-        records = {study_seed: own} if own and study_seed not in seeds else {}
+        result.update(ablation=name, question=ablation.ABLATIONS[name].question, paired=paired,
+                      machines_differ=machines_differ)
+        # paired: only runs trained here take part; the run's own (another machine, maybe) would mix machines
+        records = {study_seed: own} if own and study_seed not in seeds and not paired else {}
+        bases = {}  # paired: improved trained here, by seed
         for run_seed in seeds:
             with tempfile.TemporaryDirectory() as scratch:  # run_ablations empties its folder first
-                record = study.run_ablations([name], paths, index, Path(scratch), image_size=profile["image_size"],
-                                             epochs=profile["epochs"], batch_size=profile["batch_size"],
-                                             seed=run_seed)[name]
-            records[run_seed] = record
-            if run_seed == study_seed:
+                trained = study.run_ablations([name], paths, index, Path(scratch), image_size=profile["image_size"],
+                                              epochs=profile["epochs"], batch_size=profile["batch_size"],
+                                              seed=run_seed, seed_repeats=[run_seed] if paired else (),
+                                              repeat_own_seed=paired)
+            records[run_seed] = record = trained[name]
+            if paired:
+                bases[run_seed] = trained[ablation.repeat_name(run_seed)]
+            if run_seed == study_seed and not machines_differ:  # another machine's last bits need not repeat
                 result["committed_history_matches"] = bool(np.allclose(
                     own["history"]["val_balanced_accuracy"], record["history"]["val_balanced_accuracy"], atol=1e-6))
         records = dict(sorted(records.items()))
         runs = {run_seed: _seed_run(record, run_seed in seeds) for run_seed, record in records.items()}
         result["runs"] = {str(run_seed): run for run_seed, run in runs.items()}
+        base, base_repeats = base_run, repeats
+        if paired:  # the first seed's run stands where the study's run would; the others are its repeats
+            first, *others = seeds
+            base = bases[first]
+            base_repeats = {ablation.repeat_name(run_seed): bases[run_seed] for run_seed in others}
+            result["paired_differences"] = [
+                {"seed": run_seed, **{view: runs[run_seed][view] - ablation.VIEWS[view](bases[run_seed]["history"])
+                                      for view in ablation.VIEWS}} for run_seed in sorted(bases)]
         # each seed's run of the variant, placed like a variant of notebook 05
-        evidence = ablation.seed_evidence(base_run, {**repeats, **{f"{name} at seed {run_seed}": record
+        evidence = ablation.seed_evidence(base, {**base_repeats, **{f"{name} at seed {run_seed}": record
                                                                     for run_seed, record in records.items()}})
-        result["improved_seeds"] = evidence["seeds"] if evidence else [
-            {"seed": base_run["config"]["seeds"]["seed"], **{view: ablation.VIEWS[view](base_run["history"])
-                                                            for view in ablation.VIEWS}}]
+        improved_runs = [base, *base_repeats.values()] if evidence else [base]
+        result["improved_seeds"] = [{**scores, "trained_here": paired, "train_seconds": run["train_seconds"],
+                                     "cpu": machine_of(run).get("model_name")}
+                                    for scores, run in zip(evidence["seeds"] if evidence else [
+                                        {"seed": base["config"]["seeds"]["seed"],
+                                         **{view: ablation.VIEWS[view](base["history"]) for view in ablation.VIEWS}}],
+                                        improved_runs)]
         result["improved_ranges"] = evidence["ranges"] if evidence else None
         result["placed"] = [{"seed": run_seed, **placed} for run_seed, placed in
                             zip(records, evidence["variants"])] if evidence else []
@@ -440,9 +486,13 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
             print(f"{name} at seed {run_seed}: best {run['best']:.3f}, mean of the last "
                   f"{ablation.SETTLED_EPOCHS} epochs {run['settled']:.3f}, {run['train_seconds']:.0f} s", flush=True)
         if evidence:
-            print(f"{ablation.BASE_MODEL}'s seeds: best {evidence['ranges']['best'][0]:.3f} to "
-                  f"{evidence['ranges']['best'][1]:.3f}, last {ablation.SETTLED_EPOCHS} "
-                  f"{evidence['ranges']['settled'][0]:.3f} to {evidence['ranges']['settled'][1]:.3f}", flush=True)
+            print(f"{ablation.BASE_MODEL}'s seeds{' (trained here)' if paired else ''}: best "
+                  f"{evidence['ranges']['best'][0]:.3f} to {evidence['ranges']['best'][1]:.3f}, last "
+                  f"{ablation.SETTLED_EPOCHS} {evidence['ranges']['settled'][0]:.3f} to "
+                  f"{evidence['ranges']['settled'][1]:.3f}", flush=True)
+        for difference in result.get("paired_differences", []):
+            print(f"seed {difference['seed']}: {name} minus {ablation.BASE_MODEL}: best {difference['best']:+.3f}, "
+                  f"last {ablation.SETTLED_EPOCHS} {difference['settled']:+.3f}", flush=True)
 
     return _side_check(run_dir, data_dir, None, out, check)
 
@@ -472,10 +522,17 @@ def side_check_table(path: Path, *, saved_models: bool = False) -> pd.DataFrame:
                  **{column: placed.get(int(seed), {}).get(key, "") for column, key in places.items()}}
                 for seed, run in result["runs"].items()]
         rows += [{"run": "improved", "seed": run["seed"], "best val balanced accuracy": run["best"],
-                  settled: run["settled"], "trained by this check": False,
+                  settled: run["settled"], "seconds": run.get("train_seconds") if run.get("trained_here") else None,
+                  "trained by this check": run.get("trained_here", False),
                   **dict.fromkeys(places, "")}  # improved's own seeds are the yardstick, not placed against it
                  for run in result["improved_seeds"]]
-        return pd.DataFrame(rows).set_index(["run", "seed"])
+        table = pd.DataFrame(rows).set_index(["run", "seed"])
+        if result.get("paired"):  # each seed's difference from improved at the same seed, on the variant's rows
+            for difference in result.get("paired_differences", []):
+                key = (result["ablation"], difference["seed"])
+                table.loc[key, "best minus improved's"] = difference["best"]
+                table.loc[key, f"last {SETTLED_EPOCHS} minus improved's"] = difference["settled"]
+        return table
     if result.get("trajectories"):
         return pd.DataFrame([{"trajectory": run, "statistics": statistics, **summary,
                               "lowest": min(trajectory["epochs"][statistics]) if "epochs" in trajectory else None}
@@ -516,7 +573,9 @@ def side_check_caption(path: Path) -> str:
     result = reporting.load_json(path)
     if not result:
         return f"`{config.display_path(path)}`: not found (this side check has not been run here)."
-    kind = (f"`{result['ablation']}` at more seeds" if "ablation" in result else
+    kind = (f"`{result['ablation']}` at more seeds" + (", paired with `improved` trained at the same seeds on "
+                                                        f"{_machine_words(result)}" if result.get("paired") else "")
+            if "ablation" in result else
             "batch-norm statistics" if "trajectories" in result else
             "test-time flipping" if "models" in result else "a side check")
     run_commit = result.get("run_commit") or "not recorded"
@@ -524,9 +583,16 @@ def side_check_caption(path: Path) -> str:
             f"written by code at {result.get('environment', {}).get('commit')}; validation only.")
 
 
-def ablation_file_name(name: str, seeds: list[int]) -> str:
-    """The default JSON of an ablation check: ``ablation_<name>_seeds<s1>_<s2>.json``, seeds in order."""
-    return f"ablation_{name}_seeds{'_'.join(str(seed) for seed in sorted(set(seeds)))}.json"
+def _machine_words(result: dict) -> str:
+    """The machine and numeric policy a side check trained on, from its environment and its runs' records."""
+    cpu = result.get("environment", {}).get("cpu", {}).get("model_name", "a CPU not recorded")
+    policies = sorted({run["numeric_policy"] for run in result.get("runs", {}).values() if run.get("numeric_policy")})
+    return cpu + (f" ({', '.join(policies)})" if policies else "")
+
+
+def ablation_file_name(name: str, seeds: list[int], *, paired: bool = False) -> str:
+    """The default JSON of an ablation check: ``ablation_<name>_seeds<s1>_<s2>[_paired].json``, seeds in order."""
+    return f"ablation_{name}_seeds{'_'.join(str(seed) for seed in sorted(set(seeds)))}{'_paired' if paired else ''}.json"
 
 
 def batch_norm_file_name(*, forward: bool = False, epochs: int | None = None, seed: int | None = None,
@@ -565,8 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     flip.add_argument("--out", type=Path, default=SIDE_CHECKS_DIR / "flip.json")
     ablation_.add_argument("name", help="the ablation, as notebook 05 names it (e.g. larger_images)")
     ablation_.add_argument("--seeds", type=int, nargs="+", required=True, help="the seeds to train it at")
+    ablation_.add_argument("--paired", action="store_true", help="also train improved at each seed here, and "
+                           "place the variant against those runs (for a machine other than the run's)")
     ablation_.add_argument("--out", type=Path, help="the JSON to write (default: reports/side_checks/"
-                           "ablation_<name>_seeds<s1>_<s2>.json)")
+                           "ablation_<name>_seeds<s1>_<s2>[_paired].json)")
     args = parser.parse_args(argv)
     from .console import start_tensorflow_quietly
 
@@ -580,8 +648,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "ablation":
-        ablation_side_check(args.run_dir, args.name, args.seeds, data_dir=args.data_dir,
-                            out=args.out or SIDE_CHECKS_DIR / ablation_file_name(args.name, args.seeds))
+        ablation_side_check(args.run_dir, args.name, args.seeds, data_dir=args.data_dir, paired=args.paired,
+                            out=args.out or SIDE_CHECKS_DIR / ablation_file_name(args.name, args.seeds,
+                                                                                 paired=args.paired))
         return 0
     if args.command == "flip":
         flip_side_check(args.run_dir, data_dir=args.data_dir, out=args.out)

@@ -538,9 +538,10 @@ def train_models(model_names: list[str], paths: config.DataPaths, index: pd.Data
 
 def run_ablations(ablations: list[str], paths: config.DataPaths, index: pd.DataFrame, output_dir: Path, *,
                   image_size: int | None, epochs: int | None, batch_size: int | None, seed: int,
-                  jit_compile: bool = False, seed_repeats: Sequence[int] = ()) -> dict[str, dict]:
-    """Each ablation of the improved recipe, and the recipe itself at each seed of ``seed_repeats``,
-    trained on train and scored on val (``ablations/*.json``)."""
+                  jit_compile: bool = False, seed_repeats: Sequence[int] = (),
+                  repeat_own_seed: bool = False) -> dict[str, dict]:
+    """Each ablation of the improved recipe, and the recipe itself at each seed of ``seed_repeats`` (and at
+    ``seed`` too with ``repeat_own_seed``), trained on train and scored on val (``ablations/*.json``)."""
     from .ablation import BASE_MODEL, clear_records, run_ablations as run
     from .models import get_spec
 
@@ -553,7 +554,8 @@ def run_ablations(ablations: list[str], paths: config.DataPaths, index: pd.DataF
 
     return run(ablations, *data_at(size), output_dir, image_size=size, epochs=epochs, batch_size=batch_size,
                seed=seed, jit_compile=jit_compile, train_groups=split_groups(index, "train"),
-               seed_repeats=seed_repeats, data_at=data_at, val_groups=split_groups(index, "val"))
+               seed_repeats=seed_repeats, data_at=data_at, val_groups=split_groups(index, "val"),
+               repeat_own_seed=repeat_own_seed)
 
 
 SEED_CLAIM = {"description": "seed blog (random 80/20 split)", "val": {"accuracy": 0.98}, "test": {"accuracy": 0.97}}
