@@ -15,7 +15,12 @@ STARTUP = ("WARNING: All log messages before absl::InitializeLog() is called are
            "I0000 00:00:1796459891.087491   16805 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
            "GPU will not be used.\n"
            "E0000 00:00:1796459895.257672   16805 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
-           "Failed call to cuInit: UNKNOWN ERROR (303)\n")
+           "Failed call to cuInit: UNKNOWN ERROR (303)\n"
+           # on a CPU with instructions the binary was not built for (here an AMD EPYC)
+           "I0000 00:00:1796468427.094243   31495 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to "
+           "use available CPU instructions in performance-critical operations.\n"
+           "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
+           "appropriate compiler flags.\n")
 
 
 def test_only_tensorflows_known_start_up_lines_are_left_out():
@@ -23,6 +28,7 @@ def test_only_tensorflows_known_start_up_lines_are_left_out():
     assert without_tensorflow_startup_lines(STARTUP + kept) == kept
     assert all(is_tensorflow_startup_line(line) for line in STARTUP.splitlines())
     assert not is_tensorflow_startup_line("Could not find cuda drivers on your machine")  # not in TensorFlow's form
+    assert not is_tensorflow_startup_line("To enable the following instructions: AVX2 FMA")  # not the whole line
 
 
 def test_the_block_drops_start_up_lines_written_from_c_and_passes_on_the_rest_as_it_comes():

@@ -2,7 +2,10 @@
 
 On a machine without a GPU, TensorFlow 2.21 prints "Could not find cuda drivers" and "E0000 ... failed call
 to cuInit" from C++, before it reads TF_CPP_MIN_LOG_LEVEL, so they cannot be switched off; they read as
-errors though the CPU is all this project asks for. Only these known lines are dropped.
+errors though the CPU is all this project asks for. On a CPU with instructions its binary was not built for
+(AVX2 and FMA on an AMD EPYC, for one), it also says so in two lines ("This TensorFlow binary is optimized
+to use available CPU instructions ... rebuild TensorFlow with the appropriate compiler flags"): advice for
+those who build TensorFlow, not for a user of this project. Only these known lines are dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import threading
 
 TENSORFLOW_STARTUP_LINE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cuda_platform)\.cc:\d+\] .*")
+    r"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cuda_platform|cpu_feature_guard)\.cc:\d+\] .*"
+    r"|To enable the following instructions: .*, in other operations, rebuild TensorFlow with the appropriate "
+    r"compiler flags\.")
 
 # A piece of console text up to and including its line ending; "\r" ends one too (tqdm redraws with it).
 _TERMINATED = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)")
