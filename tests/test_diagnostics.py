@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marsrover import diagnostics
+from marsrover import diagnostics, reporting
 from marsrover.training import batch_norm_layers, recalibrate_batch_norm
 
 
@@ -470,6 +470,10 @@ def test_a_paired_ablation_check_trains_improved_here_at_the_same_seeds_and_plac
         result["paired_differences"][0]["best"])
     caption = diagnostics.side_check_caption(out)
     assert "paired with `improved` trained at the same seeds on" in caption and "(float32)" in caption
+    # the model card's paragraph reads what the check writes
+    card_paragraph = reporting._side_check_markdown(out, json.loads(out.read_text()))
+    assert "A side check questions the photometric augmentation instead" in card_paragraph
+    assert "--seeds 1 2 --paired" in card_paragraph.replace("\n", " ")
     # without --paired, the check trains the variant alone and says that the machines differ
     unpaired = diagnostics.ablation_side_check(run_dir, "flip_only", [1], data_dir=tiny_paths.root)
     assert unpaired["machines_differ"] is True and "paired_differences" not in unpaired

@@ -33,6 +33,7 @@ def _find_project_root() -> Path:
 PROJECT_ROOT = _find_project_root()
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 REPORTS_DIR = PROJECT_ROOT / "reports"
+SIDE_CHECKS_DIR = REPORTS_DIR / "side_checks"  # python -m marsrover.diagnostics: validation-only checks of a run
 MODELS_DIR = PROJECT_ROOT / "models"
 # Report figures: photographs as JPEG (five to ten times smaller than PNG), charts as PNG (sharp lines).
 PHOTO_SUFFIX, CHART_SUFFIX = ".jpg", ".png"

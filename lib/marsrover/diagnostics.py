@@ -77,7 +77,7 @@ import pandas as pd
 
 from . import config, reporting, study
 
-SIDE_CHECKS_DIR = config.REPORTS_DIR / "side_checks"
+SIDE_CHECKS_DIR = config.SIDE_CHECKS_DIR
 STATISTICS = ("running", "recomputed", "recomputed_loss_weighted")
 
 

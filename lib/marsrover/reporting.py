@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import atomic
+from . import atomic, config
 from .config import CHART_SUFFIX, PHOTO_SUFFIX
 
 METRICS_FILE = "metrics.json"
@@ -773,8 +773,9 @@ def _score(value: float) -> str:
     return "diverged" if value != value else f"{value:.3f}"  # NaN: the run has no score
 
 
-def _design_markdown(evidence: dict | None) -> str:
-    """The model card's section on how far the seed repeats let the ablations speak; empty without them."""
+def _design_markdown(evidence: dict | None, side_checks: list[tuple[Path, dict]] = ()) -> str:
+    """The model card's section on how far the seed repeats let the ablations speak, with ``side_checks``
+    (:func:`paired_side_checks`) for the choices the run left unquestioned; empty without repeats."""
     from .ablation import HELPS, HURTS, MIXED, NO_EVIDENCE, NO_SCORE, PLACE_WORDS as places
 
     low, high = (evidence or {}).get("ranges", {}).get("best", (float("nan"),) * 2)
@@ -830,17 +831,74 @@ balanced accuracy was {_score(study['best'])} at the study's seed {study['seed']
 
 {table}
 The range is a rough yardstick, not a test: with {len(scored)} seeds, a further run of the same recipe lands outside it
-2 times in {len(scored) + 1}.{_unquestioned_markdown(evidence)}
+2 times in {len(scored) + 1}.{_unquestioned_markdown(evidence)}{"".join(_side_check_markdown(path, result)
+                                                                for path, result in side_checks)}
 """
+
+
+def unquestioned_in(evidence: dict | None) -> list[str]:
+    """The recipe's choices that no ablation in ``evidence`` (:func:`design_evidence`) questions."""
+    from .ablation import unquestioned_choices
+
+    return unquestioned_choices([variant["variant"] for variant in (evidence or {}).get("variants", [])])
 
 
 def _unquestioned_markdown(evidence: dict) -> str:
     """The recipe's choices no ablation of this run questioned (reasons, not evidence), as a sentence."""
-    from .ablation import unquestioned_choices
-
-    left = unquestioned_choices([variant["variant"] for variant in evidence["variants"]])
+    left = unquestioned_in(evidence)
     return (f"\n\nNo ablation of this run questions on its own {'; '.join(left)}. Notebook 04 gives reasons for the recipe; for "
             f"{'these choices' if len(left) > 1 else 'this choice'} this run holds no evidence.") if left else ""
+
+
+def paired_side_checks(report_dir: Path, choices: list[str],
+                       side_checks_dir: Path | None = None) -> list[tuple[Path, dict]]:
+    """The paired ablation side checks (``python -m marsrover.diagnostics ablation --paired``) made with the
+    profile of the run in ``report_dir`` that question one of ``choices``: each trained the variant and
+    ``improved`` at the same seeds on one machine, so they hold evidence the run lacks. ``side_checks_dir``:
+    ``config.SIDE_CHECKS_DIR`` unless given."""
+    from .ablation import DESIGN_CHOICES
+
+    questioning = {name for choice in choices for name in DESIGN_CHOICES.get(choice, ())}
+    found = []
+    for path in sorted(Path(side_checks_dir or config.SIDE_CHECKS_DIR).glob("ablation_*_paired.json")):
+        result = load_json(path)
+        if (result.get("paired_differences") and result.get("ablation") in questioning
+                and result.get("run_dir") == config.display_path(report_dir)):
+            found.append((path, result))
+    return found
+
+
+def _side_check_markdown(path: Path, result: dict) -> str:
+    """A paired ablation side check as a paragraph of the model card: where it ran, each seed's difference
+    from ``improved`` and how each seed's run reads against the range of ``improved``'s seeds there."""
+    from .ablation import DESIGN_CHOICES, SETTLED_EPOCHS
+
+    name = result["ablation"]
+    choice = next(choice for choice, names in DESIGN_CHOICES.items() if name in names)
+    differences = result["paired_differences"]
+    runs = result["runs"].values()
+    policies = sorted({run["numeric_policy"] for run in runs if run.get("numeric_policy")})
+    machine = result.get("environment", {}).get("cpu", {}).get("model_name", "a machine not recorded")
+    machine += f" in {_words(policies)}" if policies else ""
+
+    def view(key: str) -> str:
+        values = [difference[key] for difference in differences]
+        return f"{_words([f'{value:+.3f}' for value in values])} (mean {sum(values) / len(values):+.3f})"
+
+    readings = Counter(placed["reading"] for placed in result.get("placed", []))
+    read = "; ".join(f"{count} of {len(result.get('placed', []))} seeds read as {reading}"
+                     for reading, count in readings.most_common())
+    low, high = (result.get("improved_ranges") or {}).get("best", (None, None))
+    placed = (f" Placed against the range of `improved`'s seeds there ({low:.3f} to {high:.3f} on the best epoch), "
+              f"as above: {read}." if read and low is not None else "")
+    return f"""
+
+A side check questions {choice} instead, outside this run: `{config.display_path(path)}` (`python -m
+marsrover.diagnostics ablation {name} --seeds {' '.join(str(d['seed']) for d in differences)} --paired`, code at
+`{result.get('environment', {}).get('commit')}`) trained `{name}` and `improved` at seeds
+{_words([str(d['seed']) for d in differences])}, both on {machine}, judged on validation only. The variant minus
+`improved` at the same seed: {view('best')} on the best epoch, {view('settled')} on the mean of the last
+{SETTLED_EPOCHS} epochs.{placed}"""
 
 
 def _groups_markdown(metrics: dict) -> str:
@@ -992,6 +1050,7 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     test = scores["test"]
     kept = test.get("at_confidence") or {}
     evidence = design_evidence(report_dir)
+    side_checks = paired_side_checks(report_dir, unquestioned_in(evidence)) if evidence else []
     asked = coverage_markdown(load_training_coverage(report_dir), metrics)
     paragraphs = [text for text in (headline_markdown(metrics), targets_markdown(metrics), asked) if text]
     targets = "".join(f"\n\n{text}" for text in paragraphs) + ("\n" if paragraphs else "")
@@ -1005,7 +1064,7 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     by_sol = _sol_ranges_markdown(report_dir, metrics)
     caveat_block = f"\n{caveat}\n" if (caveat := interval_caveat(test)) else ""
     sources = "".join([", or, under *How firm the design is* and in the loss sentence under *Limits*, from its `runs/`\nand "
-                       "`ablations/`" if evidence else "",
+                       "`ablations/`" + (" (and the side checks named there)" if side_checks else "") if evidence else "",
                        f"{', and,' if evidence else ', or,'} under *Accuracy by sol range*, from its `{PREDICTIONS_DIR}/`"
                        if by_sol else ""])
     chosen_by = f" ({scores['epochs_chosen_by']})" if scores.get("epochs_chosen_by") else ""
@@ -1056,7 +1115,7 @@ every number of epochs was set either by validation or, for a recipe that keeps 
 study's test split was scored once per final model, and no setting was chosen on a test score. But some of the ideas that validation
 then judged were prompted by test scores of earlier runs, so these test figures are not a clean held-out
 estimate. {_caveats_markdown(metrics)}{_refit_budget_markdown(metrics)}
-{_groups_markdown(metrics)}{by_sol}{_design_markdown(evidence)}
+{_groups_markdown(metrics)}{by_sol}{_design_markdown(evidence, side_checks)}
 ## Limits
 {behind}- **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
   close-ups and the test split is 75% Rover. In train the instrument predicts the label (Mastcam frames mostly
