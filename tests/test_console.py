@@ -29,6 +29,7 @@ def test_only_tensorflows_known_start_up_lines_are_left_out():
     assert all(is_tensorflow_startup_line(line) for line in STARTUP.splitlines())
     assert not is_tensorflow_startup_line("Could not find cuda drivers on your machine")  # not in TensorFlow's form
     assert not is_tensorflow_startup_line("To enable the following instructions: AVX2 FMA")  # not the whole line
+    assert not is_tensorflow_startup_line("W0000 00:00:1.5 7 cpu_feature_guard.cc:9] another message")
 
 
 def test_the_block_drops_start_up_lines_written_from_c_and_passes_on_the_rest_as_it_comes():

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marsrover import diagnostics, reporting
+from marsrover import config, diagnostics, reporting
 from marsrover.training import batch_norm_layers, recalibrate_batch_norm
 
 
@@ -248,7 +248,7 @@ def test_the_command_writes_each_kind_of_check_to_its_own_file(monkeypatch, argu
     calls = {}
     monkeypatch.setattr(diagnostics, "batch_norm_side_check", lambda run_dir, **kwargs: calls.update(kwargs))
     assert diagnostics.main(["batch-norm", *arguments]) == 0
-    assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / written and calls["forward"] == ("--forward" in arguments)
+    assert calls["out"] == config.SIDE_CHECKS_DIR / written and calls["forward"] == ("--forward" in arguments)
     assert calls["saved_models"] == ("--trajectory-only" not in arguments)  # scored unless asked not to
 
 
@@ -285,7 +285,7 @@ def test_a_trajectory_only_check_does_not_score_the_saved_models(tiny_paths, tmp
 def test_the_flip_command_writes_its_own_file(monkeypatch):
     calls = {}
     monkeypatch.setattr(diagnostics, "flip_side_check", lambda run_dir, **kwargs: calls.update(kwargs))
-    assert diagnostics.main(["flip"]) == 0 and calls["out"] == diagnostics.SIDE_CHECKS_DIR / "flip.json"
+    assert diagnostics.main(["flip"]) == 0 and calls["out"] == config.SIDE_CHECKS_DIR / "flip.json"
 
 
 
@@ -442,8 +442,14 @@ def test_a_paired_ablation_check_trains_improved_here_at_the_same_seeds_and_plac
     (run_dir / "metrics.json").write_text(json.dumps({"profile": "smoke", "commit": "abc123"}))
     record_path = run_dir / "runs" / "improved.json"  # the run's improved, trained on another machine
     record = json.loads(record_path.read_text())
-    record_path.write_text(json.dumps({**record, "environment": {"cpu": {"model_name": "Another CPU",
-                                                                        "flags": ["avx2", "amx_bf16"]}}}))
+    another_machine = {"cpu": {"model_name": "Another CPU", "flags": ["avx2", "amx_bf16"]}}
+    record_path.write_text(json.dumps({**record, "environment": another_machine}))
+    # the run's own flip_only at seed 1, from that machine: its last bits need not repeat here, so none is compared
+    (run_dir / "ablations" / "flip_only.json").write_text(json.dumps({
+        "history": {"val_balanced_accuracy": [0.1]}, "config": {"seeds": {"seed": 1}}, "question": "?",
+        "train_seconds": 1.0, "environment": another_machine}))
+    with pytest.raises(diagnostics.TooFewSeeds, match="at least two seeds"):  # before any training
+        diagnostics.ablation_side_check(run_dir, "flip_only", [1, 1], data_dir=tiny_paths.root, paired=True)
     out = tmp_path / "side_checks" / diagnostics.ablation_file_name("flip_only", [2, 1], paired=True)
     result = diagnostics.ablation_side_check(run_dir, "flip_only", [2, 1], data_dir=tiny_paths.root, out=out,
                                              paired=True)
@@ -454,7 +460,7 @@ def test_a_paired_ablation_check_trains_improved_here_at_the_same_seeds_and_plac
     assert list(result["runs"]) == ["1", "2"] and all(run["trained_here"] for run in result["runs"].values())
     assert [run["seed"] for run in result["improved_seeds"]] == [2, 1]
     assert all(run["trained_here"] and run["train_seconds"] > 0 for run in result["improved_seeds"])
-    assert "committed_history_matches" not in result  # no record of this machine to repeat
+    assert "committed_history_matches" not in result  # the run's record at seed 1 is another machine's
     improved_here = {run["seed"]: run for run in result["improved_seeds"]}
     bests = [run["best"] for run in result["improved_seeds"]]
     assert result["improved_ranges"]["best"] == [min(bests), max(bests)]  # not the run's 0.6 to 0.7
@@ -471,13 +477,18 @@ def test_a_paired_ablation_check_trains_improved_here_at_the_same_seeds_and_plac
     caption = diagnostics.side_check_caption(out)
     assert "paired with `improved` trained at the same seeds on" in caption and "(float32)" in caption
     # the model card's paragraph reads what the check writes
-    card_paragraph = reporting._side_check_markdown(out, json.loads(out.read_text()))
-    assert "A side check questions the photometric augmentation instead" in card_paragraph
-    assert "--seeds 1 2 --paired" in card_paragraph.replace("\n", " ")
-    # without --paired, the check trains the variant alone and says that the machines differ
-    unpaired = diagnostics.ablation_side_check(run_dir, "flip_only", [1], data_dir=tiny_paths.root)
+    card_paragraph = reporting._side_check_markdown(out, json.loads(out.read_text()), "Another CPU").replace("\n", " ")
+    assert "A side check questions the photometric augmentation, outside this run" in card_paragraph
+    assert f"--seeds 1 2 --paired --run-dir {config.display_path(run_dir)}`" in card_paragraph
+    assert "This run trained on Another CPU, so the check's scores compare with one another only" in card_paragraph
+    # without --paired, the check trains the variant alone and says that the machines differ, as does its caption
+    unpaired_out = tmp_path / "side_checks" / "unpaired.json"
+    unpaired = diagnostics.ablation_side_check(run_dir, "flip_only", [2], data_dir=tiny_paths.root, out=unpaired_out)
     assert unpaired["machines_differ"] is True and "paired_differences" not in unpaired
     assert "mixes machines; --paired trains improved here at the same seeds" in capsys.readouterr().out
+    assert "another machine than the run's, and placed against the run's seeds: the placement mixes machines" in (
+        diagnostics.side_check_caption(unpaired_out))
+    assert "mixes machines" not in caption
 
 
 def test_an_ablation_check_needs_a_known_ablation_and_a_run_with_improved(tiny_paths, tmp_path):
@@ -494,11 +505,11 @@ def test_the_ablation_command_names_its_file_after_the_variant_and_the_seeds(mon
     assert diagnostics.main(["ablation", "larger_images", "--seeds", "2", "1", "2"]) == 0
     assert calls["seeds"] == [2, 1, 2]  # the check trains a seed named twice once
     # one file for one set of seeds, however they were named
-    assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / "ablation_larger_images_seeds1_2.json"
+    assert calls["out"] == config.SIDE_CHECKS_DIR / "ablation_larger_images_seeds1_2.json"
     assert calls["paired"] is False
     assert diagnostics.main(["ablation", "larger_images", "--seeds", "1", "--paired"]) == 0
     assert calls["paired"] is True
-    assert calls["out"] == diagnostics.SIDE_CHECKS_DIR / "ablation_larger_images_seeds1_paired.json"
+    assert calls["out"] == config.SIDE_CHECKS_DIR / "ablation_larger_images_seeds1_paired.json"
 
 
 def test_each_kind_of_side_check_reads_back_as_a_table_with_a_caption_naming_its_run(tmp_path):
@@ -542,7 +553,7 @@ def test_each_kind_of_side_check_reads_back_as_a_table_with_a_caption_naming_its
 
 def test_the_forward_runs_at_each_seed_and_length_read_back_as_one_table_naming_their_run_and_code(tmp_path,
                                                                                                   monkeypatch):
-    monkeypatch.setattr(diagnostics, "SIDE_CHECKS_DIR", tmp_path)
+    monkeypatch.setattr(config, "SIDE_CHECKS_DIR", tmp_path)
     summary = {"running": {"best": 0.98, "best_epoch": 6, "mean_last_5": 0.94, "last": 0.94}}
     for seed, epochs, commit in ((42, None, "aaa"), (1, 6, "bbb")):
         name = diagnostics.batch_norm_file_name(forward=True, epochs=epochs, seed=None if seed == 42 else seed)
@@ -556,5 +567,5 @@ def test_the_forward_runs_at_each_seed_and_length_read_back_as_one_table_naming_
                                     (1, 6, "improved_forward", "running")]  # missing files are left out
     assert table["written_at"].tolist() == ["aaa", "bbb"] and set(table["run"]) == {"run1"}
     assert table["lowest"].tolist() == [0.5, 0.5]
-    monkeypatch.setattr(diagnostics, "SIDE_CHECKS_DIR", tmp_path / "none")
+    monkeypatch.setattr(config, "SIDE_CHECKS_DIR", tmp_path / "none")
     assert diagnostics.batch_norm_forward_table().empty

@@ -753,43 +753,56 @@ def test_the_model_card_cites_a_paired_side_check_for_a_choice_the_run_left_unqu
 
     report = tmp_path / "report"
     _write_seed_repeats(report, [0.90, 0.95], {1: [0.93], 2: [0.91]}, {"flip_only": ("flip only?", [0.85])})
+    record_path = report / "runs" / "improved.json"  # trained on another machine than the check
+    record_path.write_text(json.dumps({**json.loads(record_path.read_text()),
+                                       "environment": {"cpu": {"model_name": "Intel(R) Xeon(R) Processor"}}}))
     side_checks = tmp_path / "side_checks"
     side_checks.mkdir()
     monkeypatch.setattr(config, "SIDE_CHECKS_DIR", side_checks)
 
-    def side_check(name, run_dir=report, paired=True):
+    def side_check(name, run_dir=report, paired=True, best_differences=(-0.012, 0.004, -0.02)):
+        seeds = (1, 2, 42)
         result = {"ablation": name, "run_dir": config.display_path(run_dir), "paired": paired,
-                  "runs": {str(seed): {"numeric_policy": "float32"} for seed in (1, 2, 42)},
-                  "paired_differences": [{"seed": 1, "best": -0.012, "settled": -0.03},
-                                         {"seed": 2, "best": 0.004, "settled": -0.01},
-                                         {"seed": 42, "best": -0.02, "settled": -0.02}],
+                  "run_commit": "7289022e9887",
+                  "runs": {str(seed): {"numeric_policy": "float32"} for seed in seeds},
+                  "paired_differences": [{"seed": seed, "best": best, "settled": settled} for seed, best, settled
+                                         in zip(seeds, best_differences, (-0.03, -0.01, -0.02))],
                   "improved_ranges": {"best": [0.91, 0.95], "settled": [0.9, 0.93]},
                   "placed": [{"seed": 1, "reading": "no evidence either way"},
                              {"seed": 2, "reading": "no evidence either way"},
-                             {"seed": 42, "reading": "a hint that the choice helps"}],
+                             {"seed": 42, "reading": "mixed: the two views disagree"}],
                   "environment": {"commit": "abc1234", "cpu": {"model_name": "AMD EPYC"}}}
-        path = side_checks / (f"ablation_{name}_seeds1_2_42" + ("_paired" if paired else "") + ".json")
-        path.write_text(json.dumps(result))
+        (side_checks / f"ablation_{name}_seeds1_2_42_paired.json").write_text(json.dumps(result))
+
+    def design_section():
+        card = reporting.write_model_card(report, METRICS).read_text()
+        return card.split("## How firm the design is")[1].split("## Limits")[0].replace("\n", " ")
 
     side_check("constant_learning_rate")
     side_check("flip_only")  # this run questions the augmentation itself: its own ablation speaks
     side_check("weight_averaging", run_dir=tmp_path / "another_run")  # made with another run's profile
-    section = reporting.write_model_card(report, METRICS).read_text().split("## How firm the design is")[1].split(
-        "## Limits")[0]
+    section = design_section()
     assert "the cosine learning-rate decay;" in section  # the run itself still holds no evidence for it
-    paragraph = section.split("A side check questions ")[1]
     assert section.count("A side check questions") == 1
-    assert paragraph.startswith("the cosine learning-rate decay instead, outside this run:")
-    assert "--seeds 1 2 42 --paired`, code at\n`abc1234`" in paragraph
-    assert "at seeds\n1, 2 and 42, both on AMD EPYC in float32" in paragraph
+    paragraph = section.split("A side check questions ")[1]
+    assert paragraph.startswith("the cosine learning-rate decay, outside this run:")
+    assert ("(`python -m marsrover.diagnostics ablation constant_learning_rate --seeds 1 2 42 --paired --run-dir "
+            f"{config.display_path(report)}`, code at `abc1234`, with the profile of the run at `7289022e9887`)"
+            ) in paragraph
+    assert "at seeds 1, 2 and 42, both on AMD EPYC in float32, judged on validation only" in paragraph
+    assert ("This run trained on Intel(R) Xeon(R) Processor, so the check's scores compare with one another only, "
+            "not with the table above.") in paragraph
     assert "-0.012, +0.004 and -0.020 (mean -0.009) on the best epoch" in paragraph
-    assert "-0.030, -0.010 and -0.020 (mean -0.020) on the mean of the last\n5 epochs" in paragraph
-    assert ("(0.910 to 0.950 on the best epoch), as above: 2 of 3 seeds read as no evidence either way; 1 of 3 seeds "
-            "read as a hint that the choice helps.") in paragraph
-    # an unpaired check (the variant against another machine's seeds) is not cited
-    (side_checks / "ablation_constant_learning_rate_seeds1_2_42_paired.json").unlink()
+    assert "-0.030, -0.010 and -0.020 (mean -0.020) on the mean of the last 5 epochs" in paragraph
+    assert ("(0.910 to 0.950 on the best epoch, 0.900 to 0.930 on the last 5), placed as the table's variants are: "
+            "seeds 1 and 2 read as *no evidence either way*; seed 42 reads as *mixed: the two views disagree*."
+            ) in paragraph
+    # a diverged run is named, and the mean is over the seeds with both runs scored
+    side_check("constant_learning_rate", best_differences=(-0.012, float("nan"), -0.02))
+    assert "-0.012, diverged and -0.020 (mean -0.016 over the 2 seeds with both scored)" in design_section()
+    # an unpaired check (the variant against another machine's seeds) is not cited, whatever its file's name
     side_check("constant_learning_rate", paired=False)
-    assert "A side check" not in reporting.write_model_card(report, METRICS).read_text()
+    assert "A side check" not in design_section()
 
 
 def test_the_model_card_has_no_design_section_without_seed_repeats(tmp_path):

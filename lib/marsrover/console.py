@@ -19,7 +19,9 @@ import threading
 
 TENSORFLOW_STARTUP_LINE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cuda_platform|cpu_feature_guard)\.cc:\d+\] .*"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cuda_platform)\.cc:\d+\] .*"
+    r"|I\d{4} [\d:.]+ +\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available CPU "
+    r"instructions in performance-critical operations\."
     r"|To enable the following instructions: .*, in other operations, rebuild TensorFlow with the appropriate "
     r"compiler flags\.")
 

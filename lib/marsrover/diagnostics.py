@@ -77,7 +77,6 @@ import pandas as pd
 
 from . import config, reporting, study
 
-SIDE_CHECKS_DIR = config.SIDE_CHECKS_DIR
 STATISTICS = ("running", "recomputed", "recomputed_loss_weighted")
 
 
@@ -127,6 +126,10 @@ class UnknownAblation(SideCheckInputError, KeyError):
 
     def __str__(self) -> str:  # a KeyError would show its message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class TooFewSeeds(SideCheckInputError, ValueError):
+    """A paired check needs improved at two seeds or more for a range."""
 
 
 class TooFewSols(SideCheckInputError, ValueError):
@@ -414,6 +417,9 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
     seeds = list(dict.fromkeys(seeds))  # a seed named twice is one run
     if name not in ablation.ABLATIONS:  # before any image is loaded
         raise UnknownAblation(f"unknown ablation {name!r}; choose from {sorted(ablation.ABLATIONS)}")
+    if paired and len(seeds) < 2:  # one pair has no range of improved's seeds to place it against
+        raise TooFewSeeds(f"--paired needs at least two seeds (given {seeds}): improved's runs at them are "
+                          "the range the variant is placed against")
     run_dir = Path(run_dir)
     base_path = run_dir / "runs" / f"{ablation.BASE_MODEL}.json"
     base_run = reporting.load_json(base_path)
@@ -474,10 +480,10 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
                                     for scores, run in zip(evidence["seeds"] if evidence else [
                                         {"seed": base["config"]["seeds"]["seed"],
                                          **{view: ablation.VIEWS[view](base["history"]) for view in ablation.VIEWS}}],
-                                        improved_runs)]
+                                        improved_runs, strict=True)]
         result["improved_ranges"] = evidence["ranges"] if evidence else None
         result["placed"] = [{"seed": run_seed, **placed} for run_seed, placed in
-                            zip(records, evidence["variants"])] if evidence else []
+                            zip(records, evidence["variants"], strict=True)] if evidence else []
         result["means"] = {
             name: {view: float(np.mean([run[view] for run in runs.values()])) for view in ablation.VIEWS},
             ablation.BASE_MODEL: {view: float(np.mean([run[view] for run in result["improved_seeds"]]))
@@ -554,7 +560,7 @@ def batch_norm_forward_table(seeds=(None, 1, 2), epochs=(None, 6)) -> pd.DataFra
     tables = {}
     for seed in seeds:
         for length in epochs:
-            path = SIDE_CHECKS_DIR / batch_norm_file_name(forward=True, epochs=length, seed=seed)
+            path = config.SIDE_CHECKS_DIR / batch_norm_file_name(forward=True, epochs=length, seed=seed)
             result = reporting.load_json(path)
             if not result.get("trajectories"):
                 continue
@@ -579,8 +585,11 @@ def side_check_caption(path: Path) -> str:
             "batch-norm statistics" if "trajectories" in result else
             "test-time flipping" if "models" in result else "a side check")
     run_commit = result.get("run_commit") or "not recorded"
+    mixed = (f" Its runs were trained on {_machine_words(result)}, another machine than the run's, and placed "
+             "against the run's seeds: the placement mixes machines (`--paired` would not)."
+             if result.get("machines_differ") and not result.get("paired") else "")
     return (f"`{config.display_path(path)}`: {kind}, on the `{result.get('profile')}` run at commit {run_commit}, "
-            f"written by code at {result.get('environment', {}).get('commit')}; validation only.")
+            f"written by code at {result.get('environment', {}).get('commit')}; validation only.{mixed}")
 
 
 def _machine_words(result: dict) -> str:
@@ -628,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                             help="fit images the statistics are recomputed on (0: all)")
     batch_norm.add_argument("--out", type=Path, help="the JSON to write (default: reports/side_checks/"
                             "batch_norm[_forward][_<N>_epochs][_seed<N>][_trajectory_only].json)")
-    flip.add_argument("--out", type=Path, default=SIDE_CHECKS_DIR / "flip.json")
+    flip.add_argument("--out", type=Path, default=config.SIDE_CHECKS_DIR / "flip.json")
     ablation_.add_argument("name", help="the ablation, as notebook 05 names it (e.g. larger_images)")
     ablation_.add_argument("--seeds", type=int, nargs="+", required=True, help="the seeds to train it at")
     ablation_.add_argument("--paired", action="store_true", help="also train improved at each seed here, and "
@@ -649,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "ablation":
         ablation_side_check(args.run_dir, args.name, args.seeds, data_dir=args.data_dir, paired=args.paired,
-                            out=args.out or SIDE_CHECKS_DIR / ablation_file_name(args.name, args.seeds,
+                            out=args.out or config.SIDE_CHECKS_DIR / ablation_file_name(args.name, args.seeds,
                                                                                  paired=args.paired))
         return 0
     if args.command == "flip":
@@ -662,7 +671,7 @@ def _run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             if given:
                 parser.error(f"{option} needs --trajectory MODEL: it only changes the --trajectory runs")
     if args.out is None:
-        args.out = SIDE_CHECKS_DIR / batch_norm_file_name(forward=args.forward, epochs=args.epochs, seed=args.seed,
+        args.out = config.SIDE_CHECKS_DIR / batch_norm_file_name(forward=args.forward, epochs=args.epochs, seed=args.seed,
                                                           trajectory_only=args.trajectory_only)
     batch_norm_side_check(args.run_dir, data_dir=args.data_dir, trajectories=args.trajectory,
                           sample_size=args.sample or None, out=args.out, forward=args.forward, epochs=args.epochs,

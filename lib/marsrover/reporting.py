@@ -773,9 +773,10 @@ def _score(value: float) -> str:
     return "diverged" if value != value else f"{value:.3f}"  # NaN: the run has no score
 
 
-def _design_markdown(evidence: dict | None, side_checks: list[tuple[Path, dict]] = ()) -> str:
+def _design_markdown(evidence: dict | None, side_checks: list[tuple[Path, dict]] = (), run_machine: str = "") -> str:
     """The model card's section on how far the seed repeats let the ablations speak, with ``side_checks``
-    (:func:`paired_side_checks`) for the choices the run left unquestioned; empty without repeats."""
+    (:func:`paired_side_checks`) for the choices the run left unquestioned (its ``improved`` trained on
+    ``run_machine``); empty without repeats."""
     from .ablation import HELPS, HURTS, MIXED, NO_EVIDENCE, NO_SCORE, PLACE_WORDS as places
 
     low, high = (evidence or {}).get("ranges", {}).get("best", (float("nan"),) * 2)
@@ -831,7 +832,7 @@ balanced accuracy was {_score(study['best'])} at the study's seed {study['seed']
 
 {table}
 The range is a rough yardstick, not a test: with {len(scored)} seeds, a further run of the same recipe lands outside it
-2 times in {len(scored) + 1}.{_unquestioned_markdown(evidence)}{"".join(_side_check_markdown(path, result)
+2 times in {len(scored) + 1}.{_unquestioned_markdown(evidence)}{"".join(_side_check_markdown(path, result, run_machine)
                                                                 for path, result in side_checks)}
 """
 
@@ -854,50 +855,76 @@ def paired_side_checks(report_dir: Path, choices: list[str],
                        side_checks_dir: Path | None = None) -> list[tuple[Path, dict]]:
     """The paired ablation side checks (``python -m marsrover.diagnostics ablation --paired``) made with the
     profile of the run in ``report_dir`` that question one of ``choices``: each trained the variant and
-    ``improved`` at the same seeds on one machine, so they hold evidence the run lacks. ``side_checks_dir``:
-    ``config.SIDE_CHECKS_DIR`` unless given."""
+    ``improved`` at the same seeds (two or more) on one machine, so they hold evidence the run lacks.
+    ``side_checks_dir``: ``config.SIDE_CHECKS_DIR`` unless given."""
     from .ablation import DESIGN_CHOICES
 
     questioning = {name for choice in choices for name in DESIGN_CHOICES.get(choice, ())}
     found = []
     for path in sorted(Path(side_checks_dir or config.SIDE_CHECKS_DIR).glob("ablation_*_paired.json")):
         result = load_json(path)
-        if (result.get("paired_differences") and result.get("ablation") in questioning
+        if (result.get("paired") and result.get("improved_ranges") and result.get("ablation") in questioning
                 and result.get("run_dir") == config.display_path(report_dir)):
             found.append((path, result))
     return found
 
 
-def _side_check_markdown(path: Path, result: dict) -> str:
-    """A paired ablation side check as a paragraph of the model card: where it ran, each seed's difference
-    from ``improved`` and how each seed's run reads against the range of ``improved``'s seeds there."""
+def _seeds_words(seeds: list) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {_words([str(seed) for seed in seeds])}"
+
+
+def _run_machine(report_dir: Path) -> str:
+    """The CPU (and numeric policy, where recorded) ``improved`` of the run in ``report_dir`` trained on."""
+    from .ablation import BASE_MODEL
+
+    record = load_json(Path(report_dir) / "runs" / f"{BASE_MODEL}.json")
+    cpu = record.get("environment", {}).get("cpu", {}).get("model_name", "a machine not recorded")
+    policy = record.get("config", {}).get("numeric_policy")
+    return cpu + (f" in {policy}" if policy else "")
+
+
+def _side_check_markdown(path: Path, result: dict, run_machine: str) -> str:
+    """A paired ablation side check as a paragraph of the model card: where it ran (beside ``run_machine``,
+    where the card's run trained), each seed's difference from ``improved`` and how each seed's run reads
+    against the range of ``improved``'s seeds in the check."""
     from .ablation import DESIGN_CHOICES, SETTLED_EPOCHS
 
     name = result["ablation"]
     choice = next(choice for choice, names in DESIGN_CHOICES.items() if name in names)
     differences = result["paired_differences"]
-    runs = result["runs"].values()
-    policies = sorted({run["numeric_policy"] for run in runs if run.get("numeric_policy")})
+    seeds = [difference["seed"] for difference in differences]
+    policies = sorted({run["numeric_policy"] for run in result["runs"].values() if run.get("numeric_policy")})
     machine = result.get("environment", {}).get("cpu", {}).get("model_name", "a machine not recorded")
     machine += f" in {_words(policies)}" if policies else ""
+    run_dir = "" if result["run_dir"] == config.display_path(config.REPORTS_DIR / "full") else f" --run-dir {result['run_dir']}"
 
     def view(key: str) -> str:
         values = [difference[key] for difference in differences]
-        return f"{_words([f'{value:+.3f}' for value in values])} (mean {sum(values) / len(values):+.3f})"
+        scored = [value for value in values if value == value]  # NaN: a diverged run on either side
+        mean = (f" (mean {sum(scored) / len(scored):+.3f}"
+                + (f" over the {len(scored)} seeds with both scored)" if len(scored) < len(values) else ")")
+                if scored else "")
+        return _words([f"{value:+.3f}" if value == value else "diverged" for value in values]) + mean
 
-    readings = Counter(placed["reading"] for placed in result.get("placed", []))
-    read = "; ".join(f"{count} of {len(result.get('placed', []))} seeds read as {reading}"
-                     for reading, count in readings.most_common())
-    low, high = (result.get("improved_ranges") or {}).get("best", (None, None))
-    placed = (f" Placed against the range of `improved`'s seeds there ({low:.3f} to {high:.3f} on the best epoch), "
-              f"as above: {read}." if read and low is not None else "")
+    by_reading: dict[str, list] = {}
+    for placed in result.get("placed", []):
+        by_reading.setdefault(placed["reading"], []).append(placed["seed"])
+    read = "; ".join(f"{_seeds_words(seeds_)} read{'s' if len(seeds_) == 1 else ''} as *{reading}*"
+                     for reading, seeds_ in sorted(by_reading.items(), key=lambda item: -len(item[1])))
+    ranges = result["improved_ranges"]
+    placed = ""
+    if read and all(end == end for spread in ranges.values() for end in spread):
+        placed = (f" Against the range of `improved`'s seeds in the check ({ranges['best'][0]:.3f} to "
+                  f"{ranges['best'][1]:.3f} on the best epoch, {ranges['settled'][0]:.3f} to {ranges['settled'][1]:.3f} "
+                  f"on the last {SETTLED_EPOCHS}), placed as the table's variants are: {read}.")
     return f"""
 
-A side check questions {choice} instead, outside this run: `{config.display_path(path)}` (`python -m
-marsrover.diagnostics ablation {name} --seeds {' '.join(str(d['seed']) for d in differences)} --paired`, code at
-`{result.get('environment', {}).get('commit')}`) trained `{name}` and `improved` at seeds
-{_words([str(d['seed']) for d in differences])}, both on {machine}, judged on validation only. The variant minus
-`improved` at the same seed: {view('best')} on the best epoch, {view('settled')} on the mean of the last
+A side check questions {choice}, outside this run: `{config.display_path(path)}` (`python -m
+marsrover.diagnostics ablation {name} --seeds {' '.join(str(seed) for seed in seeds)} --paired{run_dir}`, code at
+`{result.get('environment', {}).get('commit')}`, with the profile of the run at `{result.get('run_commit')}`) trained
+`{name}` and `improved` at {_seeds_words(seeds)}, both on {machine}, judged on validation only. This run trained on
+{run_machine}, so the check's scores compare with one another only, not with the table above. The variant minus
+`improved` at the same seed: {view('best')} on the best epoch; {view('settled')} on the mean of the last
 {SETTLED_EPOCHS} epochs.{placed}"""
 
 
@@ -1115,7 +1142,7 @@ every number of epochs was set either by validation or, for a recipe that keeps 
 study's test split was scored once per final model, and no setting was chosen on a test score. But some of the ideas that validation
 then judged were prompted by test scores of earlier runs, so these test figures are not a clean held-out
 estimate. {_caveats_markdown(metrics)}{_refit_budget_markdown(metrics)}
-{_groups_markdown(metrics)}{by_sol}{_design_markdown(evidence, side_checks)}
+{_groups_markdown(metrics)}{by_sol}{_design_markdown(evidence, side_checks, _run_machine(report_dir))}
 ## Limits
 {behind}- **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
   close-ups and the test split is 75% Rover. In train the instrument predicts the label (Mastcam frames mostly
