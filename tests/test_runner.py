@@ -760,10 +760,10 @@ def test_the_model_card_cites_a_paired_side_check_for_a_choice_the_run_left_unqu
     side_checks.mkdir()
     monkeypatch.setattr(config, "SIDE_CHECKS_DIR", side_checks)
 
-    def side_check(name, run_dir=report, paired=True, best_differences=(-0.012, 0.004, -0.02)):
+    def side_check(name, run_commit=METRICS["commit"], paired=True, best_differences=(-0.012, 0.004, -0.02)):
         seeds = (1, 2, 42)
-        result = {"ablation": name, "run_dir": config.display_path(run_dir), "paired": paired,
-                  "run_commit": "7289022e9887",
+        result = {"ablation": name, "run_dir": config.display_path(report), "paired": paired, "profile": "full",
+                  "run_commit": run_commit,
                   "runs": {str(seed): {"numeric_policy": "float32"} for seed in seeds},
                   "paired_differences": [{"seed": seed, "best": best, "settled": settled} for seed, best, settled
                                          in zip(seeds, best_differences, (-0.03, -0.01, -0.02))],
@@ -780,14 +780,14 @@ def test_the_model_card_cites_a_paired_side_check_for_a_choice_the_run_left_unqu
 
     side_check("constant_learning_rate")
     side_check("flip_only")  # this run questions the augmentation itself: its own ablation speaks
-    side_check("weight_averaging", run_dir=tmp_path / "another_run")  # made with another run's profile
+    side_check("weight_averaging", run_commit="0a22d8a")  # made with another run's records
     section = design_section()
     assert "the cosine learning-rate decay;" in section  # the run itself still holds no evidence for it
     assert section.count("A side check questions") == 1
     paragraph = section.split("A side check questions ")[1]
     assert paragraph.startswith("the cosine learning-rate decay, outside this run:")
     assert ("(`python -m marsrover.diagnostics ablation constant_learning_rate --seeds 1 2 42 --paired --run-dir "
-            f"{config.display_path(report)}`, code at `abc1234`, with the profile of the run at `7289022e9887`)"
+            f"{config.display_path(report)}`, code at `abc1234`, with the profile of the run at `abc123`)"
             ) in paragraph
     assert "at seeds 1, 2 and 42, both on AMD EPYC in float32, judged on validation only" in paragraph
     assert ("This run trained on Intel(R) Xeon(R) Processor, so the check's scores compare with one another only, "

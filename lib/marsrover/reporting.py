@@ -851,12 +851,12 @@ def _unquestioned_markdown(evidence: dict) -> str:
             f"{'these choices' if len(left) > 1 else 'this choice'} this run holds no evidence.") if left else ""
 
 
-def paired_side_checks(report_dir: Path, choices: list[str],
+def paired_side_checks(metrics: dict, choices: list[str],
                        side_checks_dir: Path | None = None) -> list[tuple[Path, dict]]:
     """The paired ablation side checks (``python -m marsrover.diagnostics ablation --paired``) made with the
-    profile of the run in ``report_dir`` that question one of ``choices``: each trained the variant and
-    ``improved`` at the same seeds (two or more) on one machine, so they hold evidence the run lacks.
-    ``side_checks_dir``: ``config.SIDE_CHECKS_DIR`` unless given."""
+    profile of the run that ``metrics`` scored (its profile and commit) that question one of ``choices``: each
+    trained the variant and ``improved`` at the same seeds (two or more) on one machine, so they hold evidence
+    the run lacks. ``side_checks_dir``: ``config.SIDE_CHECKS_DIR`` unless given."""
     from .ablation import DESIGN_CHOICES
 
     questioning = {name for choice in choices for name in DESIGN_CHOICES.get(choice, ())}
@@ -864,7 +864,7 @@ def paired_side_checks(report_dir: Path, choices: list[str],
     for path in sorted(Path(side_checks_dir or config.SIDE_CHECKS_DIR).glob("ablation_*_paired.json")):
         result = load_json(path)
         if (result.get("paired") and result.get("improved_ranges") and result.get("ablation") in questioning
-                and result.get("run_dir") == config.display_path(report_dir)):
+                and (result.get("profile"), result.get("run_commit")) == (metrics.get("profile"), metrics.get("commit"))):
             found.append((path, result))
     return found
 
@@ -1077,7 +1077,7 @@ def write_model_card(report_dir: Path, metrics: dict) -> Path:
     test = scores["test"]
     kept = test.get("at_confidence") or {}
     evidence = design_evidence(report_dir)
-    side_checks = paired_side_checks(report_dir, unquestioned_in(evidence)) if evidence else []
+    side_checks = paired_side_checks(metrics, unquestioned_in(evidence)) if evidence else []
     asked = coverage_markdown(load_training_coverage(report_dir), metrics)
     paragraphs = [text for text in (headline_markdown(metrics), targets_markdown(metrics), asked) if text]
     targets = "".join(f"\n\n{text}" for text in paragraphs) + ("\n" if paragraphs else "")
