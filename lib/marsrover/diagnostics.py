@@ -383,20 +383,16 @@ def flip_side_check(run_dir: Path, *, data_dir: Path | None = None, out: Path | 
 def _seed_run(record: dict, trained_here: bool) -> dict:
     """One seed's run of a variant in an ablation check: its two views, time, curve, groups and provenance."""
     from . import ablation
+    from .provenance import recorded_cpu
 
     environment = record.get("environment", {})
     return {"best": ablation.VIEWS["best"](record["history"]), "settled": ablation.VIEWS["settled"](record["history"]),
             "train_seconds": record["train_seconds"], "trained_here": trained_here,
             # runs of other commits or CPUs can sit side by side here: each says where it came from
-            "commit": environment.get("commit"), "cpu": machine_of(record).get("model_name"),
+            "commit": environment.get("commit"), "cpu": recorded_cpu(record).get("model_name"),
             "numeric_policy": record.get("config", {}).get("numeric_policy"),
             "val_balanced_accuracy": [round(value, 4) for value in record["history"]["val_balanced_accuracy"]],
             **({"val_groups": record["val_groups"]} if "val_groups" in record else {})}
-
-
-def machine_of(record: dict) -> dict:
-    """The CPU a run record was trained on, as :func:`marsrover.provenance.cpu_description` names it."""
-    return record.get("environment", {}).get("cpu", {})
 
 
 def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir: Path | None = None,
@@ -412,7 +408,7 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
     import tempfile
 
     from . import ablation
-    from .provenance import cpu_description
+    from .provenance import cpu_description, recorded_cpu
 
     seeds = list(dict.fromkeys(seeds))  # a seed named twice is one run
     if name not in ablation.ABLATIONS:  # before any image is loaded
@@ -433,7 +429,7 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
               "placed against its seeds (the profile's seed_repeats train them)", flush=True)
     own = committed.get(name)  # the study's own run of the variant
     study_seed = own["config"]["seeds"]["seed"] if own else None
-    here, there = cpu_description(), machine_of(base_run)
+    here, there = cpu_description(), recorded_cpu(base_run)
     machines_differ = bool(there) and (here.get("model_name"), here.get("flags")) != (there.get("model_name"),
                                                                                        there.get("flags"))
     if machines_differ and not paired:
@@ -476,7 +472,7 @@ def ablation_side_check(run_dir: Path, name: str, seeds: list[int], *, data_dir:
                                                                     for run_seed, record in records.items()}})
         improved_runs = [base, *base_repeats.values()] if evidence else [base]
         result["improved_seeds"] = [{**scores, "trained_here": paired, "train_seconds": run["train_seconds"],
-                                     "cpu": machine_of(run).get("model_name")}
+                                     "cpu": recorded_cpu(run).get("model_name")}
                                     for scores, run in zip(evidence["seeds"] if evidence else [
                                         {"seed": base["config"]["seeds"]["seed"],
                                          **{view: ablation.VIEWS[view](base["history"]) for view in ablation.VIEWS}}],
@@ -523,22 +519,21 @@ def side_check_table(path: Path, *, saved_models: bool = False) -> pd.DataFrame:
         settled = f"mean of last {SETTLED_EPOCHS} epochs"
         places = {"best against improved's seeds": "best_against_seeds",
                   f"last {SETTLED_EPOCHS} against improved's seeds": "settled_against_seeds", "reading": "reading"}
+        # paired: each seed's difference from improved at the same seed, on the variant's rows
+        differences = {row["seed"]: row for row in result.get("paired_differences", [])}
         rows = [{"run": result["ablation"], "seed": int(seed), "best val balanced accuracy": run["best"],
                  settled: run["settled"], "seconds": run["train_seconds"], "trained by this check": run["trained_here"],
-                 **{column: placed.get(int(seed), {}).get(key, "") for column, key in places.items()}}
+                 **{column: placed.get(int(seed), {}).get(key, "") for column, key in places.items()},
+                 **({"best minus improved's": differences[int(seed)]["best"],
+                     f"last {SETTLED_EPOCHS} minus improved's": differences[int(seed)]["settled"]}
+                    if int(seed) in differences else {})}
                 for seed, run in result["runs"].items()]
         rows += [{"run": "improved", "seed": run["seed"], "best val balanced accuracy": run["best"],
                   settled: run["settled"], "seconds": run.get("train_seconds") if run.get("trained_here") else None,
                   "trained by this check": run.get("trained_here", False),
                   **dict.fromkeys(places, "")}  # improved's own seeds are the yardstick, not placed against it
                  for run in result["improved_seeds"]]
-        table = pd.DataFrame(rows).set_index(["run", "seed"])
-        if result.get("paired"):  # each seed's difference from improved at the same seed, on the variant's rows
-            for difference in result.get("paired_differences", []):
-                key = (result["ablation"], difference["seed"])
-                table.loc[key, "best minus improved's"] = difference["best"]
-                table.loc[key, f"last {SETTLED_EPOCHS} minus improved's"] = difference["settled"]
-        return table
+        return pd.DataFrame(rows).set_index(["run", "seed"])
     if result.get("trajectories"):
         return pd.DataFrame([{"trajectory": run, "statistics": statistics, **summary,
                               "lowest": min(trajectory["epochs"][statistics]) if "epochs" in trajectory else None}
@@ -593,10 +588,9 @@ def side_check_caption(path: Path) -> str:
 
 
 def _machine_words(result: dict) -> str:
-    """The machine and numeric policy a side check trained on, from its environment and its runs' records."""
-    cpu = result.get("environment", {}).get("cpu", {}).get("model_name", "a CPU not recorded")
-    policies = sorted({run["numeric_policy"] for run in result.get("runs", {}).values() if run.get("numeric_policy")})
-    return cpu + (f" ({', '.join(policies)})" if policies else "")
+    """The machine and numeric policy a side check trained on: ``AMD EPYC (float32)``."""
+    cpu, policies = reporting.side_check_machine(result)
+    return (cpu or "a CPU not recorded") + (f" ({', '.join(policies)})" if policies else "")
 
 
 def ablation_file_name(name: str, seeds: list[int], *, paired: bool = False) -> str:

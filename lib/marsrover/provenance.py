@@ -81,6 +81,12 @@ def cpu_description(cpuinfo: str | None = None) -> dict[str, object]:
     return {**described, "flags": [flag for flag in NUMERIC_CPU_FLAGS if flag in flags]}
 
 
+def recorded_cpu(record: dict) -> dict[str, object]:
+    """The CPU a run record (with :func:`run_environment` under ``environment``) was made on, in
+    :func:`cpu_description`'s form; {} where the record does not say."""
+    return record.get("environment", {}).get("cpu", {})
+
+
 def has_native_bfloat16(cpu: dict[str, object]) -> bool:
     """Whether a CPU, as :func:`cpu_description` describes it, computes bfloat16 natively (AVX512-BF16 or AMX)."""
     flags = cpu.get("flags") or []

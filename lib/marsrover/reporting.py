@@ -876,11 +876,19 @@ def _seeds_words(seeds: list) -> str:
 def _run_machine(report_dir: Path) -> str:
     """The CPU (and numeric policy, where recorded) ``improved`` of the run in ``report_dir`` trained on."""
     from .ablation import BASE_MODEL
+    from .provenance import recorded_cpu
 
     record = load_json(Path(report_dir) / "runs" / f"{BASE_MODEL}.json")
-    cpu = record.get("environment", {}).get("cpu", {}).get("model_name", "a machine not recorded")
     policy = record.get("config", {}).get("numeric_policy")
-    return cpu + (f" in {policy}" if policy else "")
+    return recorded_cpu(record).get("model_name", "a machine not recorded") + (f" in {policy}" if policy else "")
+
+
+def side_check_machine(result: dict) -> tuple[str | None, list[str]]:
+    """The CPU a side check trained on (None where not recorded) and its runs' numeric policies."""
+    from .provenance import recorded_cpu
+
+    policies = sorted({run["numeric_policy"] for run in result.get("runs", {}).values() if run.get("numeric_policy")})
+    return recorded_cpu(result).get("model_name"), policies
 
 
 def _side_check_markdown(path: Path, result: dict, run_machine: str) -> str:
@@ -893,9 +901,8 @@ def _side_check_markdown(path: Path, result: dict, run_machine: str) -> str:
     choice = next(choice for choice, names in DESIGN_CHOICES.items() if name in names)
     differences = result["paired_differences"]
     seeds = [difference["seed"] for difference in differences]
-    policies = sorted({run["numeric_policy"] for run in result["runs"].values() if run.get("numeric_policy")})
-    machine = result.get("environment", {}).get("cpu", {}).get("model_name", "a machine not recorded")
-    machine += f" in {_words(policies)}" if policies else ""
+    cpu, policies = side_check_machine(result)
+    machine = (cpu or "a machine not recorded") + (f" in {_words(policies)}" if policies else "")
     run_dir = "" if result["run_dir"] == config.display_path(config.REPORTS_DIR / "full") else f" --run-dir {result['run_dir']}"
 
     def view(key: str) -> str:
@@ -1142,7 +1149,7 @@ every number of epochs was set either by validation or, for a recipe that keeps 
 study's test split was scored once per final model, and no setting was chosen on a test score. But some of the ideas that validation
 then judged were prompted by test scores of earlier runs, so these test figures are not a clean held-out
 estimate. {_caveats_markdown(metrics)}{_refit_budget_markdown(metrics)}
-{_groups_markdown(metrics)}{by_sol}{_design_markdown(evidence, side_checks, _run_machine(report_dir))}
+{_groups_markdown(metrics)}{by_sol}{_design_markdown(evidence, side_checks, _run_machine(report_dir) if side_checks else '')}
 ## Limits
 {behind}- **The split shifts.** Train is mostly Mastcam and about 70% Surface; validation and test are mostly MAHLI
   close-ups and the test split is 75% Rover. In train the instrument predicts the label (Mastcam frames mostly
