@@ -51,6 +51,20 @@ def start_tensorflow_quietly() -> None:
         tf.config.list_physical_devices()
 
 
+def start_keras_quietly() -> None:
+    """Import Keras, and TensorFlow where it is Keras' backend, their start-up lines left out.
+
+    For code that runs on any backend (the GPU sweep on JAX, say), where TensorFlow may not be installed.
+    """
+    with quiet_tensorflow_startup():
+        import keras
+
+        if keras.config.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+
+
 @contextlib.contextmanager
 def quiet_tensorflow_startup():
     """This process's stderr, C++ included, less TensorFlow's start-up lines, while the block runs.

@@ -99,6 +99,9 @@ def fit_run(recipe_name: str, seed: int, *, refit_epochs: int | None = None, dat
     With it: fit on train+val for exactly that many epochs, then, as the study's refits do, recompute batch
     normalisation's statistics over the fit images weighted by instrument x label group, and score test.
     """
+    from .console import start_keras_quietly
+
+    start_keras_quietly()  # each run is a fresh process: without this, each prints the backend's start-up lines
     import keras
 
     from .batch_norm import batch_norm_layers, recalibrate_batch_norm
