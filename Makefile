@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= full
 
 .DEFAULT_GOAL := help
-.PHONY: help install study smoke test lab data clean-reports
+.PHONY: help install study estimate smoke test lab data clean-reports
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ data: install ## get, verify and extract the data set and build the index (data/
 
 study: install ## set up and run the whole study: PROFILE=full (default), smoke or gpu
 	$(PY) run_all.py --profile $(PROFILE)
+
+estimate: install ## how long the study's training would take on this machine: PROFILE=full (default), smoke or gpu
+	$(PY) run_all.py --profile $(PROFILE) --estimate
 
 smoke: install ## the study on CI-sized data (minutes), into reports/smoke/
 	$(PY) run_all.py --profile smoke

@@ -190,6 +190,28 @@ def test_the_refit_length_comes_from_forward_validation_or_the_recipe_and_is_nev
     assert not (smoke_report / "selection" / "seed_notebook_forward.json").exists()
 
 
+def test_the_time_estimate_plans_the_very_runs_notebook_05_trained(smoke_report):
+    from marsrover import estimate, study
+    from marsrover.profiles import get_profile
+
+    profile = get_profile("smoke")
+    _, index = study.load_index(max_images_per_split=profile["max_images_per_split"], seed=profile["seed"])
+    plan, candidates, _ = estimate.training_plan(profile, index)
+    winner = json.loads((smoke_report / "metrics.json").read_text())["best_on_val"]
+    planned = {run.run: run for run in plan}
+    planned.update({run.run: run for member in study.average_members_of(winner) for run in candidates[member]})
+    trained = {path.stem: json.loads(path.read_text())["config"]
+               for folder in ("runs", "selection", "ablations") for path in (smoke_report / folder).glob("*.json")}
+    trained = {name: config for name, config in trained.items() if config.get("model") != "average"}
+
+    assert sorted(planned) == sorted(trained)
+    for name, run in planned.items():
+        config = trained[name]
+        assert (config["image_size"], config["epochs"], config["batch_size"]) == (run.image_size, run.epochs,
+                                                                                  run.batch_size), name
+        assert (config["train_images"], config["val_images"]) == (run.fit_images, run.val_images), name
+
+
 def test_the_estimate_of_every_average_is_in_the_metrics_and_within_smokes_budget_every_one_competes(smoke_report):
     metrics = json.loads((smoke_report / "metrics.json").read_text())
     budget = metrics["refit_budget"]

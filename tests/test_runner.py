@@ -148,6 +148,21 @@ def test_main_exits_non_zero_when_a_notebook_fails(toy_notebooks, tmp_path, monk
     assert runner.main(["--profile", "smoke", "--output-dir", str(tmp_path / "r"), "--from", "02"]) == 1
 
 
+def test_estimate_runs_no_notebook_and_times_the_profiles_training_for_its_data_and_records(
+        toy_notebooks, tmp_path, monkeypatch):
+    from marsrover import estimate
+
+    asked = []
+    monkeypatch.setattr(runner.config, "NOTEBOOKS_DIR", toy_notebooks)
+    monkeypatch.setattr(estimate, "print_estimate", lambda *args: asked.append(args))
+    out = tmp_path / "r"
+
+    assert runner.main(["--profile", "full", "--estimate", "--data-dir", str(tmp_path / "d"), "--output-dir", str(out)]) == 0
+    assert asked == [("full", tmp_path / "d", out)] and not out.exists()
+    with pytest.raises(SystemExit, match="choose one"):
+        runner.main(["--estimate", "--render-only"])
+
+
 def test_marsrover_study_takes_the_same_options_as_run_all(toy_notebooks, tmp_path, monkeypatch):
     from marsrover import cli
 

@@ -9,9 +9,11 @@ training recipe, so that ``seed_*`` models are trained exactly as their sources 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import keras
 from keras import layers
@@ -107,6 +109,16 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights could not be loaded (no internet, no cached copy)."""
 
 
+TRANSFER_WEIGHTS_FILE = "efficientnetb0_notop.h5"  # what keras.applications.EfficientNetB0 keeps in its cache
+
+
+def imagenet_weights_cached() -> bool:
+    """Whether the transfer model's ImageNet weights are in Keras' cache (``$KERAS_HOME/models``, by default
+    ``~/.keras/models``), so that it trains without a download."""
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return (home / "models" / TRANSFER_WEIGHTS_FILE).is_file()
+
+
 def _transfer_body(x, weights="imagenet"):
     # EfficientNetB0 rescales and normalises 0-255 input itself, so it sees the raw pixels.
     try:
@@ -117,7 +129,7 @@ def _transfer_body(x, weights="imagenet"):
             f"could not load {weights!r} weights for EfficientNetB0 ({type(error).__name__}: {error}). "
             "Keras downloads them from storage.googleapis.com on first use; on a machine without internet "
             "the transfer model is skipped. Run the study on Colab (profile 'gpu') to include it, or copy "
-            "efficientnetb0_notop.h5 into ~/.keras/models/ beforehand.") from error
+            f"{TRANSFER_WEIGHTS_FILE} into ~/.keras/models/ beforehand.") from error
     backbone.trainable = weights is None  # frozen ImageNet features; trained from scratch without them
     x = backbone(x, training=False)
     return layers.Dropout(0.3)(x)

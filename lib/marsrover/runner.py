@@ -326,13 +326,23 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--render-only", action="store_true",
                         help="execute nothing: tidy the executed notebooks (relative paths, no TensorFlow start-up "
                              "lines) and re-render the HTML, index, model card and README results")
+    parser.add_argument("--estimate", action="store_true",
+                        help="execute nothing: time a few training steps of each kind of run here and print how "
+                             "long the profile's training would take on this machine (a few minutes)")
     return parser
 
 
 def run_from_arguments(args: argparse.Namespace) -> int:
     """Run (or only re-render) the study as ``args`` say; 1 when a notebook failed."""
+    if args.render_only and args.estimate:
+        raise SystemExit("--render-only and --estimate each run nothing but their own step: choose one")
     if args.render_only:
         return render_only(args.profile, args.output_dir)
+    if args.estimate:
+        from .estimate import print_estimate  # here: the runner itself needs no TensorFlow
+
+        print_estimate(args.profile, args.data_dir, args.output_dir)
+        return 0
     runs = run_study(args.profile, output_dir=args.output_dir, only=args.only, start=args.start,
                      data_dir=args.data_dir)
     return 1 if any(run.status == "failed" for run in runs) else 0
