@@ -107,6 +107,12 @@ def repeat_name(seed: int) -> str:
     return f"{REPEAT_PREFIX}{seed}"
 
 
+def repeat_seeds(seed_repeats: Sequence[int], seed: int, *, repeat_own_seed: bool = False) -> list[int]:
+    """The seeds ``improved`` is trained again at: each of ``seed_repeats`` once, and not ``seed``, where the
+    study's own run stands, unless ``repeat_own_seed``."""
+    return [repeat for repeat in dict.fromkeys(seed_repeats) if repeat != seed or repeat_own_seed]
+
+
 def is_repeat(name: str) -> bool:
     return name.startswith(REPEAT_PREFIX)
 
@@ -193,7 +199,7 @@ def run_ablations(names: list[str], train_data: tuple[np.ndarray, np.ndarray],
     from .provenance import run_environment
     from .training import release_models, train
 
-    repeats = [repeat for repeat in dict.fromkeys(seed_repeats) if repeat != seed or repeat_own_seed]
+    repeats = repeat_seeds(seed_repeats, seed, repeat_own_seed=repeat_own_seed)
     if len(repeats) != len(seed_repeats):  # safe to go on: the study's own run is that seed already
         print(f"Seed repeats {list(seed_repeats)}: the study's seed {seed} and seeds named twice are trained once; "
               f"repeating {repeats}")

@@ -45,10 +45,10 @@ def _isolated(function, *args):
 
 
 def _measure(function, *args):
-    from .console import start_tensorflow_quietly
+    from .console import start_keras_quietly
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    start_tensorflow_quietly()  # each measuring process starts TensorFlow afresh: no start-up lines each time
+    start_keras_quietly()  # each measuring process starts TensorFlow afresh: no start-up lines each time
     result = function(*args)
     result["peak_rss_gib"] = round(_peak_rss_gib(), 3)
     return result

@@ -65,12 +65,12 @@ def _model_and_files(args: argparse.Namespace, exclude=()):
     import os
 
     from . import inference
-    from .console import start_tensorflow_quietly
+    from .console import start_keras_quietly
 
     # Quietens TensorFlow's C++ logging, unless asked for; TF 2.21 prints its start-up lines (CUDA) before
     # this setting is read, and on a CPU-only machine they read as errors: its start leaves those out.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    start_tensorflow_quietly()
+    start_keras_quietly()
 
     files = inference.discover_images(args.paths, exclude=exclude)
     if not files:

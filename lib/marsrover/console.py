@@ -39,22 +39,12 @@ def without_tensorflow_startup_lines(text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if not is_tensorflow_startup_line(line))
 
 
-def start_tensorflow_quietly() -> None:
-    """Import TensorFlow and let it look for devices (where it prints its start-up lines), those lines left out.
+def start_keras_quietly() -> None:
+    """Import Keras, and TensorFlow where it is Keras' backend, letting it look for devices (where it prints its
+    start-up lines), those lines left out. Any backend: the GPU sweep runs on JAX, where TensorFlow may be absent.
 
     Only this start is filtered, not the work after it, so that a crash's last words (a fatal "Check failed",
     written just before the process aborts) still reach the console, and a progress bar still sees a terminal.
-    """
-    with quiet_tensorflow_startup():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-
-
-def start_keras_quietly() -> None:
-    """Import Keras, and TensorFlow where it is Keras' backend, their start-up lines left out.
-
-    For code that runs on any backend (the GPU sweep on JAX, say), where TensorFlow may not be installed.
     """
     with quiet_tensorflow_startup():
         import keras

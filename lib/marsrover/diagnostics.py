@@ -639,9 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     ablation_.add_argument("--out", type=Path, help="the JSON to write (default: reports/side_checks/"
                            "ablation_<name>_seeds<s1>_<s2>[_paired].json)")
     args = parser.parse_args(argv)
-    from .console import start_tensorflow_quietly
+    from .console import start_keras_quietly
 
-    start_tensorflow_quietly()
+    start_keras_quietly()
     try:
         return _run_command(args, parser)
     except SideCheckInputError as error:  # bad input, said in one line; anything else keeps its traceback

@@ -113,10 +113,10 @@ TRANSFER_WEIGHTS_FILE = "efficientnetb0_notop.h5"  # what keras.applications.Eff
 
 
 def imagenet_weights_cached() -> bool:
-    """Whether the transfer model's ImageNet weights are in Keras' cache (``$KERAS_HOME/models``, by default
-    ``~/.keras/models``), so that it trains without a download."""
-    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    return (home / "models" / TRANSFER_WEIGHTS_FILE).is_file()
+    """Whether the transfer model's ImageNet weights are in Keras' cache, so that it trains without a download:
+    ``$KERAS_HOME/models``, by default ``~/.keras/models``, or ``/tmp/.keras/models``, where Keras falls back."""
+    home = Path(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")))
+    return any((folder / "models" / TRANSFER_WEIGHTS_FILE).is_file() for folder in (home, Path("/tmp/.keras")))
 
 
 def _transfer_body(x, weights="imagenet"):
