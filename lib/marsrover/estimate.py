@@ -146,7 +146,8 @@ def time_steps(run: PlannedRun, *, seed: int, jit_compile: bool = False, batches
         def on_epoch_begin(self, epoch, logs=None):
             self.epochs.append({"begin": time.perf_counter(), "batch_ends": []})
 
-        def on_train_batch_end(self, batch, logs=None):  # a CPU step returns when done (eager runs synchronously)
+        # A CPU step returns when it is done; on a GPU steps are queued, so batch ends (and the estimate) are rough.
+        def on_train_batch_end(self, batch, logs=None):
             self.epochs[-1]["batch_ends"].append(time.perf_counter())
 
         def on_test_begin(self, logs=None):  # fit's validation calls the same callbacks
