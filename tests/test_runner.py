@@ -442,6 +442,7 @@ def test_a_run_that_cannot_repeat_the_recorded_ones_precision_says_so_before_it_
     assert "commit abc123" in notice and "Intel(R) Xeon(R) Processor (2 cores, native bfloat16), in 95 minutes, " \
                                           "training in bfloat16." in notice
     assert "Here: AMD EPYC" in notice and "training in float32." in notice and "will not repeat" in notice
+    assert notice.endswith("`python run_all.py --profile full --estimate` times it here first, without running the study.")
     # a GPU trains the profile in float32 whatever the CPU
     assert "3 GPU), training in float32" in runner.machine_notice("full", recorded, cpu=INTEL_AMX, gpus=3)
     assert runner.machine_notice("full", recorded, cpu=AMD_FLOAT32, gpus=0).count("minutes") == 1

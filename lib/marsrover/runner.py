@@ -140,7 +140,8 @@ def machine_notice(profile: str, recorded: Path, cpu: dict[str, object] | None =
             f"{described(then, record.get('cpu_count', '?'), record.get('gpus'))}{took}, training in "
             f"{'bfloat16' if bfloat16_then else 'float32'}. Here: {described(now, os.cpu_count(), gpus)}, "
             f"training in {'bfloat16' if bfloat16_now else 'float32'}. So the scores of profile {profile!r} "
-            "will not repeat the recorded ones, and its training time will differ too.")
+            "will not repeat the recorded ones, and its training time will differ too: "
+            f"`python run_all.py --profile {profile} --estimate` times it here first, without running the study.")
 
 
 def _gpus_listed() -> int:
