@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -83,7 +84,7 @@ def test_the_weights_are_found_in_keras_cache_under_keras_home(tmp_path, monkeyp
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / models.TRANSFER_WEIGHTS_FILE).write_bytes(b"weights")
 
-    assert models.imagenet_weights_cached() and (cached == (models.Path("/tmp/.keras/models")
+    assert models.imagenet_weights_cached() and (cached == (Path("/tmp/.keras/models")
                                                             / models.TRANSFER_WEIGHTS_FILE).is_file())
 
 

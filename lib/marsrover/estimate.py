@@ -73,12 +73,13 @@ def training_plan(profile: dict, index: pd.DataFrame, *, imagenet_weights_cached
     notes: list[str] = []
     forward_index = study.forward_validation_index(index)
 
-    def planned(run: str, stage: str, model: str, fit_images: int, val_images: int, **extra) -> PlannedRun:
+    def planned(run: str, stage: str, model: str, fit_images: int, val_images: int, *, image_size: int | None = None,
+                recomputes_batch_norm: bool = False) -> PlannedRun:
         spec = get_spec(model)  # as training.train reads it: the profile's setting, else the recipe's
-        weights = profile["transfer_weights"] if spec.pretrained else None
-        return PlannedRun(run, stage, model, extra.pop("image_size", None) or profile["image_size"] or spec.image_size,
+        return PlannedRun(run, stage, model, image_size or profile["image_size"] or spec.image_size,
                           profile["epochs"] or spec.epochs, profile["batch_size"] or spec.batch_size,
-                          fit_images, val_images, weights=weights, **extra)
+                          fit_images, val_images, recomputes_batch_norm=recomputes_batch_norm,
+                          weights=profile["transfer_weights"] if spec.pretrained else None)
 
     def refit_runs(model: str) -> list[PlannedRun]:
         runs = []
@@ -101,7 +102,7 @@ def training_plan(profile: dict, index: pd.DataFrame, *, imagenet_weights_cached
         trained.append(model)
     plan = [planned(model, "train", model, n_train, n_val) for model in trained]
     named = [name for name in profile["refit"] if name != study.BEST_ON_VAL]
-    refitted, _ = study.resolve_refit(named, {model: {} for model in trained})
+    refitted, _ = study.resolve_refit(named, {})  # runs are read only to find the best on validation
     refitted = [model for model in refitted if model in trained]  # as the study: no refit of a model not trained
     for model in refitted:
         plan += refit_runs(model)
@@ -217,8 +218,7 @@ def recorded_seconds_per_epoch(output_dir: Path) -> dict[str, tuple[float, str]]
             record = reporting.load_json(path)
             epochs = (record.get("config") or {}).get("epochs")
             if record.get("train_seconds") and epochs:
-                cpu = recorded_cpu(record)
-                recorded[path.stem] = (record["train_seconds"] / epochs, cpu_label(cpu) if cpu else "")
+                recorded[path.stem] = (record["train_seconds"] / epochs, cpu_label(recorded_cpu(record)))
     return recorded
 
 
